@@ -1,0 +1,42 @@
+# The README's two commands live here: `make run` and `make test`.
+# Both install what they need on a fresh machine (apt packages, .venv, package).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PKGS := fuse3 libfuse3-dev pkg-config attr
+
+.PHONY: run test stop bench sysdeps venv clean
+
+sysdeps:
+	@if ! pkg-config --exists fuse3 2>/dev/null || ! command -v fusermount3 >/dev/null \
+	     || ! command -v setfattr >/dev/null || ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
+	  echo "installing system packages: $(APT_PKGS) python3-venv"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) python3-venv >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | sysdeps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: sysdeps $(STAMP)
+
+run: venv
+	$(VENV)/bin/chordfs demo
+
+stop:
+	-$(VENV)/bin/chordfs demo-stop
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) benchmarks/rpc_bench.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
