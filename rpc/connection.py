@@ -1,0 +1,696 @@
+"""One Cap'n Proto RPC connection (two-party vat network) on a trio stream.
+
+Implements level 0 of the protocol: Bootstrap, Call, Return (results,
+exception, canceled), Finish, Release, Abort and Unimplemented; calls may
+target an imported capability or the promised answer of a bootstrap question
+(pycapnp clients pipeline on bootstrap).  Both sides are symmetric: either may
+export a bootstrap object and either may call.
+
+Order of work: the reader task decodes frames and dispatches each message at
+once (calls run as tasks in the connection's nursery); every outgoing frame
+goes through one bounded queue to the writer task, which coalesces queued
+frames into one ``send_all``.  FIFO order of that queue is relied on: a Finish
+that frees a question id is queued before any Call that reuses the id.
+
+Invariants:
+- a question id is reused only after its Return arrived and its Finish was
+  queued (or the Return said ``noFinishNeeded``);
+- an answer entry lives until its Return is sent, and for the bootstrap
+  answer (which holds a capability) until its Finish arrives;
+- every bound in ``Limits`` holds: frames, queue, calls in flight each way.
+A protocol violation or a frame beyond the limits closes this connection
+(after an Abort with the reason) and never affects others."""
+
+import heapq
+import itertools
+import logging
+import math
+
+import capnp
+import outcome
+import trio
+
+from . import errors, schema
+from .capptr import place_capability
+from .errors import ConnectionLost, ProtocolError
+from .framing import BIG_FRAME_BYTES, FrameDecoder, encode, frame_segments
+from .interface import Capability, Interface, fill_struct
+from .limits import Limits
+from .logfmt import kv
+from .outbox import Outbox
+
+log = logging.getLogger("chordfs.rpc")
+
+_RPC = schema.rpc_protocol()
+Message = _RPC.Message
+_EXC_TYPES = ("failed", "overloaded", "disconnected", "unimplemented")
+_conn_ids = itertools.count(1)
+
+
+def _bootstrap_cap_path() -> list[int]:
+    """Pointer indexes from Message down to Return.results.content."""
+    def ptr(struct, field):
+        return struct.schema.fields[field].proto.slot.offset
+    return [ptr(Message, "return"), ptr(_RPC.Return, "results"), ptr(_RPC.Payload, "content")]
+
+
+_BOOTSTRAP_CAP_PATH = _bootstrap_cap_path()
+
+
+class _PeerAborted(Exception):
+    pass
+
+
+class _Question:
+    __slots__ = ("task", "result_type", "result", "error", "returned", "abandoned", "bootstrap")
+
+    def __init__(self, result_type, bootstrap=False):
+        self.task = None  # the waiting caller, while it waits
+        self.result_type = result_type
+        self.result = None
+        self.error = None
+        self.returned = False
+        self.abandoned = False
+        self.bootstrap = bootstrap
+
+
+class _Answer:
+    __slots__ = ("scope", "finished", "cap_obj", "exports")
+
+    def __init__(self, cap_obj=None, exports=()):
+        self.scope = None
+        self.finished = False
+        self.cap_obj = cap_obj  # set only for answers whose result is a capability
+        self.exports = list(exports)
+
+
+class Connection:
+    def __init__(self, stream, *, bootstrap=None, limits: Limits = Limits(), peer: str = ""):
+        self._stream = stream
+        self._bootstrap = bootstrap
+        self.limits = limits
+        self.id = next(_conn_ids)
+        self.peer = peer
+        self._outbox = Outbox(limits.send_queue_frames_max)
+        self._questions: dict[int, _Question] = {}
+        self._free_qids: list[int] = []
+        self._next_qid = 0
+        self._outstanding = 0
+        self._outstanding_lot = trio.lowlevel.ParkingLot()
+        # Deadlines of waiting questions, served by one timer task rather than
+        # a cancel scope per call: (deadline, seq, qid, question).
+        self._deadlines: list = []
+        self._deadline_seq = itertools.count()
+        self._timer_target = math.inf
+        self._timer_lot = trio.lowlevel.ParkingLot()
+        self._answers: dict[int, _Answer] = {}
+        self._running_calls = 0
+        self._exports: dict[int, list] = {}  # export id -> [object, refcount]
+        self._export_ids: dict[int, int] = {}  # id(object) -> export id
+        self._next_export = 0
+        self._imports: dict[int, int] = {}  # import id -> refcount held
+        self._nursery = None
+        self.closed_writer = trio.Event()
+        self._closed = False
+        self.close_reason = ""
+        self.closed_event = trio.Event()
+
+    # ------------------------------------------------------------------ life
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the connection until it closes; returns then (never raises
+        for peer misbehaviour or loss: the reason is in ``close_reason``)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._deadline_timer)
+                task_status.started(self)
+                reason, abort = await self._read_until_closed()
+                await self._shutdown(reason, abort)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._mark_closed(self.close_reason or "connection closed")
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 1.0):
+                try:
+                    await self._stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+            self.closed_event.set()
+
+    def close(self, reason: str = "closed locally") -> None:
+        """Close without an Abort; pending calls fail with ConnectionLost."""
+        self._mark_closed(reason)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _mark_closed(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.close_reason = reason
+        lost = ConnectionLost(f"connection to {self.peer or 'peer'} closed: {reason}")
+        self._outbox.close()
+        for q in self._questions.values():
+            if not q.returned:
+                q.error, q.returned = lost, True
+                self._wake(q)
+        self._outstanding_lot.unpark_all()
+
+    async def _shutdown(self, reason: str, abort: bool) -> None:
+        if abort:
+            log.warning(kv("rpc.abort", conn=self.id, peer=self.peer, reason=reason))
+            msg = Message.new_message()
+            exc = msg.init("abort")
+            exc.reason = reason[:1000]
+            exc.type = "failed"
+            queued = self._outbox.put_nowait(msg.to_bytes())
+            self._mark_closed(reason)
+            if not queued:
+                return
+            # Let the writer flush the Abort, but never wait long for a peer
+            # that stopped reading.
+            with trio.move_on_after(1.0):
+                await self.closed_writer.wait()
+        else:
+            log.info(kv("rpc.closed", conn=self.id, peer=self.peer, reason=reason))
+            self._mark_closed(reason)
+
+    # --------------------------------------------------------------- reader
+
+    async def _read_until_closed(self) -> tuple[str, bool]:
+        decoder = FrameDecoder(self.limits)
+        stream = self._stream
+        try:
+            while True:
+                want = min(max(65536, decoder.wanted_bytes()), 256 * 1024)
+                data = await stream.receive_some(want)
+                if not data:
+                    return "peer closed the stream", False
+                decoder.feed(data)
+                while (segments := decoder.next_frame()) is not None:
+                    await self._dispatch(segments)
+        except ProtocolError as e:
+            return f"protocol error: {e}", True
+        except _PeerAborted as e:
+            return f"peer aborted: {e}", False
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            return f"stream error: {e!r}", False
+
+    async def _dispatch(self, segments: list[bytes]) -> None:
+        try:
+            msg = Message.from_segments(
+                segments,
+                traversal_limit_in_words=self.limits.traversal_words_max,
+                nesting_limit=self.limits.nesting_max,
+            )
+            msg.total_size  # noqa: B018 -- walks every pointer: rejects a malformed message up front
+            which = msg.which()
+        except capnp.KjException as e:
+            raise ProtocolError(f"malformed message: {_first_line(e)}") from None
+        try:
+            handler = self._HANDLERS.get(which)
+            if handler is None:
+                await self._send_unimplemented(msg)
+            else:
+                await handler(self, msg)
+        except capnp.KjException as e:
+            raise ProtocolError(f"malformed {which} message: {_first_line(e)}") from None
+
+    async def _send_unimplemented(self, msg) -> None:
+        reply = Message.new_message()
+        reply.unimplemented = msg
+        await self._send(reply.to_bytes())
+
+    # --------------------------------------------------------------- writer
+
+    async def _writer(self) -> None:
+        outbox, stream = self._outbox, self._stream
+        batch_max = self.limits.write_batch_bytes
+        try:
+            while batch := await outbox.take(batch_max):
+                for chunk in _coalesce(batch):
+                    await stream.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            self._mark_closed(f"stream error while sending: {e!r}")
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+        finally:
+            self.closed_writer.set()
+
+    def _lost(self) -> ConnectionLost:
+        return ConnectionLost(f"connection to {self.peer or 'peer'} closed: {self.close_reason}")
+
+    async def _send(self, frame: bytes) -> None:
+        if self._closed:
+            raise self._lost()
+        try:
+            await self._outbox.put(frame)
+        except trio.ClosedResourceError:
+            raise self._lost() from None
+
+    def _send_soon(self, frame: bytes, after=None) -> None:
+        """Queue a control frame from code that must not block (cleanup,
+        cancellation); ``after`` runs once the frame is queued."""
+        if self._closed:
+            return
+        if not self._outbox.put_nowait(frame):
+            self._nursery.start_soon(self._send_later, frame, after)
+        elif after is not None:
+            after()
+
+    async def _send_later(self, frame: bytes, after) -> None:
+        try:
+            await self._send(frame)
+        except ConnectionLost:
+            return
+        if after is not None:
+            after()
+
+    # --------------------------------------------------------- client side
+
+    def _alloc_qid(self) -> int:
+        if self._free_qids:
+            return self._free_qids.pop()
+        qid = self._next_qid
+        self._next_qid += 1
+        return qid
+
+    def _free_qid(self, qid: int) -> None:
+        del self._questions[qid]
+        self._free_qids.append(qid)
+
+    async def bootstrap(self, interface, *, timeout_s: float | None = None) -> Capability:
+        """Ask the peer for its bootstrap capability."""
+        iface = Interface.of(interface)
+        msg = Message.new_message()
+        qid = self._alloc_qid()
+        msg.init("bootstrap").questionId = qid
+        q = _Question(None, bootstrap=True)
+        import_id = await self._ask(qid, q, msg.to_bytes(), timeout_s)
+        return Capability(self, ("import", import_id), iface)
+
+    async def call(self, target: tuple, interface_id: int, method, fill, timeout_s):
+        while self._outstanding >= self.limits.outstanding_calls_max and not self._closed:
+            await self._outstanding_lot.park()
+        self._outstanding += 1
+        try:
+            msg = Message.new_message()
+            call = msg.init("call")
+            qid = self._alloc_qid()
+            call.questionId = qid
+            if target[0] == "import":
+                call.target.importedCap = target[1]
+            else:
+                call.target.init("promisedAnswer").questionId = target[1]
+            call.interfaceId = interface_id
+            call.methodId = method.ordinal
+            params = call.params.content.as_struct(method.param_type)
+            if fill is not None:
+                fill(params)
+            frame = encode(msg)
+            return await self._ask(qid, _Question(method.result_type), frame, timeout_s)
+        finally:
+            self._outstanding -= 1
+            if self._outstanding_lot:
+                self._outstanding_lot.unpark()
+
+    async def _ask(self, qid: int, q: _Question, frame: bytes, timeout_s):
+        """Send a question and wait for its Return, its deadline, or our
+        cancellation (the latter two send Finish)."""
+        try:
+            await self._send(frame)
+        except BaseException:
+            self._free_qids.append(qid)  # never sent: the id is still ours
+            raise
+        self._questions[qid] = q
+        timeout = self.limits.call_timeout_s if timeout_s is None else timeout_s
+        deadline = trio.current_time() + timeout
+        heapq.heappush(self._deadlines, (deadline, next(self._deadline_seq), qid, q))
+        if deadline < self._timer_target:
+            self._timer_lot.unpark()
+        if not q.returned:
+            q.task = trio.lowlevel.current_task()
+
+            def abort(_raise_cancel):
+                q.task = None
+                self._abandon(qid, q)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            await trio.lowlevel.checkpoint()
+        if q.error is not None:
+            raise q.error
+        return q.result
+
+    def _wake(self, q: _Question) -> None:
+        task, q.task = q.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Value(None))
+
+    async def _deadline_timer(self) -> None:
+        heap = self._deadlines
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, _, qid, q = heapq.heappop(heap)
+                if q.task is not None:
+                    self._abandon(qid, q)
+                    q.error = errors.CallTimeout(f"call {qid} to {self.peer or 'peer'} passed its deadline")
+                    self._wake(q)
+            if len(heap) > 2 * len(self._questions) + 1024:
+                # Answered questions leave stale entries; drop them in bulk.
+                heap[:] = [e for e in heap if e[3].task is not None]
+                heapq.heapify(heap)
+            self._timer_target = heap[0][0] if heap else math.inf
+            with trio.move_on_at(self._timer_target):
+                await self._timer_lot.park()
+
+    def _abandon(self, qid: int, q: _Question) -> None:
+        """The caller stopped waiting: send Finish (asks the callee to cancel)
+        and keep the id reserved until the Return arrives."""
+        q.abandoned = True
+        if not self._closed:
+            self._send_soon(_finish_frame(qid, release_caps=True))
+
+    async def _on_return(self, msg) -> None:
+        ret = getattr(msg, "return")
+        qid = ret.answerId
+        q = self._questions.get(qid)
+        if q is None or q.returned:
+            raise ProtocolError(f"return for unknown question {qid}")
+        which = ret.which()
+        result, error = None, None
+        if which == "results":
+            if q.bootstrap:
+                result, error = self._import_bootstrap(ret.results)
+            else:
+                result = ret.results.content.as_struct(q.result_type)
+        elif which == "exception":
+            exc = ret.exception
+            error = errors.from_wire(str(exc.type), exc.reason)
+        elif which == "canceled":
+            error = errors.Failed("call canceled by callee")
+        else:
+            error = errors.Unimplemented(f"return of kind {which} is not supported")
+        if q.abandoned:
+            self._free_qid(qid)  # our Finish was already queued
+            if q.bootstrap and isinstance(result, int):
+                self._send_soon(_release_frame(result, 1))
+            return
+        q.result, q.error, q.returned = result, error, True
+        if ret.noFinishNeeded:
+            self._free_qid(qid)
+        else:
+            self._send_soon(_finish_frame(qid, release_caps=not q.bootstrap),
+                            after=lambda: self._free_qid(qid))
+        self._wake(q)
+
+    def _import_bootstrap(self, payload):
+        table = payload.capTable
+        if len(table) != 1:
+            return None, ProtocolError(f"bootstrap returned {len(table)} capabilities")
+        desc = table[0]
+        kind = desc.which()
+        if kind not in ("senderHosted", "senderPromise"):
+            return None, errors.Unimplemented(f"bootstrap capability of kind {kind}")
+        import_id = getattr(desc, kind)
+        self._imports[import_id] = self._imports.get(import_id, 0) + 1
+        return import_id, None
+
+    async def release_import(self, target: tuple) -> None:
+        if target[0] != "import" or target[1] not in self._imports or self._closed:
+            return
+        count = self._imports.pop(target[1])
+        await self._send(_release_frame(target[1], count))
+
+    async def _on_unimplemented(self, msg) -> None:
+        echoed = msg.unimplemented
+        kind = echoed.which()
+        if kind == "call":
+            qid = echoed.call.questionId
+        elif kind == "bootstrap":
+            qid = echoed.bootstrap.questionId
+        else:
+            return  # e.g. a Release or Finish the peer ignores: nothing waits on it
+        q = self._questions.get(qid)
+        if q is not None and not q.returned:
+            q.error, q.returned = errors.Unimplemented(f"peer does not implement {kind}"), True
+            self._free_qid(qid)
+            self._wake(q)
+
+    async def _on_abort(self, msg) -> None:
+        raise _PeerAborted(msg.abort.reason)
+
+    # --------------------------------------------------------- server side
+
+    def _export(self, obj) -> int:
+        export_id = self._export_ids.get(id(obj))
+        if export_id is None:
+            export_id = self._next_export
+            self._next_export += 1
+            self._export_ids[id(obj)] = export_id
+            self._exports[export_id] = [obj, 0]
+        self._exports[export_id][1] += 1
+        return export_id
+
+    def _release_export(self, export_id: int, count: int) -> None:
+        entry = self._exports.get(export_id)
+        if entry is None or count > entry[1]:
+            raise ProtocolError(f"release of {count} references to export {export_id} we do not hold")
+        entry[1] -= count
+        if entry[1] == 0:
+            del self._exports[export_id]
+            del self._export_ids[id(entry[0])]
+
+    async def _on_bootstrap(self, msg) -> None:
+        qid = msg.bootstrap.questionId
+        if qid in self._answers:
+            raise ProtocolError(f"question id {qid} reused while its answer is live")
+        reply = Message.new_message()
+        ret = reply.init("return")
+        ret.answerId = qid
+        if self._bootstrap is None:
+            _set_exception(ret, "failed", "no bootstrap capability is offered here")
+            ret.noFinishNeeded = True
+            await self._send(reply.to_bytes())
+            return
+        export_id = self._export(self._bootstrap)
+        self._answers[qid] = _Answer(self._bootstrap, [export_id])
+        payload = ret.init("results")
+        payload.init("capTable", 1)[0].senderHosted = export_id
+        segments = place_capability(reply.to_segments(), _BOOTSTRAP_CAP_PATH, 0)
+        await self._send(frame_segments(segments))
+
+    async def _on_finish(self, msg) -> None:
+        finish = msg.finish
+        answer = self._answers.get(finish.questionId)
+        if answer is None:
+            return  # we said noFinishNeeded; the spec asks us to ignore it
+        answer.finished = True
+        if answer.scope is not None:
+            answer.scope.cancel()
+            return
+        del self._answers[finish.questionId]
+        if finish.releaseResultCaps:
+            for export_id in answer.exports:
+                self._release_export(export_id, 1)
+
+    async def _on_release(self, msg) -> None:
+        rel = msg.release
+        self._release_export(rel.id, rel.referenceCount)
+
+    def _resolve_target(self, target):
+        kind = target.which()
+        if kind == "importedCap":
+            entry = self._exports.get(target.importedCap)
+            return entry[0] if entry else None
+        if kind == "promisedAnswer":
+            promised = target.promisedAnswer
+            answer = self._answers.get(promised.questionId)
+            if answer is not None and answer.cap_obj is not None and len(promised.transform) == 0:
+                return answer.cap_obj
+        return None
+
+    async def _on_call(self, msg) -> None:
+        call = msg.call
+        qid = call.questionId
+        if qid in self._answers:
+            raise ProtocolError(f"question id {qid} reused while its answer is live")
+        params_payload = call.params
+        if params_payload._has("capTable"):
+            self._release_param_caps(params_payload)
+        obj = self._resolve_target(call.target)
+        entry = obj.rpc_lookup(call.interfaceId, call.methodId) if obj is not None else None
+        problem = self._call_problem(call, obj, entry)
+        if problem is not None:
+            await self._send(_exception_frame(qid, *problem))
+            return
+        bound, method, inline = entry
+        params = params_payload.content.as_struct(method.param_type)
+        if inline:
+            await self._send(self._run_inline(qid, bound, method, params))
+            return
+        answer = _Answer()
+        self._answers[qid] = answer
+        self._running_calls += 1
+        self._nursery.start_soon(self._serve_call, qid, answer, bound, method, params)
+
+    def _call_problem(self, call, obj, entry):
+        if obj is None:
+            return "failed", "call target is not a capability exported on this connection"
+        if entry is None:
+            return ("unimplemented",
+                    f"method {call.methodId} of interface {call.interfaceId:#x} is not implemented")
+        if call._has("sendResultsTo") and call.sendResultsTo.which() != "caller":
+            return "unimplemented", "results can only be sent to the caller"
+        if self._running_calls >= self.limits.inflight_calls_max:
+            return "overloaded", f"more than {self.limits.inflight_calls_max} calls in flight"
+        return None
+
+    def _release_param_caps(self, payload) -> None:
+        # Level 0 never holds capabilities passed in params: give them back.
+        for desc in payload.capTable:
+            kind = desc.which()
+            if kind in ("senderHosted", "senderPromise"):
+                self._send_soon(_release_frame(getattr(desc, kind), 1))
+
+    def _new_return(self, qid: int, method):
+        reply = Message.new_message()
+        ret = reply.init("return")
+        ret.answerId = qid
+        ret.noFinishNeeded = True
+        return reply, ret.init("results").content.as_struct(method.result_type)
+
+    def _run_inline(self, qid, bound, method, params) -> bytes:
+        """Drive an inline method's coroutine to completion by hand: it must
+        finish without yielding to trio."""
+        reply, results = self._new_return(qid, method)
+        coro = bound(params, results)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            if done.value is not None:
+                fill_struct(results, done.value)
+            return encode(reply)
+        except Exception as e:  # noqa: BLE001 -- becomes a typed Return
+            self._log_call_error(qid, method, e)
+            return _exception_frame(qid, *errors.to_wire(e))
+        coro.close()
+        error = RuntimeError(f"inline method {method.name} tried to block")
+        self._log_call_error(qid, method, error)
+        return _exception_frame(qid, *errors.to_wire(error))
+
+    async def _serve_call(self, qid, answer, bound, method, params) -> None:
+        reply, results = self._new_return(qid, method)
+        error = None
+        with trio.CancelScope() as scope:
+            answer.scope = scope
+            if answer.finished:
+                scope.cancel()
+            try:
+                value = await bound(params, results)
+                if value is not None:
+                    fill_struct(results, value)
+            except Exception as e:  # noqa: BLE001 -- every error becomes a typed Return
+                error = e
+        self._running_calls -= 1
+        self._answers.pop(qid, None)
+        if scope.cancelled_caught:
+            frame = _canceled_frame(qid)
+        elif error is not None:
+            self._log_call_error(qid, method, error)
+            frame = _exception_frame(qid, *errors.to_wire(error))
+        else:
+            frame = encode(reply)
+        try:
+            await self._send(frame)
+        except ConnectionLost:
+            pass
+
+    def _log_call_error(self, qid, method, error) -> None:
+        fields = dict(conn=self.id, peer=self.peer, qid=qid, method=method.name, error=repr(error))
+        if isinstance(error, errors.RemoteError):
+            log.debug(kv("rpc.call_failed", **fields))
+        else:
+            log.warning(kv("rpc.call_raised", **fields), exc_info=error)
+
+    _HANDLERS = {
+        "call": _on_call,
+        "return": _on_return,
+        "finish": _on_finish,
+        "bootstrap": _on_bootstrap,
+        "release": _on_release,
+        "abort": _on_abort,
+        "unimplemented": _on_unimplemented,
+    }
+
+
+def _coalesce(batch: list):
+    """Join small frames into few buffers; hand large segments over as they
+    are (send_all slices them without copying)."""
+    small, small_bytes = [], 0
+    for frame in batch:
+        parts = (frame,) if isinstance(frame, (bytes, bytearray)) else frame
+        for part in parts:
+            if len(part) >= BIG_FRAME_BYTES:
+                if small:
+                    yield b"".join(small)
+                    small, small_bytes = [], 0
+                yield part
+            else:
+                small.append(part)
+                small_bytes += len(part)
+    if small:
+        yield small[0] if len(small) == 1 else b"".join(small)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:300]
+
+
+def _set_exception(ret, kind: str, reason: str) -> None:
+    exc = ret.init("exception")
+    exc.reason = reason
+    exc.type = kind if kind in _EXC_TYPES else "failed"
+
+
+def _exception_frame(qid: int, kind: str, reason: str) -> bytes:
+    msg = Message.new_message()
+    ret = msg.init("return")
+    ret.answerId = qid
+    ret.noFinishNeeded = True
+    _set_exception(ret, kind, reason)
+    return msg.to_bytes()
+
+
+def _canceled_frame(qid: int) -> bytes:
+    msg = Message.new_message()
+    ret = msg.init("return")
+    ret.answerId = qid
+    ret.noFinishNeeded = True
+    ret.canceled = None
+    return msg.to_bytes()
+
+
+def _finish_frame(qid: int, release_caps: bool) -> bytes:
+    msg = Message.new_message()
+    fin = msg.init("finish")
+    fin.questionId = qid
+    fin.releaseResultCaps = release_caps
+    fin.requireEarlyCancellationWorkaround = False
+    return msg.to_bytes()
+
+
+def _release_frame(import_id: int, count: int) -> bytes:
+    msg = Message.new_message()
+    rel = msg.init("release")
+    rel.id = import_id
+    rel.referenceCount = count
+    return msg.to_bytes()

@@ -1,0 +1,107 @@
+"""Ways to get a stream under a Connection: TCP (optionally TLS), and trio
+memory streams for tests; plus serving and connecting helpers."""
+
+import contextlib
+import logging
+import ssl
+
+import trio
+import trio.testing
+
+from .connection import Connection
+from .errors import ConnectionLost
+from .limits import Limits
+from .logfmt import kv
+
+log = logging.getLogger("chordfs.rpc")
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port); ValueError with a plain sentence."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address {addr!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+async def serve_tcp(bootstrap_factory, port: int, *, host: str = "127.0.0.1",
+                    limits: Limits = Limits(), ssl_context: ssl.SSLContext | None = None,
+                    handshake_timeout_s: float = 10.0, task_status=trio.TASK_STATUS_IGNORED):
+    """Accept connections forever; each gets ``bootstrap_factory()`` as its
+    bootstrap object.  ``task_status.started`` receives the listeners (so
+    port 0 callers can read the chosen port)."""
+
+    async def handle(stream):
+        peer = _peer_name(stream)
+        if ssl_context is not None:
+            stream = trio.SSLStream(stream, ssl_context, server_side=True)
+            with trio.move_on_after(handshake_timeout_s) as scope:
+                try:
+                    await stream.do_handshake()
+                except (trio.BrokenResourceError, ssl.SSLError) as e:
+                    log.warning(kv("rpc.tls_handshake_failed", peer=peer, error=repr(e)))
+                    return
+            if scope.cancelled_caught:
+                log.warning(kv("rpc.tls_handshake_timeout", peer=peer))
+                await trio.aclose_forcefully(stream)
+                return
+        conn = Connection(stream, bootstrap=bootstrap_factory(), limits=limits, peer=peer)
+        log.debug(kv("rpc.accepted", conn=conn.id, peer=peer))
+        await conn.run()
+
+    await trio.serve_tcp(handle, port, host=host, task_status=task_status)
+
+
+def _peer_name(stream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except (AttributeError, OSError):
+        return "?"
+
+
+async def open_tcp_stream(addr: str, *, ssl_context: ssl.SSLContext | None = None,
+                          server_hostname: str | None = None, connect_timeout_s: float = 5.0):
+    host, port = split_addr(addr)
+    try:
+        with trio.fail_after(connect_timeout_s):
+            stream = await trio.open_tcp_stream(host, port)
+            if ssl_context is not None:
+                stream = trio.SSLStream(stream, ssl_context, server_hostname=server_hostname or host)
+                await stream.do_handshake()
+            return stream
+    except trio.TooSlowError:
+        raise ConnectionLost(f"connecting to {addr} timed out after {connect_timeout_s}s") from None
+    except (OSError, trio.BrokenResourceError, ssl.SSLError) as e:
+        raise ConnectionLost(f"cannot connect to {addr}: {e}") from None
+
+
+@contextlib.asynccontextmanager
+async def open_connection(stream, *, bootstrap=None, limits: Limits = Limits(), peer: str = ""):
+    """Run a Connection over ``stream`` for the duration of the block."""
+    async with trio.open_nursery() as nursery:
+        conn = Connection(stream, bootstrap=bootstrap, limits=limits, peer=peer)
+        await nursery.start(conn.run)
+        try:
+            yield conn
+        finally:
+            conn.close("closed by owner")
+
+
+@contextlib.asynccontextmanager
+async def connect(addr: str, *, bootstrap=None, limits: Limits = Limits(),
+                  ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                  connect_timeout_s: float = 5.0):
+    stream = await open_tcp_stream(addr, ssl_context=ssl_context, server_hostname=server_hostname,
+                                   connect_timeout_s=connect_timeout_s)
+    async with open_connection(stream, bootstrap=bootstrap, limits=limits, peer=addr) as conn:
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def memory_pair(bootstrap_a=None, bootstrap_b=None, limits: Limits = Limits()):
+    """Two connected Connections over in-memory streams: (a, b)."""
+    left, right = trio.testing.memory_stream_pair()
+    async with open_connection(left, bootstrap=bootstrap_a, limits=limits, peer="mem-b") as a:
+        async with open_connection(right, bootstrap=bootstrap_b, limits=limits, peer="mem-a") as b:
+            yield a, b
