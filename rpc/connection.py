@@ -208,7 +208,8 @@ class Connection:
                 traversal_limit_in_words=self.limits.traversal_words_max,
                 nesting_limit=self.limits.nesting_max,
             )
-            msg.total_size  # noqa: B018 -- walks every pointer: rejects a malformed message up front
+            # Fields are checked as they are read (pycapnp raises KjException);
+            # never call total_size here: on a bad pointer it aborts the process.
             which = msg.which()
         except capnp.KjException as e:
             raise ProtocolError(f"malformed message: {_first_line(e)}") from None

@@ -77,7 +77,10 @@ class Server:
 
     def __init_subclass__(cls, interfaces=(), **kw):
         super().__init_subclass__(**kw)
-        table = dict(getattr(cls, "_rpc_dispatch", {}))
+        # Inherited entries are re-read: a subclass may override a method and
+        # change whether it is inline.
+        table = {key: (attr, method, getattr(getattr(cls, attr), "_rpc_inline", False))
+                 for key, (attr, method, _) in getattr(cls, "_rpc_dispatch", {}).items()}
         for module in interfaces:
             iface = Interface.of(module)
             for method in iface.by_ordinal.values():

@@ -78,14 +78,21 @@ async def open_tcp_stream(addr: str, *, ssl_context: ssl.SSLContext | None = Non
 
 @contextlib.asynccontextmanager
 async def open_connection(stream, *, bootstrap=None, limits: Limits = Limits(), peer: str = ""):
-    """Run a Connection over ``stream`` for the duration of the block."""
-    async with trio.open_nursery() as nursery:
-        conn = Connection(stream, bootstrap=bootstrap, limits=limits, peer=peer)
-        await nursery.start(conn.run)
-        try:
-            yield conn
-        finally:
-            conn.close("closed by owner")
+    """Run a Connection over ``stream`` for the duration of the block.
+    Errors raised in the block come out as themselves, not wrapped in an
+    ExceptionGroup by the nursery that runs the connection."""
+    try:
+        async with trio.open_nursery() as nursery:
+            conn = Connection(stream, bootstrap=bootstrap, limits=limits, peer=peer)
+            await nursery.start(conn.run)
+            try:
+                yield conn
+            finally:
+                conn.close("closed by owner")
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 @contextlib.asynccontextmanager
