@@ -1,0 +1,118 @@
+"""The `chordfs` command.  Every entry point is ``main(argv) -> int``; a bad
+argument prints one plain sentence and returns non-zero."""
+
+import argparse
+import logging
+import sys
+
+import trio
+
+import rpc
+from rpc.logfmt import configure, kv
+
+log = logging.getLogger("chordfs.cli")
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _addr(text: str) -> str:
+    try:
+        rpc.split_addr(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="chordfs", description="chordfs: a POSIX filesystem served by a cluster")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    node = sub.add_parser("node", help="run a node (today: the RPC server with diagnostics)")
+    node.add_argument("--listen", type=_addr, default="127.0.0.1:7071", help="host:port to serve on")
+    node.add_argument("--name", default="", help="stable node name (default: the listen address)")
+    node.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ping = sub.add_parser("ping", help="call Diag.ping on a node and print the round trip")
+    ping.add_argument("addr", type=_addr)
+    ping.add_argument("--count", type=int, default=3)
+    ping.add_argument("--timeout-s", type=float, default=3.0)
+    demo = sub.add_parser("demo", help="start a local 3-node cluster on 127.0.0.1 (make run)")
+    demo.add_argument("--dir", default=".chordfs-demo")
+    demo.add_argument("--base-port", type=int, default=7071)
+    sub.add_parser("demo-stop", help="stop the demo cluster (make stop)").add_argument(
+        "--dir", default=".chordfs-demo")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"chordfs: {e}", file=sys.stderr)
+        return 2
+    if args.command == "node":
+        return _run_node(args)
+    if args.command == "ping":
+        return trio.run(_ping, args.addr, args.count, args.timeout_s)
+    from server import demo
+    if args.command == "demo":
+        return demo.run(args.dir, args.base_port)
+    return demo.stop(args.dir)
+
+
+def _run_node(args) -> int:
+    from server.diag import DiagServer
+    name = args.name or args.listen
+    configure(getattr(logging, args.log_level), node=name)
+    host, port = rpc.split_addr(args.listen)
+
+    async def serve():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: rpc.serve_tcp(
+                lambda: DiagServer(name), port, host=host, task_status=task_status))
+            log.info(kv("node.ready", listen=args.listen))
+
+    try:
+        trio.run(serve)
+    except KeyboardInterrupt:
+        log.info(kv("node.stopped", reason="interrupt"))
+    except BaseException as e:  # noqa: BLE001 -- one plain sentence, not a traceback
+        error = _leaf(e)
+        if not isinstance(error, OSError):
+            raise
+        print(f"chordfs: cannot listen on {args.listen}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _leaf(error: BaseException) -> BaseException:
+    """The single exception inside (possibly nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+async def _ping(addr: str, count: int, timeout_s: float) -> int:
+    from server.diag import diag
+    try:
+        async with rpc.connect(addr, connect_timeout_s=timeout_s) as conn:
+            cap = await conn.bootstrap(diag.Diag, timeout_s=timeout_s)
+            for _ in range(count):
+                start = trio.current_time()
+                reply = await cap.ping(timeout_s=timeout_s)
+                rtt_ms = (trio.current_time() - start) * 1000
+                print(f"{addr} name={reply.nodeName} rtt_ms={rtt_ms:.3f}")
+    except rpc.RpcError as e:
+        print(f"chordfs: {addr} did not answer: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

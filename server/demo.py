@@ -1,0 +1,107 @@
+"""`make run` / `make stop`: a local cluster on 127.0.0.1 under .chordfs-demo/.
+
+Each node is a separate `chordfs node` process; their PIDs are recorded so
+`chordfs demo-stop` (make stop) can end them from another shell.  Ctrl-C in
+the demo stops them too.  As later layers land, this grows into the full
+cluster with the filesystem mounted at ./mnt."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+NODES = 3
+
+
+def _pidfile(base: pathlib.Path) -> pathlib.Path:
+    return base / "pids"
+
+
+def run(directory: str, base_port: int) -> int:
+    base = pathlib.Path(directory).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    if _pidfile(base).exists():
+        stop(directory)
+    procs = []
+    for i in range(NODES):
+        addr = f"127.0.0.1:{base_port + i}"
+        log = open(base / f"node{i + 1}.log", "ab")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "node", "--listen", addr, "--name", f"node{i + 1}"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs))
+    addrs = [f"127.0.0.1:{base_port + i}" for i in range(NODES)]
+    if not _wait_ready(addrs, procs):
+        print(f"chordfs: the demo nodes did not start; see {base}/node*.log", file=sys.stderr)
+        stop(directory)
+        return 1
+    print(f"chordfs demo: {NODES} nodes serving on {', '.join(addrs)} (logs in {base}/)")
+    print("try:  .venv/bin/chordfs ping 127.0.0.1:7071")
+    print("      .venv/bin/python benchmarks/rpc_bench.py")
+    print("stop: Ctrl-C here, or `make stop` from another shell")
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        if not _pidfile(base).exists():
+            print("the demo cluster was stopped (make stop)")
+            return 0
+        print("chordfs: a demo node exited; stopping the others", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping the demo cluster")
+        return 0
+    finally:
+        if _pidfile(base).exists():
+            stop(directory)
+
+
+def _wait_ready(addrs: list[str], procs, timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    for addr in addrs:
+        while True:
+            ping = subprocess.run([sys.executable, "-m", "server.cli", "ping", addr, "--count", "1",
+                                   "--timeout-s", "1"], capture_output=True, text=True)
+            if ping.returncode == 0:
+                break
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                return False
+            time.sleep(0.2)
+    return True
+
+
+def stop(directory: str) -> int:
+    pidfile = _pidfile(pathlib.Path(directory).resolve())
+    if not pidfile.exists():
+        print("chordfs: no demo cluster is running here")
+        return 0
+    pids = [int(line) for line in pidfile.read_text().split()]
+    # Remove the record first: the demo process watching its nodes then
+    # knows their exit was asked for.
+    pidfile.unlink(missing_ok=True)
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    for pid in pids:
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    print(f"stopped {len(pids)} demo nodes")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours still answers kill(0): reap it
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True

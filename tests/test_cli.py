@@ -1,0 +1,58 @@
+"""The chordfs command: plain one-sentence errors, and a real node process."""
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from server.cli import main
+
+
+@pytest.mark.parametrize("argv,needle", [
+    ([], "required"),
+    (["node", "--listen", "nowhere"], "not host:port"),
+    (["node", "--listen", "127.0.0.1:70000"], "not host:port"),
+    (["ping"], "required"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_print_one_sentence(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and err.startswith("chordfs: ")
+
+
+def test_ping_of_unreachable_node_fails_plainly(capsys):
+    assert main(["ping", "127.0.0.1:1", "--count", "1", "--timeout-s", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("chordfs: 127.0.0.1:1 did not answer") and "\n" not in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_node_process_answers_ping():
+    addr = f"127.0.0.1:{_free_port()}"
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "node", "--listen", addr, "--name", "n1"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            out = subprocess.run([sys.executable, "-m", "server.cli", "ping", addr, "--count", "1"],
+                                 capture_output=True, text=True)
+            if out.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert out.returncode == 0, out.stderr
+        assert "name=n1" in out.stdout
+        busy = subprocess.run([sys.executable, "-m", "server.cli", "node", "--listen", addr],
+                              capture_output=True, text=True, timeout=30)
+        assert busy.returncode == 1 and "cannot listen" in busy.stderr
+    finally:
+        proc.kill()
+        proc.wait()
