@@ -30,7 +30,7 @@ import capnp
 import outcome
 import trio
 
-from . import errors, schema
+from . import envelope, errors, schema
 from .capptr import place_capability
 from .errors import ConnectionLost, ProtocolError
 from .framing import BIG_FRAME_BYTES, FrameDecoder, encode, frame_segments
@@ -203,6 +203,16 @@ class Connection:
 
     async def _dispatch(self, segments: list[bytes]) -> None:
         try:
+            fast = envelope.decode(segments, self.limits.traversal_words_max, self.limits.nesting_max)
+            if fast is not None:
+                if type(fast) is envelope.FastCall:
+                    await self._on_fast_call(fast)
+                else:
+                    self._on_fast_return(fast)
+                return
+        except capnp.KjException as e:
+            raise ProtocolError(f"malformed message: {_first_line(e)}") from None
+        try:
             msg = Message.from_segments(
                 segments,
                 traversal_limit_in_words=self.limits.traversal_words_max,
@@ -295,30 +305,42 @@ class Connection:
         import_id = await self._ask(qid, q, msg.to_bytes(), timeout_s)
         return Capability(self, ("import", import_id), iface)
 
-    async def call(self, target: tuple, interface_id: int, method, fill, timeout_s):
+    async def call(self, target: tuple, interface_id: int, method, fill, timeout_s, large=False):
         while self._outstanding >= self.limits.outstanding_calls_max and not self._closed:
             await self._outstanding_lot.park()
         self._outstanding += 1
         try:
-            msg = Message.new_message()
-            call = msg.init("call")
             qid = self._alloc_qid()
-            call.questionId = qid
-            if target[0] == "import":
-                call.target.importedCap = target[1]
-            else:
-                call.target.init("promisedAnswer").questionId = target[1]
-            call.interfaceId = interface_id
-            call.methodId = method.ordinal
-            params = call.params.content.as_struct(method.param_type)
-            if fill is not None:
-                fill(params)
-            frame = encode(msg)
+            frame = None
+            if target[0] == "import" and not large:
+                payload, params = envelope.new_payload(method.param_type)
+                if fill is not None:
+                    fill(params)
+                frame = envelope.encode_call(qid, target[1], interface_id, method.ordinal, payload)
+            if frame is None:
+                frame = self._encode_call(qid, target, interface_id, method, fill)
             return await self._ask(qid, _Question(method.result_type), frame, timeout_s)
         finally:
             self._outstanding -= 1
             if self._outstanding_lot:
                 self._outstanding_lot.unpark()
+
+    @staticmethod
+    def _encode_call(qid: int, target: tuple, interface_id: int, method, fill):
+        """The general encoding: any target, payloads of any size."""
+        msg = Message.new_message()
+        call = msg.init("call")
+        call.questionId = qid
+        if target[0] == "import":
+            call.target.importedCap = target[1]
+        else:
+            call.target.init("promisedAnswer").questionId = target[1]
+        call.interfaceId = interface_id
+        call.methodId = method.ordinal
+        params = call.params.content.as_struct(method.param_type)
+        if fill is not None:
+            fill(params)
+        return encode(msg)
 
     async def _ask(self, qid: int, q: _Question, frame: bytes, timeout_s):
         """Send a question and wait for its Return, its deadline, or our
@@ -382,9 +404,7 @@ class Connection:
     async def _on_return(self, msg) -> None:
         ret = getattr(msg, "return")
         qid = ret.answerId
-        q = self._questions.get(qid)
-        if q is None or q.returned:
-            raise ProtocolError(f"return for unknown question {qid}")
+        q = self._question_for_return(qid)
         which = ret.which()
         result, error = None, None
         if which == "results":
@@ -399,13 +419,29 @@ class Connection:
             error = errors.Failed("call canceled by callee")
         else:
             error = errors.Unimplemented(f"return of kind {which} is not supported")
+        self._complete(qid, q, result, error, ret.noFinishNeeded)
+
+    def _on_fast_return(self, fast) -> None:
+        q = self._question_for_return(fast.qid)
+        if q.bootstrap or fast.payload._has("capTable"):
+            raise ProtocolError("capabilities in a call's results are not supported")
+        self._complete(fast.qid, q, fast.payload.content.as_struct(q.result_type), None,
+                       fast.no_finish)
+
+    def _question_for_return(self, qid: int) -> _Question:
+        q = self._questions.get(qid)
+        if q is None or q.returned:
+            raise ProtocolError(f"return for unknown question {qid}")
+        return q
+
+    def _complete(self, qid: int, q: _Question, result, error, no_finish_needed: bool) -> None:
         if q.abandoned:
             self._free_qid(qid)  # our Finish was already queued
             if q.bootstrap and isinstance(result, int):
                 self._send_soon(_release_frame(result, 1))
             return
         q.result, q.error, q.returned = result, error, True
-        if ret.noFinishNeeded:
+        if no_finish_needed:
             self._free_qid(qid)
         else:
             self._send_soon(_finish_frame(qid, release_caps=not q.bootstrap),
@@ -520,15 +556,25 @@ class Connection:
 
     async def _on_call(self, msg) -> None:
         call = msg.call
-        qid = call.questionId
+        problem = None
+        if call._has("sendResultsTo") and call.sendResultsTo.which() != "caller":
+            problem = ("unimplemented", "results can only be sent to the caller")
+        obj = self._resolve_target(call.target)
+        await self._accept_call(call.questionId, obj, call.interfaceId, call.methodId,
+                                call.params, problem)
+
+    async def _on_fast_call(self, fast) -> None:
+        entry = self._exports.get(fast.import_id)
+        await self._accept_call(fast.qid, entry[0] if entry else None, fast.interface_id,
+                                fast.method_id, fast.payload, None)
+
+    async def _accept_call(self, qid, obj, interface_id, method_id, params_payload, problem):
         if qid in self._answers:
             raise ProtocolError(f"question id {qid} reused while its answer is live")
-        params_payload = call.params
         if params_payload._has("capTable"):
             self._release_param_caps(params_payload)
-        obj = self._resolve_target(call.target)
-        entry = obj.rpc_lookup(call.interfaceId, call.methodId) if obj is not None else None
-        problem = self._call_problem(call, obj, entry)
+        entry = obj.rpc_lookup(interface_id, method_id) if obj is not None else None
+        problem = problem or self._call_problem(interface_id, method_id, obj, entry)
         if problem is not None:
             await self._send(_exception_frame(qid, *problem))
             return
@@ -542,14 +588,12 @@ class Connection:
         self._running_calls += 1
         self._nursery.start_soon(self._serve_call, qid, answer, bound, method, params)
 
-    def _call_problem(self, call, obj, entry):
+    def _call_problem(self, interface_id, method_id, obj, entry):
         if obj is None:
             return "failed", "call target is not a capability exported on this connection"
         if entry is None:
             return ("unimplemented",
-                    f"method {call.methodId} of interface {call.interfaceId:#x} is not implemented")
-        if call._has("sendResultsTo") and call.sendResultsTo.which() != "caller":
-            return "unimplemented", "results can only be sent to the caller"
+                    f"method {method_id} of interface {interface_id:#x} is not implemented")
         if self._running_calls >= self.limits.inflight_calls_max:
             return "overloaded", f"more than {self.limits.inflight_calls_max} calls in flight"
         return None
@@ -561,24 +605,29 @@ class Connection:
             if kind in ("senderHosted", "senderPromise"):
                 self._send_soon(_release_frame(getattr(desc, kind), 1))
 
-    def _new_return(self, qid: int, method):
-        reply = Message.new_message()
+    @staticmethod
+    def _encode_return(qid: int, payload):
+        frame = envelope.encode_return(qid, payload)
+        if frame is not None:
+            return frame
+        reply = Message.new_message()  # results too large for the fast path
         ret = reply.init("return")
         ret.answerId = qid
         ret.noFinishNeeded = True
-        return reply, ret.init("results").content.as_struct(method.result_type)
+        ret.init("results").content.set(payload.as_reader().content)
+        return encode(reply)
 
     def _run_inline(self, qid, bound, method, params) -> bytes:
         """Drive an inline method's coroutine to completion by hand: it must
         finish without yielding to trio."""
-        reply, results = self._new_return(qid, method)
+        payload, results = envelope.new_payload(method.result_type)
         coro = bound(params, results)
         try:
             coro.send(None)
         except StopIteration as done:
             if done.value is not None:
                 fill_struct(results, done.value)
-            return encode(reply)
+            return self._encode_return(qid, payload)
         except Exception as e:  # noqa: BLE001 -- becomes a typed Return
             self._log_call_error(qid, method, e)
             return _exception_frame(qid, *errors.to_wire(e))
@@ -588,7 +637,7 @@ class Connection:
         return _exception_frame(qid, *errors.to_wire(error))
 
     async def _serve_call(self, qid, answer, bound, method, params) -> None:
-        reply, results = self._new_return(qid, method)
+        payload, results = envelope.new_payload(method.result_type)
         error = None
         with trio.CancelScope() as scope:
             answer.scope = scope
@@ -608,7 +657,7 @@ class Connection:
             self._log_call_error(qid, method, error)
             frame = _exception_frame(qid, *errors.to_wire(error))
         else:
-            frame = encode(reply)
+            frame = self._encode_return(qid, payload)
         try:
             await self._send(frame)
         except ConnectionLost:

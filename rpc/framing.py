@@ -60,8 +60,9 @@ class FrameDecoder:
         self._limits = limits
         self._buf = bytearray()
         self._pos = 0
-        self._big: bytearray | None = None
+        self._big: memoryview | None = None
         self._big_fill = 0
+        self._spare: bytearray | None = None  # last big buffer, reused once free
         self._big_layout: tuple[int, tuple[int, ...]] = (0, ())
 
     def feed(self, data: bytes) -> None:
@@ -135,8 +136,23 @@ class FrameDecoder:
             raise ProtocolError("frame has an empty first segment")
         return header_len, sizes, total
 
+    def _big_buffer(self, total: int) -> memoryview:
+        """A buffer of ``total`` bytes: the previous one if no reader still
+        holds a view of it (a fresh 1 MiB allocation costs page faults that
+        dominate large transfers)."""
+        spare = self._spare
+        if spare is not None and len(spare) >= total and len(spare) <= 4 * total:
+            try:
+                spare.append(0)  # resizing fails while any memoryview exists
+                spare.pop()
+                return memoryview(spare)[:total]
+            except BufferError:
+                pass
+        self._spare = spare = bytearray(total)
+        return memoryview(spare)
+
     def _start_big(self, header_len: int, sizes, total: int, avail: int) -> None:
-        big = bytearray(total)
+        big = self._big_buffer(total)
         big[:avail] = memoryview(self._buf)[self._pos:]
         self._big, self._big_fill = big, avail
         self._big_layout = (header_len, sizes)
@@ -145,7 +161,7 @@ class FrameDecoder:
 
     def _finish_big(self) -> list:
         header_len, sizes = self._big_layout
-        view = memoryview(self._big)
+        view = self._big
         segments, start = [], header_len
         for size in sizes:
             segments.append(view[start:start + 8 * size])

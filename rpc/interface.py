@@ -99,6 +99,16 @@ class Server:
         return getattr(self, entry[0]), entry[1], entry[2]
 
 
+LARGE_FIELD_BYTES = 32 * 1024
+
+
+def _looks_large(fields: dict) -> bool:
+    """A payload this big spills over one segment: skip the fast encoding
+    (it would build the payload twice)."""
+    return any(isinstance(v, (bytes, bytearray, memoryview, str)) and len(v) > LARGE_FIELD_BYTES
+               for v in fields.values())
+
+
 def fill_struct(builder, fields: dict) -> None:
     for key, value in fields.items():
         if isinstance(value, dict):
@@ -131,16 +141,22 @@ class Capability:
             raise RpcError(f"{self.interface.name} has no method {name}")
         if fill is None:
             fill = (lambda p: fill_struct(p, fields)) if fields else None
-        return await self._conn.call(self._target, self.interface.id, method, fill, timeout_s)
+        return await self._conn.call(self._target, self.interface.id, method, fill, timeout_s,
+                                     large=bool(fields) and _looks_large(fields))
 
     def __getattr__(self, name: str):
         if name.startswith("_") or name not in self.interface.by_name:
             raise AttributeError(name)
+        method = self.interface.by_name[name]
+        conn, target, iface_id = self._conn, self._target, self.interface.id
 
         async def invoke(timeout_s=None, **fields):
-            return await self.call(name, fields, timeout_s=timeout_s)
+            fill = (lambda p: fill_struct(p, fields)) if fields else None
+            return await conn.call(target, iface_id, method, fill, timeout_s,
+                                   large=_looks_large(fields))
 
         invoke.__name__ = name
+        setattr(self, name, invoke)  # cached: later lookups skip __getattr__
         return invoke
 
     async def release(self) -> None:

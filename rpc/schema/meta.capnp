@@ -1,0 +1,159 @@
+@0x9b5612ebae60ca4a;
+# Metadata state machine: the commands Raft carries and the results apply
+# and the queries return. Each struct mirrors the dataclass of the same name
+# in server/meta/types.py field for field (snake_case there, camelCase
+# here); server/meta/codec.py converts generically by field name, so a field
+# added on one side must be added on the other (tests/meta checks the round
+# trip of every type).
+#
+# Conventions: inode numbers UInt64, times Int64 nanoseconds since the epoch
+# (stamped by the proposer), names and targets Data (bytes, not UTF-8),
+# errno values UInt32 with 0 meaning success.
+
+struct OptU64 {
+  union {
+    none @0 :Void;
+    some @1 :UInt64;
+  }
+}
+
+struct OptData {
+  union {
+    none @0 :Void;
+    some @1 :Data;
+  }
+}
+
+struct TimeSet {
+  # setattr time: leave unchanged, the command's nowNs, or an explicit value.
+  union {
+    omit @0 :Void;
+    now @1 :Void;
+    ns @2 :Int64;
+  }
+}
+
+struct Create    { parent @0 :UInt64; name @1 :Data; mode @2 :UInt32; uid @3 :UInt32; gid @4 :UInt32; nowNs @5 :Int64; }
+struct Mkdir     { parent @0 :UInt64; name @1 :Data; mode @2 :UInt32; uid @3 :UInt32; gid @4 :UInt32; nowNs @5 :Int64; }
+struct Mknod     { parent @0 :UInt64; name @1 :Data; mode @2 :UInt32; rdev @3 :UInt64; uid @4 :UInt32; gid @5 :UInt32; nowNs @6 :Int64; }
+struct Symlink   { parent @0 :UInt64; name @1 :Data; target @2 :Data; uid @3 :UInt32; gid @4 :UInt32; nowNs @5 :Int64; }
+struct Link      { ino @0 :UInt64; newParent @1 :UInt64; newName @2 :Data; nowNs @3 :Int64; }
+struct Unlink    { parent @0 :UInt64; name @1 :Data; nowNs @2 :Int64; keepOrphan @3 :Bool; }
+struct Rmdir     { parent @0 :UInt64; name @1 :Data; nowNs @2 :Int64; }
+
+struct Rename {
+  parent @0 :UInt64;
+  name @1 :Data;
+  newParent @2 :UInt64;
+  newName @3 :Data;
+  flags @4 :UInt32;       # 1 = RENAME_NOREPLACE, 2 = RENAME_EXCHANGE
+  nowNs @5 :Int64;
+  keepOrphan @6 :Bool;    # a replaced target losing its last link stays as an orphan
+}
+
+struct SetAttr {
+  ino @0 :UInt64;
+  nowNs @1 :Int64;
+  mode @2 :OptU64;
+  uid @3 :OptU64;
+  gid @4 :OptU64;
+  size @5 :OptU64;
+  atime @6 :TimeSet;
+  mtime @7 :TimeSet;
+}
+
+struct SetXattr    { ino @0 :UInt64; name @1 :Data; value @2 :Data; flags @3 :UInt32; nowNs @4 :Int64; }
+struct RemoveXattr { ino @0 :UInt64; name @1 :Data; nowNs @2 :Int64; }
+
+struct ChunkRef { idx @0 :UInt64; chunkId @1 :Data; length @2 :UInt64; }
+
+struct CommitWrite {
+  ino @0 :UInt64;
+  size @1 :UInt64;
+  nowNs @2 :Int64;
+  chunks @3 :List(ChunkRef);
+  inline @4 :OptData;
+}
+
+struct ReleaseOrphan { ino @0 :UInt64; nowNs @1 :Int64; }
+struct ForgetChunks  { chunkIds @0 :List(Data); }
+
+struct Command {
+  # One Raft log entry of the metadata state machine.
+  union {
+    create @0 :Create;
+    mkdir @1 :Mkdir;
+    mknod @2 :Mknod;
+    symlink @3 :Symlink;
+    link @4 :Link;
+    unlink @5 :Unlink;
+    rmdir @6 :Rmdir;
+    rename @7 :Rename;
+    setAttr @8 :SetAttr;
+    setXattr @9 :SetXattr;
+    removeXattr @10 :RemoveXattr;
+    commitWrite @11 :CommitWrite;
+    releaseOrphan @12 :ReleaseOrphan;
+    forgetChunks @13 :ForgetChunks;
+  }
+}
+
+struct Attr {
+  ino @0 :UInt64;
+  mode @1 :UInt32;
+  uid @2 :UInt32;
+  gid @3 :UInt32;
+  size @4 :UInt64;
+  nlink @5 :UInt32;
+  rdev @6 :UInt64;
+  atimeNs @7 :Int64;
+  mtimeNs @8 :Int64;
+  ctimeNs @9 :Int64;
+}
+
+struct Status         { err @0 :UInt32; }
+struct EntryReply     { err @0 :UInt32; attr @1 :Attr; }   # attr absent on error
+struct RemoveReply    { err @0 :UInt32; ino @1 :UInt64; nlink @2 :UInt32; }
+struct AlreadyApplied { index @0 :UInt64; appliedIndex @1 :UInt64; err @2 :UInt32; }
+
+struct Result {
+  # What applying one Command returned.
+  union {
+    status @0 :Status;
+    entryReply @1 :EntryReply;
+    removeReply @2 :RemoveReply;
+    alreadyApplied @3 :AlreadyApplied;
+  }
+}
+
+struct DirEntry { name @0 :Data; ino @1 :UInt64; kind @2 :UInt32; }
+
+struct DirPage {
+  err @0 :UInt32;
+  entries @1 :List(DirEntry);
+  cursor @2 :Data;
+  done @3 :Bool;
+  parent @4 :UInt64;
+}
+
+struct BytesReply { err @0 :UInt32; value @1 :Data; }
+struct NamesReply { err @0 :UInt32; names @1 :List(Data); }
+
+struct ManifestPage {
+  err @0 :UInt32;
+  size @1 :UInt64;
+  chunkBytes @2 :UInt64;
+  inline @3 :OptData;
+  chunks @4 :List(ChunkRef);
+  nextIdx @5 :UInt64;
+  done @6 :Bool;
+}
+
+struct StatFs {
+  inodes @0 :UInt64;
+  bytes @1 :UInt64;
+  chunks @2 :UInt64;
+  nextIno @3 :UInt64;
+  appliedIndex @4 :UInt64;
+  nameBytesMax @5 :UInt32;
+}
