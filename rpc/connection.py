@@ -190,6 +190,9 @@ class Connection:
                 want = min(max(65536, decoder.wanted_bytes()), 256 * 1024)
                 data = await stream.receive_some(want)
                 if not data:
+                    pending = decoder.pending_bytes + (decoder.wanted_bytes() and 1)
+                    if pending:
+                        return "peer closed the stream in the middle of a frame (truncated message)", True
                     return "peer closed the stream", False
                 decoder.feed(data)
                 while (segments := decoder.next_frame()) is not None:
