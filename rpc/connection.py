@@ -21,19 +21,19 @@ Invariants:
 A protocol violation or a frame beyond the limits closes this connection
 (after an Abort with the reason) and never affects others."""
 
-import heapq
 import itertools
 import logging
-import math
 
 import capnp
 import outcome
 import trio
 
-from . import envelope, errors, schema
+from . import envelope, errors, frames, schema
 from .capptr import place_capability
+from .deadlines import Deadlines
 from .errors import ConnectionLost, ProtocolError
-from .framing import BIG_FRAME_BYTES, FrameDecoder, encode, frame_segments
+from .exports import ExportTable
+from .framing import FrameDecoder, frame_segments
 from .interface import Capability, Interface, fill_struct
 from .limits import Limits
 from .logfmt import kv
@@ -43,7 +43,6 @@ log = logging.getLogger("chordfs.rpc")
 
 _RPC = schema.rpc_protocol()
 Message = _RPC.Message
-_EXC_TYPES = ("failed", "overloaded", "disconnected", "unimplemented")
 _conn_ids = itertools.count(1)
 
 
@@ -97,17 +96,10 @@ class Connection:
         self._next_qid = 0
         self._outstanding = 0
         self._outstanding_lot = trio.lowlevel.ParkingLot()
-        # Deadlines of waiting questions, served by one timer task rather than
-        # a cancel scope per call: (deadline, seq, qid, question).
-        self._deadlines: list = []
-        self._deadline_seq = itertools.count()
-        self._timer_target = math.inf
-        self._timer_lot = trio.lowlevel.ParkingLot()
+        self._deadlines = Deadlines()
         self._answers: dict[int, _Answer] = {}
         self._running_calls = 0
-        self._exports: dict[int, list] = {}  # export id -> [object, refcount]
-        self._export_ids: dict[int, int] = {}  # id(object) -> export id
-        self._next_export = 0
+        self._exports = ExportTable()
         self._imports: dict[int, int] = {}  # import id -> refcount held
         self._nursery = None
         self.closed_writer = trio.Event()
@@ -128,7 +120,8 @@ class Connection:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
-                nursery.start_soon(self._deadline_timer)
+                nursery.start_soon(self._deadlines.run, self._expire,
+                                   lambda q: q.task is not None, lambda: len(self._questions))
                 task_status.started(self)
                 reason, abort = await self._read_until_closed()
                 await self._shutdown(reason, abort)
@@ -164,11 +157,7 @@ class Connection:
     async def _shutdown(self, reason: str, abort: bool) -> None:
         if abort:
             log.warning(kv("rpc.abort", conn=self.id, peer=self.peer, reason=reason))
-            msg = Message.new_message()
-            exc = msg.init("abort")
-            exc.reason = reason[:1000]
-            exc.type = "failed"
-            queued = self._outbox.put_nowait(msg.to_bytes())
+            queued = self._outbox.put_nowait(frames.abort_frame(reason))
             self._mark_closed(reason)
             if not queued:
                 return
@@ -247,7 +236,7 @@ class Connection:
         batch_max = self.limits.write_batch_bytes
         try:
             while batch := await outbox.take(batch_max):
-                for chunk in _coalesce(batch):
+                for chunk in frames.coalesce(batch):
                     await stream.send_all(chunk)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._mark_closed(f"stream error while sending: {e!r}")
@@ -321,29 +310,12 @@ class Connection:
                     fill(params)
                 frame = envelope.encode_call(qid, target[1], interface_id, method.ordinal, payload)
             if frame is None:
-                frame = self._encode_call(qid, target, interface_id, method, fill)
+                frame = frames.call_frame(qid, target, interface_id, method, fill)
             return await self._ask(qid, _Question(method.result_type), frame, timeout_s)
         finally:
             self._outstanding -= 1
             if self._outstanding_lot:
                 self._outstanding_lot.unpark()
-
-    @staticmethod
-    def _encode_call(qid: int, target: tuple, interface_id: int, method, fill):
-        """The general encoding: any target, payloads of any size."""
-        msg = Message.new_message()
-        call = msg.init("call")
-        call.questionId = qid
-        if target[0] == "import":
-            call.target.importedCap = target[1]
-        else:
-            call.target.init("promisedAnswer").questionId = target[1]
-        call.interfaceId = interface_id
-        call.methodId = method.ordinal
-        params = call.params.content.as_struct(method.param_type)
-        if fill is not None:
-            fill(params)
-        return encode(msg)
 
     async def _ask(self, qid: int, q: _Question, frame: bytes, timeout_s):
         """Send a question and wait for its Return, its deadline, or our
@@ -355,10 +327,7 @@ class Connection:
             raise
         self._questions[qid] = q
         timeout = self.limits.call_timeout_s if timeout_s is None else timeout_s
-        deadline = trio.current_time() + timeout
-        heapq.heappush(self._deadlines, (deadline, next(self._deadline_seq), qid, q))
-        if deadline < self._timer_target:
-            self._timer_lot.unpark()
+        self._deadlines.add(trio.current_time() + timeout, qid, q)
         if not q.returned:
             q.task = trio.lowlevel.current_task()
 
@@ -379,30 +348,17 @@ class Connection:
         if task is not None:
             trio.lowlevel.reschedule(task, outcome.Value(None))
 
-    async def _deadline_timer(self) -> None:
-        heap = self._deadlines
-        while True:
-            now = trio.current_time()
-            while heap and heap[0][0] <= now:
-                _, _, qid, q = heapq.heappop(heap)
-                if q.task is not None:
-                    self._abandon(qid, q)
-                    q.error = errors.CallTimeout(f"call {qid} to {self.peer or 'peer'} passed its deadline")
-                    self._wake(q)
-            if len(heap) > 2 * len(self._questions) + 1024:
-                # Answered questions leave stale entries; drop them in bulk.
-                heap[:] = [e for e in heap if e[3].task is not None]
-                heapq.heapify(heap)
-            self._timer_target = heap[0][0] if heap else math.inf
-            with trio.move_on_at(self._timer_target):
-                await self._timer_lot.park()
+    def _expire(self, qid: int, q: _Question) -> None:
+        self._abandon(qid, q)
+        q.error = errors.CallTimeout(f"call {qid} to {self.peer or 'peer'} passed its deadline")
+        self._wake(q)
 
     def _abandon(self, qid: int, q: _Question) -> None:
         """The caller stopped waiting: send Finish (asks the callee to cancel)
         and keep the id reserved until the Return arrives."""
         q.abandoned = True
         if not self._closed:
-            self._send_soon(_finish_frame(qid, release_caps=True))
+            self._send_soon(frames.finish_frame(qid, release_caps=True))
 
     async def _on_return(self, msg) -> None:
         ret = getattr(msg, "return")
@@ -441,13 +397,13 @@ class Connection:
         if q.abandoned:
             self._free_qid(qid)  # our Finish was already queued
             if q.bootstrap and isinstance(result, int):
-                self._send_soon(_release_frame(result, 1))
+                self._send_soon(frames.release_frame(result, 1))
             return
         q.result, q.error, q.returned = result, error, True
         if no_finish_needed:
             self._free_qid(qid)
         else:
-            self._send_soon(_finish_frame(qid, release_caps=not q.bootstrap),
+            self._send_soon(frames.finish_frame(qid, release_caps=not q.bootstrap),
                             after=lambda: self._free_qid(qid))
         self._wake(q)
 
@@ -467,7 +423,7 @@ class Connection:
         if target[0] != "import" or target[1] not in self._imports or self._closed:
             return
         count = self._imports.pop(target[1])
-        await self._send(_release_frame(target[1], count))
+        await self._send(frames.release_frame(target[1], count))
 
     async def _on_unimplemented(self, msg) -> None:
         echoed = msg.unimplemented
@@ -489,25 +445,6 @@ class Connection:
 
     # --------------------------------------------------------- server side
 
-    def _export(self, obj) -> int:
-        export_id = self._export_ids.get(id(obj))
-        if export_id is None:
-            export_id = self._next_export
-            self._next_export += 1
-            self._export_ids[id(obj)] = export_id
-            self._exports[export_id] = [obj, 0]
-        self._exports[export_id][1] += 1
-        return export_id
-
-    def _release_export(self, export_id: int, count: int) -> None:
-        entry = self._exports.get(export_id)
-        if entry is None or count > entry[1]:
-            raise ProtocolError(f"release of {count} references to export {export_id} we do not hold")
-        entry[1] -= count
-        if entry[1] == 0:
-            del self._exports[export_id]
-            del self._export_ids[id(entry[0])]
-
     async def _on_bootstrap(self, msg) -> None:
         qid = msg.bootstrap.questionId
         if qid in self._answers:
@@ -516,11 +453,11 @@ class Connection:
         ret = reply.init("return")
         ret.answerId = qid
         if self._bootstrap is None:
-            _set_exception(ret, "failed", "no bootstrap capability is offered here")
+            frames.set_exception(ret, "failed", "no bootstrap capability is offered here")
             ret.noFinishNeeded = True
             await self._send(reply.to_bytes())
             return
-        export_id = self._export(self._bootstrap)
+        export_id = self._exports.export(self._bootstrap)
         self._answers[qid] = _Answer(self._bootstrap, [export_id])
         payload = ret.init("results")
         payload.init("capTable", 1)[0].senderHosted = export_id
@@ -539,17 +476,16 @@ class Connection:
         del self._answers[finish.questionId]
         if finish.releaseResultCaps:
             for export_id in answer.exports:
-                self._release_export(export_id, 1)
+                self._exports.release(export_id, 1)
 
     async def _on_release(self, msg) -> None:
         rel = msg.release
-        self._release_export(rel.id, rel.referenceCount)
+        self._exports.release(rel.id, rel.referenceCount)
 
     def _resolve_target(self, target):
         kind = target.which()
         if kind == "importedCap":
-            entry = self._exports.get(target.importedCap)
-            return entry[0] if entry else None
+            return self._exports.get(target.importedCap)
         if kind == "promisedAnswer":
             promised = target.promisedAnswer
             answer = self._answers.get(promised.questionId)
@@ -567,8 +503,7 @@ class Connection:
                                 call.params, problem)
 
     async def _on_fast_call(self, fast) -> None:
-        entry = self._exports.get(fast.import_id)
-        await self._accept_call(fast.qid, entry[0] if entry else None, fast.interface_id,
+        await self._accept_call(fast.qid, self._exports.get(fast.import_id), fast.interface_id,
                                 fast.method_id, fast.payload, None)
 
     async def _accept_call(self, qid, obj, interface_id, method_id, params_payload, problem):
@@ -579,7 +514,7 @@ class Connection:
         entry = obj.rpc_lookup(interface_id, method_id) if obj is not None else None
         problem = problem or self._call_problem(interface_id, method_id, obj, entry)
         if problem is not None:
-            await self._send(_exception_frame(qid, *problem))
+            await self._send(frames.exception_frame(qid, *problem))
             return
         bound, method, inline = entry
         params = params_payload.content.as_struct(method.param_type)
@@ -606,19 +541,7 @@ class Connection:
         for desc in payload.capTable:
             kind = desc.which()
             if kind in ("senderHosted", "senderPromise"):
-                self._send_soon(_release_frame(getattr(desc, kind), 1))
-
-    @staticmethod
-    def _encode_return(qid: int, payload):
-        frame = envelope.encode_return(qid, payload)
-        if frame is not None:
-            return frame
-        reply = Message.new_message()  # results too large for the fast path
-        ret = reply.init("return")
-        ret.answerId = qid
-        ret.noFinishNeeded = True
-        ret.init("results").content.set(payload.as_reader().content)
-        return encode(reply)
+                self._send_soon(frames.release_frame(getattr(desc, kind), 1))
 
     def _run_inline(self, qid, bound, method, params) -> bytes:
         """Drive an inline method's coroutine to completion by hand: it must
@@ -630,14 +553,14 @@ class Connection:
         except StopIteration as done:
             if done.value is not None:
                 fill_struct(results, done.value)
-            return self._encode_return(qid, payload)
+            return frames.results_frame(qid, payload)
         except Exception as e:  # noqa: BLE001 -- becomes a typed Return
             self._log_call_error(qid, method, e)
-            return _exception_frame(qid, *errors.to_wire(e))
+            return frames.exception_frame(qid, *errors.to_wire(e))
         coro.close()
         error = RuntimeError(f"inline method {method.name} tried to block")
         self._log_call_error(qid, method, error)
-        return _exception_frame(qid, *errors.to_wire(error))
+        return frames.exception_frame(qid, *errors.to_wire(error))
 
     async def _serve_call(self, qid, answer, bound, method, params) -> None:
         payload, results = envelope.new_payload(method.result_type)
@@ -655,12 +578,12 @@ class Connection:
         self._running_calls -= 1
         self._answers.pop(qid, None)
         if scope.cancelled_caught:
-            frame = _canceled_frame(qid)
+            frame = frames.canceled_frame(qid)
         elif error is not None:
             self._log_call_error(qid, method, error)
-            frame = _exception_frame(qid, *errors.to_wire(error))
+            frame = frames.exception_frame(qid, *errors.to_wire(error))
         else:
-            frame = self._encode_return(qid, payload)
+            frame = frames.results_frame(qid, payload)
         try:
             await self._send(frame)
         except ConnectionLost:
@@ -684,66 +607,6 @@ class Connection:
     }
 
 
-def _coalesce(batch: list):
-    """Join small frames into few buffers; hand large segments over as they
-    are (send_all slices them without copying)."""
-    small, small_bytes = [], 0
-    for frame in batch:
-        parts = (frame,) if isinstance(frame, (bytes, bytearray)) else frame
-        for part in parts:
-            if len(part) >= BIG_FRAME_BYTES:
-                if small:
-                    yield b"".join(small)
-                    small, small_bytes = [], 0
-                yield part
-            else:
-                small.append(part)
-                small_bytes += len(part)
-    if small:
-        yield small[0] if len(small) == 1 else b"".join(small)
-
-
 def _first_line(e: Exception) -> str:
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     return text[:300]
-
-
-def _set_exception(ret, kind: str, reason: str) -> None:
-    exc = ret.init("exception")
-    exc.reason = reason
-    exc.type = kind if kind in _EXC_TYPES else "failed"
-
-
-def _exception_frame(qid: int, kind: str, reason: str) -> bytes:
-    msg = Message.new_message()
-    ret = msg.init("return")
-    ret.answerId = qid
-    ret.noFinishNeeded = True
-    _set_exception(ret, kind, reason)
-    return msg.to_bytes()
-
-
-def _canceled_frame(qid: int) -> bytes:
-    msg = Message.new_message()
-    ret = msg.init("return")
-    ret.answerId = qid
-    ret.noFinishNeeded = True
-    ret.canceled = None
-    return msg.to_bytes()
-
-
-def _finish_frame(qid: int, release_caps: bool) -> bytes:
-    msg = Message.new_message()
-    fin = msg.init("finish")
-    fin.questionId = qid
-    fin.releaseResultCaps = release_caps
-    fin.requireEarlyCancellationWorkaround = False
-    return msg.to_bytes()
-
-
-def _release_frame(import_id: int, count: int) -> bytes:
-    msg = Message.new_message()
-    rel = msg.init("release")
-    rel.id = import_id
-    rel.referenceCount = count
-    return msg.to_bytes()
