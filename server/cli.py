@@ -10,6 +10,8 @@ import trio
 import rpc
 from rpc.logfmt import configure, kv
 
+from .config import ConfigError, add_config_arguments, config_from_args, example_toml
+
 log = logging.getLogger("chordfs.cli")
 
 
@@ -33,10 +35,9 @@ def _addr(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="chordfs", description="chordfs: a POSIX filesystem served by a cluster")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    node = sub.add_parser("node", help="run a node (today: the RPC server with diagnostics)")
-    node.add_argument("--listen", type=_addr, default="127.0.0.1:7071", help="host:port to serve on")
-    node.add_argument("--name", default="", help="stable node name (default: the listen address)")
-    node.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    node = sub.add_parser("node", help="run a node: --config FILE.toml and/or --key-name VALUE flags")
+    add_config_arguments(node)
+    sub.add_parser("example-config", help="print a node.toml with every key at its default")
     ping = sub.add_parser("ping", help="call Diag.ping on a node and print the round trip")
     ping.add_argument("addr", type=_addr)
     ping.add_argument("--count", type=int, default=3)
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "node":
         return _run_node(args)
+    if args.command == "example-config":
+        print(example_toml(), end="")
+        return 0
     if args.command == "ping":
         return trio.run(_ping, args.addr, args.count, args.timeout_s)
     from server import demo
@@ -67,26 +71,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_node(args) -> int:
-    from server.diag import DiagServer
-    name = args.name or args.listen
-    configure(getattr(logging, args.log_level), node=name)
-    host, port = rpc.split_addr(args.listen)
-
-    async def serve():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: rpc.serve_tcp(
-                lambda: DiagServer(name), port, host=host, task_status=task_status))
-            log.info(kv("node.ready", listen=args.listen))
-
+    from .node import Node
     try:
-        trio.run(serve)
+        cfg = config_from_args(args)
+    except ConfigError as e:
+        print(f"chordfs: {e}", file=sys.stderr)
+        return 2
+    configure(getattr(logging, cfg.log_level.upper()), node=cfg.node_name)
+    try:
+        trio.run(Node(cfg).run)
     except KeyboardInterrupt:
         log.info(kv("node.stopped", reason="interrupt"))
     except BaseException as e:  # noqa: BLE001 -- one plain sentence, not a traceback
         error = _leaf(e)
         if not isinstance(error, OSError):
             raise
-        print(f"chordfs: cannot listen on {args.listen}: {error.strerror or error}", file=sys.stderr)
+        print(f"chordfs: cannot serve on {cfg.listen_addr}: {error.strerror or error}", file=sys.stderr)
         return 1
     return 0
 

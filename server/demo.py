@@ -26,10 +26,10 @@ def run(directory: str, base_port: int) -> int:
         stop(directory)
     procs = []
     for i in range(NODES):
-        addr = f"127.0.0.1:{base_port + i}"
         log = open(base / f"node{i + 1}.log", "ab")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "node", "--listen", addr, "--name", f"node{i + 1}"],
+            [sys.executable, "-m", "server.cli", "node", "--node-name", f"node{i + 1}",
+             "--listen-port", str(base_port + i), "--data-dir", str(base / f"node{i + 1}")],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs))
     addrs = [f"127.0.0.1:{base_port + i}" for i in range(NODES)]

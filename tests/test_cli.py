@@ -12,8 +12,9 @@ from server.cli import main
 
 @pytest.mark.parametrize("argv,needle", [
     ([], "required"),
-    (["node", "--listen", "nowhere"], "not host:port"),
-    (["node", "--listen", "127.0.0.1:70000"], "not host:port"),
+    (["node", "--listen-port", "nowhere", "--data-dir", "/tmp/x"], "--listen-port"),
+    (["node", "--listen-port", "70000", "--data-dir", "/tmp/x"], "listen_port"),
+    (["node", "--data-dir", "/tmp/x", "--bogus-key", "1"], "unrecognized"),
     (["ping"], "required"),
     (["frobnicate"], "invalid choice"),
 ])
@@ -36,10 +37,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
-def test_node_process_answers_ping():
-    addr = f"127.0.0.1:{_free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "node", "--listen", addr, "--name", "n1"],
-                            stderr=subprocess.PIPE, text=True)
+def test_node_process_answers_ping_and_stops_on_sigterm(tmp_path):
+    port = _free_port()
+    addr = f"127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "server.cli", "node", "--listen-port", str(port),
+            "--data-dir", str(tmp_path / "n1"), "--node-name", "n1"]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -50,9 +53,13 @@ def test_node_process_answers_ping():
             time.sleep(0.2)
         assert out.returncode == 0, out.stderr
         assert "name=n1" in out.stdout
-        busy = subprocess.run([sys.executable, "-m", "server.cli", "node", "--listen", addr],
-                              capture_output=True, text=True, timeout=30)
-        assert busy.returncode == 1 and "cannot listen" in busy.stderr
+        busy = subprocess.run(argv[:-2] + ["--node-name", "n2"], capture_output=True, text=True,
+                              timeout=30)
+        assert busy.returncode == 1 and "cannot serve" in busy.stderr
+        assert busy.stderr.count("\n") == 1
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
+        assert "node.stopped" in proc.stderr.read()
     finally:
         proc.kill()
         proc.wait()

@@ -1,0 +1,72 @@
+"""One chordfs node process: the supervisor of its services.
+
+Order of start: data directory → RPC server (bootstrap ``NodeServer``) →
+services → sd_notify READY.  Order of stop (SIGTERM/SIGINT): sd_notify
+STOPPING → services hand over (later layers: Raft leadership transfer, ring
+leave) within a deadline → RPC server closes.  Only this supervisor holds the
+nursery that services run in."""
+
+import logging
+import os
+import signal
+
+import trio
+
+import rpc
+from rpc.logfmt import kv
+
+from . import sdnotify
+from .config import NodeConfig
+from .diag import DiagServer
+
+log = logging.getLogger("chordfs.node")
+STOP_GRACE_S = 10.0
+
+
+class NodeServer(DiagServer):
+    """The bootstrap capability every connection gets.  Later layers add
+    their interfaces here (Raft, ring, chunk store, metadata)."""
+
+    def __init__(self, node: "Node"):
+        super().__init__(node.config.node_name)
+        self.node = node
+
+
+def rpc_limits(cfg: NodeConfig) -> rpc.Limits:
+    return rpc.Limits(frame_bytes_max=cfg.frame_bytes_max,
+                      inflight_calls_max=cfg.calls_in_flight_max,
+                      call_timeout_s=cfg.rpc_deadline_ms / 1000)
+
+
+class Node:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.listeners = []
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        os.makedirs(cfg.data_dir, exist_ok=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                self.listeners = await nursery.start(
+                    lambda task_status: rpc.serve_tcp(lambda: NodeServer(self), cfg.listen_port,
+                                                      host=cfg.listen_host, limits=rpc_limits(cfg),
+                                                      task_status=task_status))
+                sdnotify.notify("READY=1")
+                log.info(kv("node.ready", node=cfg.node_name, listen=cfg.listen_addr,
+                            data_dir=cfg.data_dir))
+                task_status.started(self)
+                async for signum in signals:
+                    log.info(kv("node.stopping", node=cfg.node_name, signal=signal.Signals(signum).name))
+                    sdnotify.notify("STOPPING=1")
+                    with trio.move_on_after(STOP_GRACE_S) as scope:
+                        scope.shield = True
+                        await self._hand_over()
+                    nursery.cancel_scope.cancel()
+                    break
+        log.info(kv("node.stopped", node=cfg.node_name))
+
+    async def _hand_over(self) -> None:
+        """Graceful-leave hook: the services of later layers transfer what
+        they own here before the process exits."""
+        await trio.lowlevel.checkpoint()
