@@ -1,0 +1,28 @@
+"""Metadata state machine applied by Raft.
+
+Modules: ``types`` (commands, results), ``schema`` (SQLite layout and row
+helpers), ``namespace``/``rename``/``attrs`` (command handlers), ``chunks``
+(manifests, refcounts, gc), ``apply`` (transactions and the applied index),
+``queries`` (reads): all pure cores working on a sqlite3 connection they are
+handed. ``codec`` (Cap'n Proto, rpc/schema/meta.capnp) and ``store`` (the
+file-backed ``MetaStore`` with snapshots) do I/O.
+
+Entry points:
+- Raft service: ``MetaStore(path, InitParams(...))``, ``apply(index, bytes)``,
+  ``apply_batch([(index, bytes)])``, ``applied_index``, ``checkpoint()``,
+  ``snapshot_to(path)``, ``restore_from(path)``, ``gc_candidates(now, grace)``.
+- Proposers: ``codec.encode_command(types.Create(...))`` stamps nothing
+  itself; the proposer fills ``now_ns``. Results travel back with
+  ``codec.encode_result``/``decode_result``.
+- FUSE layer (after ReadIndex): ``lookup``, ``getattr``, ``readdir`` (name
+  cursor; '.' and '..' are its own, '..' from ``DirPage.parent``),
+  ``readlink``, ``getxattr``, ``listxattr``, ``statfs``, ``manifest``,
+  ``orphans``.
+
+Decisions: modes arrive with the umask already applied by the kernel and are
+stored verbatim; unlink/rename of a last link frees the inode unless the
+command says ``keep_orphan`` (file still open), then ``ReleaseOrphan`` frees
+it; an index at or below the applied one returns ``AlreadyApplied``.
+"""
+
+PURE_CORE = True

@@ -1,0 +1,173 @@
+"""Cap'n Proto encoding of metadata commands and results (rpc/schema/meta.capnp).
+
+Not a pure core (it imports capnp): the state machine works on the
+dataclasses of ``server.meta.types`` and only this module knows the wire.
+The conversion is generic, by field name (snake_case <-> camelCase), with the
+field's Python type choosing the shape: plain scalars and bytes, ``X | None``
+as an OptU64/OptData union (or an absent pointer for structs),
+``int | Utime`` as TimeSet, lists of bytes or of dataclasses.
+
+Entries are packed encodings of one ``Command`` (or ``Result``) message.
+Decoding rejects unknown union members and oversized messages with
+``ValueError``; a Raft log entry that fails to decode is a protocol
+violation, never a user error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types as pytypes
+import typing
+
+import capnp
+
+from rpc.schema import load as load_schema
+
+from . import types as t
+
+schema = load_schema("meta")
+
+MESSAGE_WORDS_MAX = 8 << 20  # 64 MiB: a ForgetChunks or CommitWrite batch fits
+
+_RESULTS = (t.Status, t.EntryReply, t.RemoveReply, t.AlreadyApplied)
+_BY_NAME = {cls.__name__: cls for cls in (*t.COMMANDS, *_RESULTS)}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _member(cls: type) -> str:
+    return cls.__name__[0].lower() + cls.__name__[1:]
+
+
+@functools.cache
+def _shapes(cls: type) -> tuple[tuple[str, str, str, object], ...]:
+    """(python name, capnp name, shape, inner type) for each field."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        if hint in (int, bool, bytes):
+            shape, inner = "plain", hint
+        elif isinstance(hint, pytypes.UnionType) and t.Utime in args:
+            shape, inner = "time", None
+        elif isinstance(hint, pytypes.UnionType) and type(None) in args:
+            (inner,) = [a for a in args if a is not type(None)]
+            shape = "struct?" if dataclasses.is_dataclass(inner) else "opt"
+        elif typing.get_origin(hint) is list:
+            (inner,) = args
+            shape = "list"
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: unsupported type {hint}")
+        out.append((f.name, _camel(f.name), shape, inner))
+    return tuple(out)
+
+
+def _fill(builder, obj) -> None:
+    for name, cname, shape, inner in _shapes(type(obj)):
+        value = getattr(obj, name)
+        if shape == "plain":
+            setattr(builder, cname, value)
+        elif shape == "time":
+            sub = builder.init(cname)
+            if value is t.Utime.OMIT:
+                sub.omit = None
+            elif value is t.Utime.NOW:
+                sub.now = None
+            else:
+                sub.ns = value
+        elif shape == "opt":
+            sub = builder.init(cname)
+            if value is None:
+                sub.none = None
+            else:
+                sub.some = value
+        elif shape == "struct?":
+            if value is not None:
+                _fill(builder.init(cname), value)
+        else:
+            items = builder.init(cname, len(value))
+            for i, item in enumerate(value):
+                if inner is bytes:
+                    items[i] = item
+                else:
+                    _fill(items[i], item)
+
+
+def _read(reader, cls: type):
+    kwargs = {}
+    for name, cname, shape, inner in _shapes(cls):
+        if shape == "plain":
+            value = inner(getattr(reader, cname))
+        elif shape == "time":
+            sub = getattr(reader, cname)
+            which = sub.which()
+            value = {"omit": t.Utime.OMIT, "now": t.Utime.NOW}.get(which)
+            if value is None:
+                value = sub.ns
+        elif shape == "opt":
+            sub = getattr(reader, cname)
+            value = None if sub.which() == "none" else inner(sub.some)
+        elif shape == "struct?":
+            value = _read(getattr(reader, cname), inner) if reader._has(cname) else None
+        else:
+            items = getattr(reader, cname)
+            value = [bytes(x) if inner is bytes else _read(x, inner) for x in items]
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def encode(obj) -> bytes:
+    """Any types.py dataclass as a packed message of the same-named struct."""
+    message = getattr(schema, type(obj).__name__).new_message()
+    _fill(message, obj)
+    return message.to_bytes_packed()
+
+
+def decode(cls: type, data: bytes):
+    struct = getattr(schema, cls.__name__)
+    reader = struct.from_bytes_packed(data, traversal_limit_in_words=MESSAGE_WORDS_MAX)
+    return _read(reader, cls)
+
+
+def _encode_union(root, obj) -> bytes:
+    """ValueError for values the wire cannot carry (negative sizes, ...):
+    the proposer rejects those before anything reaches the log."""
+    message = root.new_message()
+    try:
+        _fill(message.init(_member(type(obj))), obj)
+    except capnp.KjException as exc:
+        raise ValueError(f"cannot encode {obj!r}: {exc.description}") from exc
+    return message.to_bytes_packed()
+
+
+def _decode_union(root, data: bytes, allowed: tuple[type, ...]):
+    try:
+        reader = root.from_bytes_packed(data, traversal_limit_in_words=MESSAGE_WORDS_MAX)
+        which = reader.which()
+        cls = _BY_NAME.get(which[0].upper() + which[1:])
+        if cls not in allowed:
+            raise ValueError(f"unexpected union member {which!r}")
+        return _read(getattr(reader, which), cls)
+    except capnp.KjException as exc:
+        raise ValueError(f"undecodable {root}: {exc}") from exc
+
+
+def encode_command(cmd: t.Command) -> bytes:
+    return _encode_union(schema.Command, cmd)
+
+
+def decode_command(data: bytes) -> t.Command:
+    return _decode_union(schema.Command, data, t.COMMANDS)
+
+
+def encode_result(result: t.Result) -> bytes:
+    return _encode_union(schema.Result, result)
+
+
+def decode_result(data: bytes) -> t.Result:
+    return _decode_union(schema.Result, data, _RESULTS)

@@ -1,0 +1,231 @@
+"""Namespace commands: create, mkdir, mknod, symlink, link, unlink, rmdir,
+and the helpers rename shares (name checks, adding and dropping links).
+
+Each handler checks everything first and returns an errno before touching
+the database; only a command that will succeed writes. Errno order follows
+Linux (name length, parent, existing entry, type), so a client sees what a
+local filesystem would say.
+"""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+import stat
+
+from . import chunks
+from .schema import (INODE_COLUMNS, Inode, add_counters, allocate_ino,
+                     dir_is_empty, load, lookup_entry)
+from .types import (LINK_MAX, NAME_BYTES_MAX, SYMLINK_BYTES_MAX, Create,
+                    EntryReply, Link, Mkdir, Mknod, RemoveReply, Rmdir,
+                    Symlink, Unlink)
+
+PURE_CORE = True
+
+
+def check_name(name: bytes) -> int:
+    if len(name) > NAME_BYTES_MAX:
+        return errno.ENAMETOOLONG
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        return errno.EINVAL
+    return 0
+
+
+def parent_dir(conn: sqlite3.Connection, ino: int) -> tuple[int, Inode | None]:
+    node = load(conn, ino)
+    if node is None:
+        return errno.ENOENT, None
+    if not node.is_dir:
+        return errno.ENOTDIR, None
+    return 0, node
+
+
+def _prepare(conn: sqlite3.Connection, parent: int, name: bytes) -> tuple[int, Inode | None]:
+    """Common checks for every command that adds ``name`` to ``parent``."""
+    err = check_name(name)
+    if err:
+        return err, None
+    err, pdir = parent_dir(conn, parent)
+    if err:
+        return err, None
+    if lookup_entry(conn, parent, name) is not None:
+        return errno.EEXIST, None
+    return 0, pdir
+
+
+def _new_inode(conn: sqlite3.Connection, pdir: Inode, name: bytes, mode: int,
+               uid: int, gid: int, rdev: int, now_ns: int, *,
+               size: int = 0, target: bytes | None = None) -> Inode:
+    """Insert inode + entry and update the parent. A setgid directory passes
+    its group on, and its setgid bit to subdirectories (BSD group semantics)."""
+    if pdir.mode & stat.S_ISGID:
+        gid = pdir.gid
+        if stat.S_ISDIR(mode):
+            mode |= stat.S_ISGID
+    is_dir = stat.S_ISDIR(mode)
+    ino = allocate_ino(conn)
+    row = (ino, mode, uid, gid, size, 2 if is_dir else 1, rdev,
+           now_ns, now_ns, now_ns, pdir.ino if is_dir else 0, 0)
+    conn.execute(
+        f"INSERT INTO inode({INODE_COLUMNS}, target) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        row + (target,),
+    )
+    conn.execute("INSERT INTO dentry VALUES (?, ?, ?, ?)",
+                 (pdir.ino, name, ino, stat.S_IFMT(mode)))
+    if is_dir:
+        pdir.nlink += 1
+    pdir.touch_change(now_ns)
+    pdir.save(conn)
+    return Inode(row)
+
+
+def create(conn: sqlite3.Connection, cmd: Create) -> EntryReply:
+    err, pdir = _prepare(conn, cmd.parent, cmd.name)
+    if err:
+        return EntryReply(err)
+    mode = stat.S_IFREG | (cmd.mode & 0o7777)
+    node = _new_inode(conn, pdir, cmd.name, mode, cmd.uid, cmd.gid, 0, cmd.now_ns)
+    return EntryReply(0, node.attr())
+
+
+def mkdir(conn: sqlite3.Connection, cmd: Mkdir) -> EntryReply:
+    err, pdir = _prepare(conn, cmd.parent, cmd.name)
+    if err:
+        return EntryReply(err)
+    if pdir.nlink >= LINK_MAX:
+        return EntryReply(errno.EMLINK)
+    mode = stat.S_IFDIR | (cmd.mode & 0o7777)
+    node = _new_inode(conn, pdir, cmd.name, mode, cmd.uid, cmd.gid, 0, cmd.now_ns)
+    return EntryReply(0, node.attr())
+
+
+MKNOD_TYPES = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
+
+
+def mknod(conn: sqlite3.Connection, cmd: Mknod) -> EntryReply:
+    kind = stat.S_IFMT(cmd.mode) or stat.S_IFREG
+    if kind == stat.S_IFDIR:
+        return EntryReply(errno.EPERM)
+    if kind not in MKNOD_TYPES:
+        return EntryReply(errno.EINVAL)
+    err, pdir = _prepare(conn, cmd.parent, cmd.name)
+    if err:
+        return EntryReply(err)
+    is_dev = kind in (stat.S_IFCHR, stat.S_IFBLK)
+    node = _new_inode(conn, pdir, cmd.name, kind | (cmd.mode & 0o7777), cmd.uid,
+                      cmd.gid, cmd.rdev if is_dev else 0, cmd.now_ns)
+    return EntryReply(0, node.attr())
+
+
+def symlink(conn: sqlite3.Connection, cmd: Symlink) -> EntryReply:
+    err, pdir = _prepare(conn, cmd.parent, cmd.name)
+    if err:
+        return EntryReply(err)
+    if not cmd.target:
+        return EntryReply(errno.ENOENT)
+    if len(cmd.target) > SYMLINK_BYTES_MAX:
+        return EntryReply(errno.ENAMETOOLONG)
+    if b"\0" in cmd.target:
+        return EntryReply(errno.EINVAL)
+    node = _new_inode(conn, pdir, cmd.name, stat.S_IFLNK | 0o777, cmd.uid, cmd.gid,
+                      0, cmd.now_ns, size=len(cmd.target), target=cmd.target)
+    return EntryReply(0, node.attr())
+
+
+def link(conn: sqlite3.Connection, cmd: Link) -> EntryReply:
+    err = check_name(cmd.new_name)
+    if err:
+        return EntryReply(err)
+    node = load(conn, cmd.ino)
+    if node is None:
+        return EntryReply(errno.ENOENT)
+    err, pdir = _prepare(conn, cmd.new_parent, cmd.new_name)
+    if err:
+        return EntryReply(err)
+    if node.is_dir:
+        return EntryReply(errno.EPERM)
+    if node.nlink == 0:
+        return EntryReply(errno.ENOENT)
+    if node.nlink >= LINK_MAX:
+        return EntryReply(errno.EMLINK)
+    conn.execute("INSERT INTO dentry VALUES (?, ?, ?, ?)",
+                 (pdir.ino, cmd.new_name, node.ino, stat.S_IFMT(node.mode)))
+    pdir.touch_change(cmd.now_ns)
+    pdir.save(conn)
+    node.nlink += 1
+    node.ctime = cmd.now_ns
+    node.save(conn)
+    return EntryReply(0, node.attr())
+
+
+def free_inode(conn: sqlite3.Connection, node: Inode, index: int, now_ns: int) -> None:
+    chunks.drop_all_chunks(conn, node.ino, index, now_ns)
+    conn.execute("DELETE FROM xattr WHERE ino = ?", (node.ino,))
+    conn.execute("DELETE FROM inode WHERE ino = ?", (node.ino,))
+    add_counters(conn, inodes=-1, bytes_=-node.size if node.is_reg else 0)
+
+
+def drop_link(conn: sqlite3.Connection, node: Inode, index: int, now_ns: int,
+              keep_orphan: bool) -> int:
+    """The caller already removed one entry naming ``node``; returns the
+    nlink left. An empty directory, or a non-directory losing its last link
+    without ``keep_orphan``, is freed at once."""
+    if node.is_dir:
+        free_inode(conn, node, index, now_ns)
+        return 0
+    node.nlink -= 1
+    node.ctime = now_ns
+    if node.nlink == 0 and not keep_orphan:
+        free_inode(conn, node, index, now_ns)
+        return 0
+    node.orphan = int(node.nlink == 0)
+    node.save(conn)
+    return node.nlink
+
+
+def _remove_entry(conn: sqlite3.Connection, pdir: Inode, name: bytes,
+                  node: Inode, now_ns: int) -> None:
+    conn.execute("DELETE FROM dentry WHERE parent = ? AND name = ?", (pdir.ino, name))
+    if node.is_dir:
+        pdir.nlink -= 1
+    pdir.touch_change(now_ns)
+    pdir.save(conn)
+
+
+def _find(conn: sqlite3.Connection, parent: int, name: bytes) -> tuple[int, Inode | None, Inode | None]:
+    err = check_name(name)
+    if err:
+        return err, None, None
+    err, pdir = parent_dir(conn, parent)
+    if err:
+        return err, None, None
+    ino = lookup_entry(conn, parent, name)
+    if ino is None:
+        return errno.ENOENT, None, None
+    node = load(conn, ino)
+    assert node is not None, "dentry points at a missing inode"
+    return 0, pdir, node
+
+
+def unlink(conn: sqlite3.Connection, index: int, cmd: Unlink) -> RemoveReply:
+    err, pdir, node = _find(conn, cmd.parent, cmd.name)
+    if err:
+        return RemoveReply(err)
+    if node.is_dir:
+        return RemoveReply(errno.EISDIR)
+    _remove_entry(conn, pdir, cmd.name, node, cmd.now_ns)
+    nlink = drop_link(conn, node, index, cmd.now_ns, cmd.keep_orphan)
+    return RemoveReply(0, node.ino, nlink)
+
+
+def rmdir(conn: sqlite3.Connection, index: int, cmd: Rmdir) -> RemoveReply:
+    err, pdir, node = _find(conn, cmd.parent, cmd.name)
+    if err:
+        return RemoveReply(err)
+    if not node.is_dir:
+        return RemoveReply(errno.ENOTDIR)
+    if not dir_is_empty(conn, node.ino):
+        return RemoveReply(errno.ENOTEMPTY)
+    _remove_entry(conn, pdir, cmd.name, node, cmd.now_ns)
+    drop_link(conn, node, index, cmd.now_ns, False)
+    return RemoveReply(0, node.ino, 0)

@@ -1,0 +1,209 @@
+"""SQLite layout of the metadata state machine and the row helpers every
+command and query shares.
+
+Invariants (checked by tests and, where cheap, asserted):
+- ``state`` has exactly one row; ``applied_index`` moves in the same
+  transaction as the changes of that index, so a restart resumes exactly.
+- Inode numbers come from ``state.next_ino`` and are never reused.
+- A directory has exactly one entry naming it (except the root, which has
+  none) and ``inode.parent`` is that entry's directory; ``nlink`` of a
+  directory is 2 + its subdirectories.
+- ``chunk_ref.refs`` equals the number of ``chunk_map`` rows naming the chunk;
+  a chunk with no references has a ``gc`` row instead.
+- ``dentry.kind`` is the S_IFMT bits of the inode it names (for readdir
+  without touching inodes); types never change, so it never goes stale.
+- Names are BLOBs, so ordering is bytewise and identical on every replica.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+
+from .types import CHUNK_BYTES_DEFAULT, ROOT_INO, Attr
+
+PURE_CORE = True
+
+SCHEMA_VERSION = 1
+
+DDL = """
+CREATE TABLE state(
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    schema_version INTEGER NOT NULL,
+    applied_index INTEGER NOT NULL,
+    next_ino INTEGER NOT NULL,
+    inodes INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    chunks INTEGER NOT NULL,
+    chunk_bytes INTEGER NOT NULL
+);
+CREATE TABLE inode(
+    ino INTEGER PRIMARY KEY,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    nlink INTEGER NOT NULL,
+    rdev INTEGER NOT NULL,
+    atime INTEGER NOT NULL,
+    mtime INTEGER NOT NULL,
+    ctime INTEGER NOT NULL,
+    parent INTEGER NOT NULL,
+    orphan INTEGER NOT NULL,
+    target BLOB,
+    inline BLOB
+);
+CREATE INDEX inode_orphan ON inode(ino) WHERE orphan = 1;
+CREATE TABLE dentry(
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    ino INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
+CREATE TABLE xattr(
+    ino INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)
+) WITHOUT ROWID;
+CREATE TABLE chunk_map(
+    ino INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    chunk_id BLOB NOT NULL,
+    length INTEGER NOT NULL,
+    PRIMARY KEY (ino, idx)
+) WITHOUT ROWID;
+CREATE TABLE chunk_ref(
+    chunk_id BLOB PRIMARY KEY,
+    refs INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE gc(
+    chunk_id BLOB PRIMARY KEY,
+    zero_index INTEGER NOT NULL,
+    zero_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX gc_by_time ON gc(zero_ns, chunk_id);
+"""
+
+INODE_COLUMNS = (
+    "ino, mode, uid, gid, size, nlink, rdev, atime, mtime, ctime, parent, orphan"
+)
+
+
+def init_db(conn: sqlite3.Connection, *, now_ns: int, uid: int = 0, gid: int = 0,
+            root_mode: int = 0o755, chunk_bytes: int = CHUNK_BYTES_DEFAULT) -> None:
+    """Create the tables and the root directory. Every replica must pass the
+    same arguments (from cluster config), or their states differ from birth."""
+    assert chunk_bytes > 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in DDL.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO state VALUES (0, ?, 0, ?, 1, 0, 0, ?)",
+            (SCHEMA_VERSION, ROOT_INO + 1, chunk_bytes),
+        )
+        conn.execute(
+            f"INSERT INTO inode({INODE_COLUMNS}) VALUES (?,?,?,?,0,2,0,?,?,?,?,0)",
+            (ROOT_INO, stat.S_IFDIR | (root_mode & 0o7777), uid, gid,
+             now_ns, now_ns, now_ns, ROOT_INO),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def is_initialized(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'state'"
+    ).fetchone()
+    return row is not None
+
+
+class Inode:
+    """One inode row, mutable while a command works on it; ``save`` writes
+    back the attributes (not target/inline, which have their own writers)."""
+
+    __slots__ = ("ino", "mode", "uid", "gid", "size", "nlink", "rdev",
+                 "atime", "mtime", "ctime", "parent", "orphan")
+
+    def __init__(self, row: tuple) -> None:
+        (self.ino, self.mode, self.uid, self.gid, self.size, self.nlink,
+         self.rdev, self.atime, self.mtime, self.ctime, self.parent,
+         self.orphan) = row
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    def attr(self) -> Attr:
+        return Attr(self.ino, self.mode, self.uid, self.gid, self.size,
+                    self.nlink, self.rdev, self.atime, self.mtime, self.ctime)
+
+    def touch_change(self, now_ns: int) -> None:
+        """An entry was added or removed in this directory."""
+        self.mtime = now_ns
+        self.ctime = now_ns
+
+    def save(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE inode SET mode=?, uid=?, gid=?, size=?, nlink=?, rdev=?,"
+            " atime=?, mtime=?, ctime=?, parent=?, orphan=? WHERE ino=?",
+            (self.mode, self.uid, self.gid, self.size, self.nlink, self.rdev,
+             self.atime, self.mtime, self.ctime, self.parent, self.orphan,
+             self.ino),
+        )
+
+
+def load(conn: sqlite3.Connection, ino: int) -> Inode | None:
+    row = conn.execute(
+        f"SELECT {INODE_COLUMNS} FROM inode WHERE ino = ?", (ino,)
+    ).fetchone()
+    return Inode(row) if row else None
+
+
+def lookup_entry(conn: sqlite3.Connection, parent: int, name: bytes) -> int | None:
+    row = conn.execute(
+        "SELECT ino FROM dentry WHERE parent = ? AND name = ?", (parent, name)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def dir_is_empty(conn: sqlite3.Connection, ino: int) -> bool:
+    return conn.execute(
+        "SELECT 1 FROM dentry WHERE parent = ? LIMIT 1", (ino,)
+    ).fetchone() is None
+
+
+def read_state(conn: sqlite3.Connection) -> dict:
+    cur = conn.execute("SELECT * FROM state WHERE id = 0")
+    names = [d[0] for d in cur.description]
+    return dict(zip(names, cur.fetchone()))
+
+
+def add_counters(conn: sqlite3.Connection, *, inodes: int = 0, bytes_: int = 0,
+                 chunks: int = 0) -> None:
+    if inodes or bytes_ or chunks:
+        conn.execute(
+            "UPDATE state SET inodes = inodes + ?, bytes = bytes + ?,"
+            " chunks = chunks + ? WHERE id = 0",
+            (inodes, bytes_, chunks),
+        )
+
+
+def allocate_ino(conn: sqlite3.Connection) -> int:
+    (ino,) = conn.execute("SELECT next_ino FROM state WHERE id = 0").fetchone()
+    conn.execute("UPDATE state SET next_ino = ?, inodes = inodes + 1 WHERE id = 0",
+                 (ino + 1,))
+    return ino
+
+
+def chunk_bytes(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT chunk_bytes FROM state WHERE id = 0").fetchone()[0]

@@ -1,0 +1,321 @@
+"""Plain values of the metadata state machine: commands, results, attributes.
+
+Commands are what Raft carries (encoded by ``server.meta.codec``); results are
+what apply and the queries hand back. Every result carries ``err``: 0 for
+success, otherwise an ``errno`` value; user errors never raise.
+
+Conventions shared by every command:
+- ``now_ns`` is stamped by the proposer; the applying node never reads a clock,
+  so every replica computes the same times.
+- ``mode`` is final: the kernel already applied the umask before FUSE saw the
+  request, so the state machine stores the permission bits exactly as sent
+  (applying the umask again is the classic double-mask bug).
+- Names are bytes, 1..255 bytes, without ``/`` or NUL, and never ``.``/``..``
+  (the FUSE layer answers ``.`` and ``..`` itself).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+PURE_CORE = True
+
+ROOT_INO = 1
+NAME_BYTES_MAX = 255
+SYMLINK_BYTES_MAX = 4095
+LINK_MAX = 65000
+XATTR_NAME_BYTES_MAX = 255
+XATTR_VALUE_BYTES_MAX = 65536
+INLINE_BYTES_MAX = 65536
+READDIR_PAGE_MAX = 1024
+MANIFEST_PAGE_MAX = 4096
+CHUNK_BYTES_DEFAULT = 4 << 20
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+
+class Utime(enum.Enum):
+    """setattr time choices besides an explicit nanosecond value."""
+
+    OMIT = "omit"
+    NOW = "now"
+
+
+# ---------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class Create:
+    parent: int
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    now_ns: int
+
+
+@dataclass(frozen=True)
+class Mkdir:
+    parent: int
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    now_ns: int
+
+
+@dataclass(frozen=True)
+class Mknod:
+    """Regular file (type bits 0 or S_IFREG), fifo, socket, char/block device."""
+
+    parent: int
+    name: bytes
+    mode: int
+    rdev: int
+    uid: int
+    gid: int
+    now_ns: int
+
+
+@dataclass(frozen=True)
+class Symlink:
+    parent: int
+    name: bytes
+    target: bytes
+    uid: int
+    gid: int
+    now_ns: int
+
+
+@dataclass(frozen=True)
+class Link:
+    ino: int
+    new_parent: int
+    new_name: bytes
+    now_ns: int
+
+
+@dataclass(frozen=True)
+class Unlink:
+    """``keep_orphan``: the FUSE layer knows the file is still open; the
+    inode then survives with nlink 0 until ``ReleaseOrphan``."""
+
+    parent: int
+    name: bytes
+    now_ns: int
+    keep_orphan: bool = False
+
+
+@dataclass(frozen=True)
+class Rmdir:
+    parent: int
+    name: bytes
+    now_ns: int
+
+
+@dataclass(frozen=True)
+class Rename:
+    """``flags``: 0, RENAME_NOREPLACE or RENAME_EXCHANGE. ``keep_orphan``
+    applies to a replaced target whose last link goes away."""
+
+    parent: int
+    name: bytes
+    new_parent: int
+    new_name: bytes
+    flags: int
+    now_ns: int
+    keep_orphan: bool = False
+
+
+@dataclass(frozen=True)
+class SetAttr:
+    """None / Utime.OMIT leave a field unchanged; ctime always becomes now."""
+
+    ino: int
+    now_ns: int
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime: int | Utime = Utime.OMIT
+    mtime: int | Utime = Utime.OMIT
+
+
+@dataclass(frozen=True)
+class SetXattr:
+    ino: int
+    name: bytes
+    value: bytes
+    flags: int
+    now_ns: int
+
+
+@dataclass(frozen=True)
+class RemoveXattr:
+    ino: int
+    name: bytes
+    now_ns: int
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """Chunk ``idx`` of a file covers bytes [idx*chunk_bytes, +length); bytes
+    of a chunk past ``length`` and chunks missing below the size read as zeros."""
+
+    idx: int
+    chunk_id: bytes
+    length: int
+
+
+@dataclass(frozen=True)
+class CommitWrite:
+    """A writer's flushed data. With ``inline`` set, the file's content is
+    exactly ``inline`` (size = its length) and every chunk is dropped. Without
+    it, ``chunks`` replace the same indexes, inline data is dropped (the
+    writer folds it into chunk 0), and size grows to ``size`` if larger:
+    shrinking is setattr's job, so concurrent writers never cut each other.
+    ``now_ns`` becomes mtime and ctime."""
+
+    ino: int
+    size: int
+    now_ns: int
+    chunks: list[ChunkRef] = field(default_factory=list)
+    inline: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseOrphan:
+    ino: int
+    now_ns: int
+
+
+@dataclass(frozen=True)
+class ForgetChunks:
+    """The chunk store deleted these zero-reference chunks; drop their gc rows."""
+
+    chunk_ids: list[bytes] = field(default_factory=list)
+
+
+COMMANDS = (
+    Create, Mkdir, Mknod, Symlink, Link, Unlink, Rmdir, Rename, SetAttr,
+    SetXattr, RemoveXattr, CommitWrite, ReleaseOrphan, ForgetChunks,
+)
+Command = (
+    Create | Mkdir | Mknod | Symlink | Link | Unlink | Rmdir | Rename | SetAttr
+    | SetXattr | RemoveXattr | CommitWrite | ReleaseOrphan | ForgetChunks
+)
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Attr:
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    nlink: int
+    rdev: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+@dataclass(frozen=True)
+class Status:
+    err: int = 0
+
+
+@dataclass(frozen=True)
+class EntryReply:
+    """create/mkdir/mknod/symlink/link/setattr/commit_write, lookup, getattr."""
+
+    err: int = 0
+    attr: Attr | None = None
+
+
+@dataclass(frozen=True)
+class RemoveReply:
+    """unlink/rmdir/rename: the inode that lost a link (0 if none) and its
+    nlink afterwards, so the FUSE layer can invalidate its caches."""
+
+    err: int = 0
+    ino: int = 0
+    nlink: int = 0
+
+
+@dataclass(frozen=True)
+class AlreadyApplied:
+    """Raft re-delivered an index the database already holds (typically after
+    a restart, when nobody waits for the original result any more)."""
+
+    index: int
+    applied_index: int
+    err: int = 0
+
+
+Result = Status | EntryReply | RemoveReply | AlreadyApplied
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """``kind`` is the S_IFMT bits of the inode's mode; ``attr`` only in
+    readdirplus pages."""
+
+    name: bytes
+    ino: int
+    kind: int
+    attr: Attr | None = None
+
+
+@dataclass(frozen=True)
+class DirPage:
+    """Entries sorted by name (bytewise) strictly after the cursor; pass
+    ``cursor`` back for the next page. ``parent`` is the ino for ``..``."""
+
+    err: int = 0
+    entries: list[DirEntry] = field(default_factory=list)
+    cursor: bytes = b""
+    done: bool = True
+    parent: int = 0
+
+
+@dataclass(frozen=True)
+class BytesReply:
+    """readlink and getxattr."""
+
+    err: int = 0
+    value: bytes = b""
+
+
+@dataclass(frozen=True)
+class NamesReply:
+    err: int = 0
+    names: list[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ManifestPage:
+    err: int = 0
+    size: int = 0
+    chunk_bytes: int = 0
+    inline: bytes | None = None
+    chunks: list[ChunkRef] = field(default_factory=list)
+    next_idx: int = 0
+    done: bool = True
+
+
+@dataclass(frozen=True)
+class StatFs:
+    inodes: int
+    bytes: int
+    chunks: int
+    next_ino: int
+    applied_index: int
+    name_bytes_max: int = NAME_BYTES_MAX
