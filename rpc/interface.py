@@ -70,8 +70,10 @@ def _snake(name: str) -> str:
 class Server:
     """Base of objects served over RPC.  Subclasses pass the interfaces:
     ``class Node(Server, interfaces=[diag.Diag])``; every method of every
-    interface must be defined (camelCase or snake_case name), so a typo is a
-    class-definition error rather than a runtime Unimplemented."""
+    interface must be defined (camelCase or snake_case name, or prefixed with
+    the interface's snake_case name), so a typo is a class-definition error
+    rather than a runtime Unimplemented.  Subclasses inherit the dispatch
+    table, so one class can combine several servers by inheritance."""
 
     _rpc_dispatch: dict = {}
 
@@ -79,13 +81,20 @@ class Server:
         super().__init_subclass__(**kw)
         # Inherited entries are re-read: a subclass may override a method and
         # change whether it is inline.
+        inherited = {}
+        for base in reversed(cls.__mro__[1:]):  # every base: servers combine by inheritance
+            inherited.update(base.__dict__.get("_rpc_dispatch", {}))
         table = {key: (attr, method, getattr(getattr(cls, attr), "_rpc_inline", False))
-                 for key, (attr, method, _) in getattr(cls, "_rpc_dispatch", {}).items()}
+                 for key, (attr, method, _) in inherited.items()}
         for module in interfaces:
             iface = Interface.of(module)
             for method in iface.by_ordinal.values():
-                attr = method.name if hasattr(cls, method.name) else _snake(method.name)
-                if not hasattr(cls, attr):
+                # A class serving several interfaces names a clashing method
+                # `<interface>_<method>` (e.g. ring_ping beside Diag's ping).
+                candidates = (f"{_snake(iface.name)}_{_snake(method.name)}", method.name,
+                              _snake(method.name))
+                attr = next((c for c in candidates if hasattr(cls, c)), None)
+                if attr is None:
                     raise TypeError(f"{cls.__name__} lacks method {method.name} of {iface.name}")
                 inline_ = getattr(getattr(cls, attr), "_rpc_inline", False)
                 table[(iface.id, method.ordinal)] = (attr, method, inline_)

@@ -11,6 +11,7 @@ import rpc
 from rpc.logfmt import configure, kv
 
 from .config import ConfigError, add_config_arguments, config_from_args, example_toml
+from .store.errors import StoreError
 
 log = logging.getLogger("chordfs.cli")
 
@@ -84,9 +85,13 @@ def _run_node(args) -> int:
         log.info(kv("node.stopped", reason="interrupt"))
     except BaseException as e:  # noqa: BLE001 -- one plain sentence, not a traceback
         error = _leaf(e)
-        if not isinstance(error, OSError):
+        if isinstance(error, StoreError):
+            print(f"chordfs: cannot open the chunk store: {error}", file=sys.stderr)
+        elif isinstance(error, OSError):
+            print(f"chordfs: cannot serve on {cfg.listen_addr}: {error.strerror or error}",
+                  file=sys.stderr)
+        else:
             raise
-        print(f"chordfs: cannot serve on {cfg.listen_addr}: {error.strerror or error}", file=sys.stderr)
         return 1
     return 0
 

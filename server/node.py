@@ -18,17 +18,21 @@ from rpc.logfmt import kv
 from . import sdnotify
 from .config import NodeConfig
 from .diag import DiagServer
+from .store.aiostore import AsyncChunkStore
+from .store.service import ChunkStoreServer, StoreService
 
 log = logging.getLogger("chordfs.node")
 STOP_GRACE_S = 10.0
 
 
-class NodeServer(DiagServer):
-    """The bootstrap capability every connection gets.  Later layers add
-    their interfaces here (Raft, ring, chunk store, metadata)."""
+class NodeServer(DiagServer, ChunkStoreServer):
+    """The bootstrap capability every connection gets: one object serving
+    every interface of the node (Diag, ChunkStore; Raft, ring and metadata
+    join here as their services land)."""
 
     def __init__(self, node: "Node"):
-        super().__init__(node.config.node_name)
+        DiagServer.__init__(self, node.config.node_name)
+        ChunkStoreServer.__init__(self, node.store_service)
         self.node = node
 
 
@@ -42,10 +46,23 @@ class Node:
     def __init__(self, config: NodeConfig):
         self.config = config
         self.listeners = []
+        self.store: AsyncChunkStore | None = None
+        self.store_service: StoreService | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         os.makedirs(cfg.data_dir, exist_ok=True)
+        self.store = await AsyncChunkStore.open(
+            os.path.join(cfg.data_dir, "chunks"), threads_max=cfg.store_threads_max,
+            chunk_bytes_max=cfg.chunk_bytes_max, disk_reserve_bytes=cfg.disk_reserve_bytes)
+        self.store_service = StoreService(self.store)
+        try:
+            await self._serve(task_status)
+        finally:
+            self.store.close()
+
+    async def _serve(self, task_status) -> None:
+        cfg = self.config
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 self.listeners = await nursery.start(

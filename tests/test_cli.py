@@ -53,8 +53,12 @@ def test_node_process_answers_ping_and_stops_on_sigterm(tmp_path):
             time.sleep(0.2)
         assert out.returncode == 0, out.stderr
         assert "name=n1" in out.stdout
-        busy = subprocess.run(argv[:-2] + ["--node-name", "n2"], capture_output=True, text=True,
-                              timeout=30)
+        same_dir = subprocess.run(argv[:-2] + ["--node-name", "n2"], capture_output=True,
+                                  text=True, timeout=30)
+        assert same_dir.returncode == 1 and "in use" in same_dir.stderr
+        assert same_dir.stderr.count("\n") == 1
+        busy = subprocess.run(argv[:-4] + ["--data-dir", str(tmp_path / "n2"), "--node-name", "n2"],
+                              capture_output=True, text=True, timeout=30)
         assert busy.returncode == 1 and "cannot serve" in busy.stderr
         assert busy.stderr.count("\n") == 1
         proc.terminate()

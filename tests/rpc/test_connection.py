@@ -239,3 +239,21 @@ def test_limits_validate():
 def test_schema_loader_refuses_unknown_names():
     with pytest.raises(FileNotFoundError):
         schema.load("no-such-schema")
+
+
+async def test_one_object_serves_several_interfaces():
+    """Servers combine by inheritance; a clashing method name is
+    disambiguated with the interface prefix."""
+    from server.store.service import ChunkStoreServer, StoreService, store_capnp
+
+    class Both(DiagServer, ChunkStoreServer):
+        def __init__(self):
+            DiagServer.__init__(self, "both")
+            ChunkStoreServer.__init__(self, StoreService.__new__(StoreService))
+
+    async with rpc.memory_pair(bootstrap_b=Both()) as (a, b):
+        diag_cap = await a.bootstrap(diag.Diag)
+        assert (await diag_cap.ping()).nodeName == "both"
+        store_cap = diag_cap.cast(store_capnp.ChunkStore)
+        assert store_cap.interface.id != diag_cap.interface.id
+        assert ("import", 0) == store_cap._target
