@@ -1,13 +1,319 @@
-"""`mount.chordfs` helper and `chordfs mount` (the FUSE driver lands with the
-FUSE issue; until then the helper says so plainly and fails)."""
+"""Mounting chordfs: ``python -m fusefs.mount --local DATA_DIR MOUNTPOINT``
+and the ``mount.chordfs`` helper that mount(8) runs for ``-t chordfs``.
 
+Order of work: parse and check everything (a bad argument is one sentence
+and exit 2, before anything is touched) → detach unless ``--foreground``
+(the parent exits 0 only once the mount exists) → open the backend → mount
+→ serve until unmounted or SIGTERM/SIGINT → commit open files' buffered
+writes → stop the invalidation thread → unmount (pyfuse3.close) → close the
+backend.
+
+Mount options (``-o a,b=c``): FUSE's own (``ro``, ``nosuid``, ``nodev``,
+``noexec``, ``noatime``, ...) pass through; ``attr_timeout``,
+``entry_timeout`` (seconds), ``read_ahead_kb``, ``cache_mib``, ``chunk_kib``
+(new data directories only) and ``noallow_other`` are chordfs's; fstab words
+(``defaults``, ``_netdev``, ``nofail``, ``auto``, ...) are accepted and
+ignored. ``allow_other`` and ``default_permissions`` are on by default
+(DESIGN: a root mount is shared by every user, the kernel checks modes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
 import sys
+
+import pyfuse3
+import trio
+
+from rpc.logfmt import configure, kv
+from server.meta.types import CHUNK_BYTES_DEFAULT
+
+from .backend import LocalBackend
+from .kernel import Timeouts
+from .ops import ChordOps
+
+log = logging.getLogger("chordfs.fuse.mount")
+
+PROG = "chordfs-mount"
+READ_AHEAD_KB_DEFAULT = 1024
+CACHE_MIB_DEFAULT = 256
+FUSE_PASSTHROUGH = frozenset((
+    "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync",
+    "dirsync", "atime", "noatime", "nodiratime", "relatime", "norelatime",
+    "strictatime", "nostrictatime", "debug",
+))
+IGNORED = frozenset((
+    "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail",
+    "allow_other", "default_permissions",
+))
+SHUTDOWN_DEADLINE_S = 30.0
+# The kernel sets the read-ahead window while answering FUSE INIT; ours must
+# land after that, so it waits for init and then a moment more.
+READ_AHEAD_DELAY_S = 0.3
+
+
+class UsageError(Exception):
+    """One sentence for the user; exit status 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MountConfig:
+    data_dir: str
+    mountpoint: str
+    fuse_options: frozenset[str]
+    timeouts: Timeouts
+    read_ahead_kb: int
+    cache_bytes: int
+    chunk_bytes: int
+    foreground: bool
+    log_file: str | None
+    debug: bool
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage and exit
+        raise UsageError(message)
+
+
+def _number(key: str, value: str, kind=int):
+    try:
+        number = kind(value)
+    except ValueError:
+        raise UsageError(f"mount option {key} needs a number, not {value!r}") from None
+    if number < 0:
+        raise UsageError(f"mount option {key} must not be negative")
+    return number
+
+
+def _allow_other_permitted() -> bool:
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/etc/fuse.conf") as conf:
+            return any(line.strip() == "user_allow_other" for line in conf)
+    except OSError:
+        return False
+
+
+def parse_options(text: str) -> dict:
+    """``-o`` text -> our settings plus the FUSE options to pass on."""
+    out = {"fuse": {"default_permissions", "fsname=chordfs", "subtype=chordfs"},
+           "attr_timeout": 1.0, "entry_timeout": 1.0, "allow_other": True,
+           "read_ahead_kb": READ_AHEAD_KB_DEFAULT, "cache_mib": CACHE_MIB_DEFAULT,
+           "chunk_kib": CHUNK_BYTES_DEFAULT >> 10}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        if key in ("attr_timeout", "entry_timeout"):
+            out[key] = _number(key, value, float)
+        elif key in ("read_ahead_kb", "cache_mib", "chunk_kib"):
+            out[key] = _number(key, value)
+        elif key == "noallow_other":
+            out["allow_other"] = False
+        elif item in FUSE_PASSTHROUGH:
+            out["fuse"].add(item)
+        elif item in IGNORED or key.startswith("x-") or key == "comment":
+            pass
+        else:
+            raise UsageError(f"unknown mount option {item!r}")
+    if out["chunk_kib"] < 4:
+        raise UsageError("mount option chunk_kib must be at least 4")
+    if out["allow_other"] and _allow_other_permitted():
+        out["fuse"].add("allow_other")
+    return out
+
+
+def parse_args(argv: list[str]) -> MountConfig:
+    parser = _Parser(prog=PROG, add_help=True)
+    parser.add_argument("--local", metavar="DATA_DIR", required=True,
+                        help="serve this directory (metadata + chunks) in-process")
+    parser.add_argument("mountpoint")
+    parser.add_argument("-o", dest="options", default="", help="mount options")
+    parser.add_argument("-f", "--foreground", action="store_true")
+    parser.add_argument("--log", dest="log_file", help="log file when detached")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.mountpoint):
+        raise UsageError(f"mountpoint {args.mountpoint} is not a directory")
+    if os.path.ismount(args.mountpoint):
+        raise UsageError(f"{args.mountpoint} is already a mount point")
+    if os.path.exists(args.local) and not os.path.isdir(args.local):
+        raise UsageError(f"data directory {args.local} is not a directory")
+    opts = parse_options(args.options)
+    return MountConfig(
+        data_dir=os.path.abspath(args.local), mountpoint=os.path.abspath(args.mountpoint),
+        fuse_options=frozenset(opts["fuse"]),
+        timeouts=Timeouts(attr_s=opts["attr_timeout"], entry_s=opts["entry_timeout"]),
+        read_ahead_kb=opts["read_ahead_kb"], cache_bytes=opts["cache_mib"] << 20,
+        chunk_bytes=opts["chunk_kib"] << 10, foreground=args.foreground,
+        log_file=args.log_file, debug=args.debug)
+
+
+# ---------------------------------------------------------------- serving
+
+
+def _mount_device(mountpoint: str) -> str | None:
+    """major:minor of our mount from /proc/self/mountinfo: stat() on the
+    mountpoint would be a FUSE request to ourselves."""
+    device = None
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            fields = line.split()
+            # mountinfo escapes blanks as octal (\040); the last match wins
+            # (a mount stacked on the same path hides the earlier ones).
+            if len(fields) > 4 and _unescape(fields[4]) == mountpoint:
+                device = fields[2]
+    return device
+
+
+def _unescape(path: str) -> str:
+    return path.encode().decode("unicode_escape").encode("latin-1").decode(
+        errors="surrogateescape")
+
+
+def _set_read_ahead(mountpoint: str, kb: int) -> None:
+    device = _mount_device(mountpoint)
+    if device is None:
+        return
+    try:
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as knob:
+            knob.write(str(kb))
+    except OSError as exc:
+        log.info(kv("read_ahead_not_set", device=device, reason=exc.strerror))
+
+
+async def _read_ahead_after_init(ops: ChordOps, cfg: MountConfig) -> None:
+    await ops.initialized.wait()
+    await trio.sleep(READ_AHEAD_DELAY_S)
+    await trio.to_thread.run_sync(_set_read_ahead, cfg.mountpoint, cfg.read_ahead_kb)
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info(kv("unmount_requested", signal=signal.Signals(signum).name))
+            pyfuse3.terminate()
+            return
+
+
+async def serve(cfg: MountConfig, ready_fd: int | None = None) -> None:
+    backend = await LocalBackend.open(cfg.data_dir, chunk_bytes=cfg.chunk_bytes)
+    ops = ChordOps(backend, timeouts=cfg.timeouts, cache_bytes=cfg.cache_bytes)
+    try:
+        pyfuse3.init(ops, cfg.mountpoint, set(cfg.fuse_options))
+    except BaseException:
+        await backend.aclose()
+        raise
+    log.info(kv("mounted", mountpoint=cfg.mountpoint, data=cfg.data_dir,
+                options=",".join(sorted(cfg.fuse_options))))
+    _notify_ready(ready_fd, b"ok")
+    try:
+        ops.invalidator.start()
+        async with trio.open_nursery() as nursery:
+            ops.bind(nursery)
+            nursery.start_soon(_watch_signals)
+            if cfg.read_ahead_kb:
+                nursery.start_soon(_read_ahead_after_init, ops, cfg)
+            await pyfuse3.main(max_tasks=64)
+            with trio.move_on_after(SHUTDOWN_DEADLINE_S, shield=True):
+                await ops.flush_all()
+            nursery.cancel_scope.cancel()
+    finally:
+        ops.invalidator.stop()
+        pyfuse3.close(unmount=True)
+        await backend.aclose()
+        log.info(kv("unmounted", mountpoint=cfg.mountpoint))
+
+
+def _notify_ready(fd: int | None, message: bytes) -> None:
+    if fd is not None:
+        os.write(fd, message)
+        os.close(fd)
+
+
+def _detach(cfg: MountConfig) -> int | None:
+    """Fork; the parent waits for the child's word and returns the exit
+    status, the child returns None and carries on as the daemon."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            word = pipe.read()
+        if word == b"ok":
+            return 0
+        print(f"{PROG}: mount failed: {word.decode(errors='replace') or 'see the log'}",
+              file=sys.stderr)
+        return 1
+    os.close(read_fd)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    out = os.open(cfg.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640) \
+        if cfg.log_file else null
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.environ["CHORDFS_READY_FD"] = str(write_fd)
+    return None
+
+
+def mount_main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    ready_fd = None
+    if not cfg.foreground:
+        status = _detach(cfg)
+        if status is not None:
+            return status
+        ready_fd = int(os.environ.pop("CHORDFS_READY_FD"))
+    configure(logging.DEBUG if cfg.debug else logging.INFO)
+    try:
+        trio.run(serve, cfg, ready_fd)
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        log.exception(kv("mount_failed", mountpoint=cfg.mountpoint))
+        try:
+            _notify_ready(ready_fd, str(exc).encode()[:400])
+        except OSError:
+            pass
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- mount(8)
 
 
 def helper_main(argv: list[str] | None = None) -> int:
-    print("mount.chordfs: the chordfs FUSE driver is not built yet", file=sys.stderr)
-    return 1
+    """``mount.chordfs SOURCE DIR [-sfnv] [-o OPTIONS]`` as mount(8) runs it.
+    SOURCE ``local:/path`` mounts that data directory; node addresses
+    (``n1:7070,n2:7070``) need the cluster client, which is not built yet."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _Parser(prog="mount.chordfs")
+    parser.add_argument("source")
+    parser.add_argument("mountpoint")
+    parser.add_argument("-o", dest="options", default="")
+    for flag in ("-s", "-f", "-n", "-v"):
+        parser.add_argument(flag, action="store_true")
+    try:
+        args, _ = parser.parse_known_args(argv)
+    except UsageError as exc:
+        print(f"mount.chordfs: {exc}", file=sys.stderr)
+        return 2
+    if not args.source.startswith("local:"):
+        print(f"mount.chordfs: mounting cluster addresses ({args.source}) is not supported"
+              " yet; use local:/path/to/data to mount a local data directory",
+              file=sys.stderr)
+        return 32
+    if args.f:
+        return 0
+    return mount_main(["--local", args.source[len("local:"):], args.mountpoint,
+                       "-o", args.options])
 
 
 if __name__ == "__main__":
-    sys.exit(helper_main())
+    sys.exit(mount_main())

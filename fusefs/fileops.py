@@ -1,0 +1,154 @@
+"""File handle requests: create, open, read, write, flush, fsync, release.
+
+Close-to-open: ``open`` reads fresh attributes and, when no other handle of
+this mount has the file open with buffered writes, the manifest again; it
+keeps the kernel page cache (``keep_cache``) only if the file's (mtime, size)
+equals what it was when this mount last closed it or committed to it, so
+reopening an unchanged file reads from the page cache. ``flush`` (every
+close) and ``fsync`` return only after the data is stored and committed.
+
+Open files unlinked here are orphans (see ``InodeTable``); their last
+``release`` frees them with ReleaseOrphan.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+
+import pyfuse3
+
+from rpc.logfmt import kv
+from server.meta.types import Attr, Create, ReleaseOrphan, SetAttr
+
+from .errors import check, fuse_op
+from .filedata import FileData
+
+log = logging.getLogger("chordfs.fuse.files")
+
+STAMPS_MAX = 65536
+
+
+class FileOpsMixin:
+    """Mixed into ``ChordOps``; uses its backend, inodes, files, handles."""
+
+    def _init_files(self) -> None:
+        self.files: dict[int, FileData] = {}
+        self.handles: dict[int, int] = {}
+        self._next_fh = 1
+        self.chunk_bytes = 0
+        # ino -> (mtime_ns, size) when this mount last knew its page cache
+        # matched the backend; bounded, so an old entry only costs a re-read.
+        self.stamps: collections.OrderedDict[int, tuple[int, int]] = collections.OrderedDict()
+
+    def _stamp(self, attr: Attr) -> None:
+        self.stamps[attr.ino] = (attr.mtime_ns, attr.size)
+        self.stamps.move_to_end(attr.ino)
+        while len(self.stamps) > STAMPS_MAX:
+            self.stamps.popitem(last=False)
+
+    def _new_fh(self, ino: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = ino
+        self.inodes.opened(ino)
+        return fh
+
+    def _file(self, fh: int) -> FileData:
+        return self.files[self.handles[fh]]
+
+    def _committed(self, attr: Attr | None) -> None:
+        """After our own commit: our page cache holds what we wrote."""
+        if attr is not None:
+            self._stamp(attr)
+            self.invalidator.inode(attr.ino)
+
+    @fuse_op
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        reply = check(await self.backend.submit(Create(
+            parent_inode, name, mode, ctx.uid, ctx.gid, time.time_ns())))
+        attr = reply.attr
+        data = FileData(attr.ino, self.backend, self.reader, self.nursery)
+        if self.chunk_bytes:
+            data.start_empty(self.chunk_bytes, attr)
+        else:
+            await data.load()
+            self.chunk_bytes = data.chunk_bytes
+        self.files[attr.ino] = data
+        self._stamp(attr)
+        self.inodes.remember(attr.ino)
+        fh = self._new_fh(attr.ino)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr)
+
+    @fuse_op
+    async def open(self, inode, flags, ctx):
+        attr = check(await self.backend.getattr(inode)).attr
+        data = self.files.get(inode)
+        fh = self._new_fh(inode)
+        try:
+            keep = await self._open_data(inode, attr, data)
+            if flags & os.O_TRUNC:
+                attr = await self.files[inode].setattr(
+                    SetAttr(inode, time.time_ns(), size=0))
+                self._stamp(attr)
+        except BaseException:
+            await self._drop_handle(fh)
+            raise
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    async def _open_data(self, ino: int, attr: Attr, data: FileData | None) -> bool:
+        """Install or refresh the file's data; returns keep_cache."""
+        if data is None:
+            data = FileData(ino, self.backend, self.reader, self.nursery)
+            self.files[ino] = data
+            await data.load()
+            self.chunk_bytes = self.chunk_bytes or data.chunk_bytes
+        elif data.changed:
+            # Open here with buffered writes: the kernel page cache already
+            # reflects them, and our view is the newest there is.
+            return True
+        else:
+            await data.load()
+        data.attr = attr
+        return self.stamps.get(ino) == (attr.mtime_ns, attr.size)
+
+    @fuse_op
+    async def read(self, fh, off, size):
+        return await self._file(fh).read(off, size)
+
+    @fuse_op
+    async def write(self, fh, off, buf):
+        return await self._file(fh).write(off, buf)
+
+    @fuse_op
+    async def flush(self, fh):
+        self._committed(await self._file(fh).flush())
+
+    @fuse_op
+    async def fsync(self, fh, datasync):
+        self._committed(await self._file(fh).flush())
+        await self.backend.sync()
+
+    @fuse_op
+    async def release(self, fh):
+        data = self._file(fh)
+        try:
+            self._committed(await data.flush())
+        except pyfuse3.FUSEError as exc:
+            # release has no caller to tell; close() already got flush's error.
+            log.error(kv("release_flush_failed", ino=data.ino, err=exc.errno))
+        finally:
+            await self._drop_handle(fh)
+
+    async def _drop_handle(self, fh: int) -> None:
+        ino = self.handles.pop(fh)
+        if not self.inodes.closed(ino):
+            return
+        data = self.files.pop(ino, None)
+        if data is not None and data.attr is not None and not data.changed:
+            self._stamp(data.attr)
+        if ino in self.inodes.orphaned:
+            self.inodes.orphaned.discard(ino)
+            check(await self.backend.submit(ReleaseOrphan(ino, time.time_ns())))

@@ -1,0 +1,284 @@
+"""pyfuse3 Operations for chordfs: every request of the kernel, written
+against ``fusefs.backend.Backend``.
+
+Request handlers translate between the kernel's shapes and the metadata
+commands/queries, and keep only cache state here (``InodeTable``, open
+files' ``FileData``, the chunk cache). Every handler is wrapped by
+``fuse_op``: a deadline, and every failure mapped to one errno.
+
+Own changes and the kernel caches: the kernel updates its own dentries and
+attributes for the changes it sends us; what it cannot know (a commit that
+changes ctime/mtime after close) is invalidated through ``Invalidator``,
+never from inside a handler.
+
+Unlink/rename while this mount has any file open pass ``keep_orphan``: the
+state machine then keeps a last-link inode as an orphan, which we release at
+once unless it is one of our open files (then at its last close).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+
+import pyfuse3
+import trio
+
+from server.meta.types import (Attr, Link, Mkdir, Mknod, ReleaseOrphan,
+                               RemoveReply, RemoveXattr, Rename, Rmdir,
+                               SetAttr, SetXattr, Symlink, Unlink, Utime)
+
+from .backend import Backend
+from .errors import check, fuse_op, fuse_op_quiet
+from .filedata import CACHE_BYTES_DEFAULT, ChunkCache, ChunkReader
+from .fileops import FileOpsMixin
+from .kernel import (DOT, DOTDOT, DirHandle, InodeTable, Invalidator, Timeouts,
+                     dot_attrs, entry_attributes)
+
+log = logging.getLogger("chordfs.fuse")
+
+STATFS_BLOCK_BYTES = 4096
+
+
+class ChordOps(FileOpsMixin, pyfuse3.Operations):
+    enable_writeback_cache = False  # DESIGN: slower creates/rm; measure first
+
+    def __init__(self, backend: Backend, *, timeouts: Timeouts = Timeouts(),
+                 cache_bytes: int = CACHE_BYTES_DEFAULT) -> None:
+        super().__init__()
+        self.backend = backend
+        self.timeouts = timeouts
+        self.inodes = InodeTable()
+        self.cache = ChunkCache(cache_bytes)
+        self.reader = ChunkReader(backend, self.cache)
+        self.invalidator = Invalidator()
+        self.dirs: dict[int, DirHandle] = {}
+        self.nursery: trio.Nursery | None = None
+        self.initialized = trio.Event()
+        self._init_files()
+
+    def init(self) -> None:
+        """FUSE INIT arrived (called synchronously by pyfuse3)."""
+        self.initialized.set()
+
+    def bind(self, nursery: trio.Nursery) -> None:
+        """Background uploads run in ``nursery`` (the mount's supervisor)."""
+        self.nursery = nursery
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        data = self.files.get(attr.ino)
+        if data is not None and data.changed:
+            return entry_attributes(attr, self.timeouts, size=data.size,
+                                    mtime_ns=data.mtime_ns)
+        return entry_attributes(attr, self.timeouts)
+
+    def _new_entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        """Reply for a request that hands the kernel a lookup reference."""
+        self.inodes.remember(attr.ino)
+        return self._entry(attr)
+
+    # ------------------------------------------------------------ lookups
+
+    @fuse_op
+    async def lookup(self, parent_inode, name, ctx):
+        if name == b".":
+            attr = check(await self.backend.getattr(parent_inode)).attr
+        elif name == b"..":
+            attr = (await dot_attrs(self.backend, parent_inode))[1]
+        else:
+            reply = await self.backend.lookup(parent_inode, name)
+            if reply.err == errno.ENOENT:
+                return self._negative_entry()
+            attr = check(reply).attr
+        return self._new_entry(attr)
+
+    def _negative_entry(self) -> pyfuse3.EntryAttributes:
+        """ENOENT the kernel may cache for the entry timeout: git, make and
+        compilers probe many missing names. Our own creates replace the
+        negative dentry in the kernel; other clients' show up after the
+        timeout, like any other change of theirs."""
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = 0
+        entry.entry_timeout = self.timeouts.entry_s
+        return entry
+
+    @fuse_op_quiet
+    async def forget(self, inode_list):
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    @fuse_op
+    async def getattr(self, inode, ctx):
+        return self._entry(check(await self.backend.getattr(inode)).attr)
+
+    @fuse_op
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        now = time.time_ns()
+        cmd = SetAttr(
+            inode, now,
+            mode=attr.st_mode & 0o7777 if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime=attr.st_atime_ns if fields.update_atime else Utime.OMIT,
+            mtime=attr.st_mtime_ns if fields.update_mtime else Utime.OMIT,
+        )
+        data = self.files.get(inode)
+        if data is not None:
+            new = await data.setattr(cmd)
+            self._stamp(new)
+        else:
+            new = check(await self.backend.submit(cmd)).attr
+        return self._entry(new)
+
+    @fuse_op
+    async def readlink(self, inode, ctx):
+        return check(await self.backend.readlink(inode)).value
+
+    # ------------------------------------------------------------ namespace
+
+    @fuse_op
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        reply = check(await self.backend.submit(Mknod(
+            parent_inode, name, mode, rdev, ctx.uid, ctx.gid, time.time_ns())))
+        return self._new_entry(reply.attr)
+
+    @fuse_op
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        reply = check(await self.backend.submit(Mkdir(
+            parent_inode, name, mode, ctx.uid, ctx.gid, time.time_ns())))
+        return self._new_entry(reply.attr)
+
+    @fuse_op
+    async def symlink(self, parent_inode, name, target, ctx):
+        reply = check(await self.backend.submit(Symlink(
+            parent_inode, name, target, ctx.uid, ctx.gid, time.time_ns())))
+        return self._new_entry(reply.attr)
+
+    @fuse_op
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        reply = check(await self.backend.submit(Link(
+            inode, new_parent_inode, new_name, time.time_ns())))
+        return self._new_entry(reply.attr)
+
+    @fuse_op
+    async def unlink(self, parent_inode, name, ctx):
+        keep = self.inodes.any_open
+        reply = check(await self.backend.submit(Unlink(
+            parent_inode, name, time.time_ns(), keep_orphan=keep)))
+        await self._after_remove(reply, keep)
+
+    @fuse_op
+    async def rmdir(self, parent_inode, name, ctx):
+        check(await self.backend.submit(Rmdir(parent_inode, name, time.time_ns())))
+
+    @fuse_op
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new,
+                     flags, ctx):
+        keep = self.inodes.any_open
+        reply = check(await self.backend.submit(Rename(
+            parent_inode_old, name_old, parent_inode_new, name_new, flags,
+            time.time_ns(), keep_orphan=keep)))
+        await self._after_remove(reply, keep)
+
+    async def _after_remove(self, reply: RemoveReply, kept: bool) -> None:
+        """An inode that lost its last link survives only while open here."""
+        if not (kept and reply.ino and reply.nlink == 0):
+            return
+        if self.inodes.is_open(reply.ino):
+            self.inodes.orphaned.add(reply.ino)
+        else:
+            check(await self.backend.submit(ReleaseOrphan(reply.ino, time.time_ns())))
+
+    # ------------------------------------------------------------ directories
+
+    @fuse_op
+    async def opendir(self, inode, ctx):
+        fh = self._next_fh
+        self._next_fh += 1
+        self.dirs[fh] = DirHandle(inode)
+        return fh
+
+    @fuse_op
+    async def readdir(self, fh, start_id, token):
+        handle = self.dirs[fh]
+        handle.start(start_id)
+        if start_id < DOTDOT:
+            if handle.dots is None:
+                handle.dots = await dot_attrs(self.backend, handle.ino)
+            me, parent = handle.dots
+            if start_id < DOT and not pyfuse3.readdir_reply(
+                    token, b".", entry_attributes(me, self.timeouts), DOT):
+                return
+            if not pyfuse3.readdir_reply(
+                    token, b"..", entry_attributes(parent, self.timeouts), DOTDOT):
+                return
+        while True:
+            item = await handle.peek(self.backend)
+            if item is None:
+                return
+            off, entry = item
+            if not pyfuse3.readdir_reply(token, entry.name, self._entry(entry.attr), off):
+                return
+            handle.accept()
+            self.inodes.remember(entry.ino)
+
+    @fuse_op
+    async def releasedir(self, fh):
+        del self.dirs[fh]
+
+    @fuse_op
+    async def fsyncdir(self, fh, datasync):
+        await self.backend.sync()
+
+    # ------------------------------------------------------------ fs-wide
+
+    @fuse_op
+    async def statfs(self, ctx):
+        st = await self.backend.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = out.f_frsize = STATFS_BLOCK_BYTES
+        out.f_blocks = st.total_bytes // STATFS_BLOCK_BYTES
+        out.f_bfree = out.f_bavail = st.free_bytes // STATFS_BLOCK_BYTES
+        # Inodes are rows, not a preallocated table: report plenty free.
+        out.f_files = st.inodes + (1 << 32)
+        out.f_ffree = out.f_favail = 1 << 32
+        out.f_namemax = st.name_bytes_max
+        return out
+
+    # ------------------------------------------------------------ xattrs
+
+    @fuse_op
+    async def getxattr(self, inode, name, ctx):
+        return check(await self.backend.getxattr(inode, name)).value
+
+    @fuse_op
+    async def setxattr(self, inode, name, value, ctx):
+        if name.startswith(b"system."):
+            # POSIX ACLs would be stored but never enforced (the kernel checks
+            # modes only, without FUSE_CAP_POSIX_ACL): refuse, don't pretend.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        # pyfuse3 checks XATTR_CREATE/XATTR_REPLACE itself (with getxattr)
+        # and does not pass the flags on.
+        check(await self.backend.submit(SetXattr(inode, name, value, 0, time.time_ns())))
+
+    @fuse_op
+    async def listxattr(self, inode, ctx):
+        return check(await self.backend.listxattr(inode)).names
+
+    @fuse_op
+    async def removexattr(self, inode, name, ctx):
+        check(await self.backend.submit(RemoveXattr(inode, name, time.time_ns())))
+
+    # ------------------------------------------------------------ shutdown
+
+    async def flush_all(self) -> None:
+        """Commit every open file's buffered writes (unmount with files
+        still open, e.g. on SIGTERM); failures are logged per file."""
+        for data in list(self.files.values()):
+            try:
+                await data.flush()
+            except Exception as exc:  # noqa: BLE001 - keep flushing the others
+                log.error("flush_at_unmount_failed ino=%d kind=%s", data.ino,
+                          type(exc).__name__)
