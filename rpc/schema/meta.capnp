@@ -157,3 +157,30 @@ struct StatFs {
   appliedIndex @4 :UInt64;
   nameBytesMax @5 :UInt32;
 }
+
+# ------------------------------------------------------------------ service
+# Metadata changes go through Raft.propose (raft.capnp) as encoded Commands;
+# reads come here.  A linearizable query first confirms, through ReadIndex,
+# that this node has applied everything committed when the query arrived.
+
+struct Query {
+  linearizable @0 :Bool;
+  union {
+    lookup :group { parent @1 :UInt64; name @2 :Data; }
+    getattr :group { ino @3 :UInt64; }
+    readdir :group { dirIno @4 :UInt64; cursor @5 :Data; limit @6 :UInt32; plus @7 :Bool; }
+    readlink :group { linkIno @8 :UInt64; }
+    getxattr :group { xattrIno @9 :UInt64; xattrName @10 :Data; }
+    listxattr :group { listIno @11 :UInt64; }
+    statfs @12 :Void;
+    manifest :group { fileIno @13 :UInt64; startIdx @14 :UInt64; pageLimit @15 :UInt32; }
+  }
+}
+
+interface Metadata {
+  query @0 (query :Query, forwarded :Bool) -> (reply :Data, notLeader :Bool, leaderHint :UInt64);
+  # reply is the codec encoding of the query's reply type (EntryReply,
+  # DirPage, BytesReply, NamesReply, StatFs, ManifestPage).  A follower
+  # forwards a linearizable query once to the leader it knows; notLeader
+  # when none is known (or the forward failed).
+}

@@ -1,0 +1,68 @@
+"""The metadata store as the state machine Raft applies.
+
+Raft hands over committed entries as bytes; results go back to proposers as
+bytes (codec.encode_result).  An entry that does not decode as a Command is
+answered EINVAL on every replica alike and changes nothing, so one bad
+proposal can neither stop the service nor make replicas diverge.  Snapshots
+are the store's consistent file copies, moved as bytes inside Raft's
+InstallSnapshot."""
+
+import errno
+import os
+
+from . import codec
+from .store import MetaStore
+from .types import Status
+
+
+class MetaStateMachine:
+    def __init__(self, store: MetaStore, scratch_dir: str):
+        self.store = store
+        self._scratch = scratch_dir
+        os.makedirs(scratch_dir, exist_ok=True)
+
+    def applied_index(self) -> int:
+        return self.store.applied_index
+
+    def apply(self, index: int, data: bytes) -> bytes:
+        return self.apply_batch([(index, data)])[0]
+
+    def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
+        invalid = codec.encode_result(Status(errno.EINVAL))
+        good, results = [], {}
+        for index, data in entries:
+            try:
+                codec.decode_command(data)
+            except ValueError:
+                results[index] = invalid
+                continue
+            good.append((index, data))
+        if good:
+            for (index, _), result in zip(good, self.store.apply_batch(good)):
+                results[index] = codec.encode_result(result)
+        return [results[index] for index, _ in entries]
+
+    def snapshot(self) -> bytes:
+        path = os.path.join(self._scratch, "snapshot.db")
+        if os.path.exists(path):
+            os.unlink(path)
+        try:
+            self.store.snapshot_to(path)
+            with open(path, "rb") as f:
+                return f.read()
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+
+    def restore(self, index: int, data: bytes) -> None:
+        path = os.path.join(self._scratch, "incoming.db")
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            restored = self.store.restore_from(path)
+        finally:
+            os.unlink(path)
+        if restored != index:
+            raise ValueError(f"snapshot holds index {restored}, Raft said {index}")

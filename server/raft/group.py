@@ -1,0 +1,48 @@
+"""Opens one node's Raft group from its directory: recover storage, restore
+the state machine from the snapshot if it is behind, build the core (with
+the initial voters when the directory is brand new), and wire the service
+to a transport.  What a node process and the tests share."""
+
+import dataclasses
+import random
+
+from .config import RaftConfig
+from .core import RaftNode
+from .messages import HardState, Membership
+from .service import RaftService
+from .storage import LogStorage
+from .transport import RaftTransport
+
+
+@dataclasses.dataclass
+class RaftGroup:
+    node_id: int
+    storage: LogStorage
+    service: RaftService
+    transport: RaftTransport
+    addrs: dict[int, str]
+
+    def addr_of(self, node_id: int) -> str | None:
+        return self.addrs.get(node_id)
+
+
+def open_group(node_id: int, addrs: dict[int, str], data_dir: str, state_machine, pool, *,
+               cfg: RaftConfig = RaftConfig(), tick_s: float = 0.1, seed: int | None = None,
+               snapshot_entries: int = 10_000) -> RaftGroup:
+    """``addrs`` maps every initial voter's id (this node's included) to its
+    RPC address; on a brand-new directory they become the first voters."""
+    storage = LogStorage(data_dir)
+    snapshot, entries, hard_state = storage.snapshot, storage.entries(), storage.hard_state
+    if snapshot is not None and state_machine.applied_index() < snapshot.meta.index:
+        state_machine.restore(snapshot.meta.index, snapshot.data)
+    fresh = snapshot is None and not entries and hard_state == HardState()
+    core = RaftNode(node_id, cfg, random.Random(node_id if seed is None else seed),
+                    hard_state=hard_state, snapshot=snapshot, entries=entries,
+                    applied=max(state_machine.applied_index(),
+                                snapshot.meta.index if snapshot else 0),
+                    bootstrap=Membership(frozenset(addrs)) if fresh else None)
+    transport = RaftTransport(pool, addrs, self_id=node_id)
+    service = RaftService(core, storage, state_machine, transport, tick_s=tick_s,
+                          snapshot_entries=snapshot_entries)
+    transport.on_report(service.report)
+    return RaftGroup(node_id, storage, service, transport, dict(addrs))

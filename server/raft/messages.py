@@ -1,0 +1,202 @@
+"""Raft value types: log entries, hard state, snapshots, wire messages, errors.
+
+Everything here is an immutable value so the core can hand it to a driver
+without copying and a test can compare it by equality.  Node ids are ints
+(chordfs uses the 64-bit ring id of the node).  Term 0 / index 0 mean "before
+the first entry": the empty log matches any AppendEntries with prev_index 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+
+PURE_CORE = True
+
+NodeId = int
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class EntryKind(enum.IntEnum):
+    COMMAND = 0  # opaque state-machine command
+    CONFIG = 1   # full membership (see config.py); takes effect when appended
+    NOOP = 2     # appended by every new leader so it can commit in its term
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    index: int
+    term: int
+    kind: EntryKind = EntryKind.COMMAND
+    data: bytes = b""
+
+    def size_bytes(self) -> int:
+        # Header estimate matches storage.py's record layout closely enough
+        # for batching limits.
+        return 24 + len(self.data)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HardState:
+    """What must be durable before any message of the same Ready is sent."""
+    term: int = 0
+    vote: NodeId | None = None
+    commit: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Membership:
+    voters: frozenset[NodeId] = frozenset()
+    learners: frozenset[NodeId] = frozenset()
+
+    def __post_init__(self) -> None:
+        assert not (self.voters & self.learners), "a node is voter or learner"
+
+    def members(self) -> frozenset[NodeId]:
+        return self.voters | self.learners
+
+    def quorum(self) -> int:
+        # floor(n/2)+1 of the configured voters: never of the live ones.
+        return len(self.voters) // 2 + 1
+
+    def encode(self) -> bytes:
+        voters, learners = sorted(self.voters), sorted(self.learners)
+        return struct.pack(f">II{len(voters)}Q{len(learners)}Q",
+                           len(voters), len(learners), *voters, *learners)
+
+    @classmethod
+    def decode(cls, blob: bytes) -> Membership:
+        nv, nl = struct.unpack_from(">II", blob)
+        if len(blob) != 8 + 8 * (nv + nl):
+            raise ProtocolError(f"membership blob of {len(blob)} bytes")
+        ids = struct.unpack_from(f">{nv + nl}Q", blob, 8)
+        return cls(frozenset(ids[:nv]), frozenset(ids[nv:]))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    index: int
+    term: int
+    membership: Membership
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """State-machine image at meta.index; data is opaque to Raft."""
+    meta: SnapshotMeta
+    data: bytes = b""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadState:
+    """Reads tagged `context` are linearizable once applied >= index."""
+    index: int
+    context: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Proposed:
+    """Where a proposal landed: it succeeded iff the entry applied at
+    `index` has this `term`."""
+    term: int
+    index: int
+
+
+# ---------------------------------------------------------------- messages
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    frm: NodeId
+    to: NodeId
+    term: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VoteRequest(Message):
+    last_log_index: int
+    last_log_term: int
+    pre_vote: bool = False   # term is the term the sender would campaign in
+    transfer: bool = False   # leadership transfer: bypasses the leader lease
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VoteResponse(Message):
+    granted: bool
+    pre_vote: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppendEntries(Message):
+    prev_index: int
+    prev_term: int
+    entries: tuple[Entry, ...]
+    commit: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppendResponse(Message):
+    """success: follower's log matches the leader's up to match_index.
+    Rejection: reject_index is the prev_index that failed; hint_index and
+    hint_term let the leader skip a whole conflicting term at once."""
+    success: bool
+    match_index: int = 0
+    reject_index: int = 0
+    hint_index: int = 0
+    hint_term: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InstallSnapshot(Message):
+    snapshot: Snapshot
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    commit: int
+    read_seq: int = 0  # ReadIndex round this heartbeat confirms (0: none)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HeartbeatResponse(Message):
+    read_seq: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimeoutNow(Message):
+    """Leader to transfer target: campaign now, skipping pre-vote."""
+
+
+# ------------------------------------------------------------------ errors
+
+class RaftError(Exception):
+    """Base of the typed errors the core raises instead of changing state."""
+
+
+class NotLeader(RaftError):
+    def __init__(self, leader_hint: NodeId | None) -> None:
+        super().__init__(f"not leader (leader hint: {leader_hint})")
+        self.leader_hint = leader_hint
+
+
+class ProposalDropped(RaftError):
+    """The leader cannot take proposals now (transfer in progress, a config
+    change is still uncommitted, or the in-flight limit is reached)."""
+
+
+class Compacted(RaftError):
+    """The requested index is covered by the snapshot."""
+
+
+class Unavailable(RaftError):
+    """The requested index is beyond the log."""
+
+
+class ProtocolError(RaftError):
+    """A peer or the driver broke the protocol; nothing was changed."""

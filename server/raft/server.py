@@ -1,0 +1,62 @@
+"""The Raft RPC interface of a node (rpc/schema/raft.capnp).
+
+``step`` only queues messages for the driver, so it runs inline in the
+connection reader.  ``propose`` waits for the command to apply; on a
+follower it is forwarded once to the leader the core knows, so a client may
+talk to any node (the answer still carries the leader hint for next time)."""
+
+import rpc
+
+from .messages import NotLeader, ProposalDropped, ProtocolError
+from .service import ProposalFailed
+from .wire import message_from, raft_capnp
+
+PROPOSE_TIMEOUT_S = 10.0
+
+
+class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
+    """Mixin: the serving object provides ``raft_service`` (a RaftService)
+    and ``raft_pool`` (an rpc Pool) and ``raft_addr_of(node_id)``."""
+
+    @rpc.inline
+    async def step(self, params, results):
+        try:
+            messages = [message_from(m) for m in params.messages]
+        except ProtocolError as e:
+            raise rpc.Failed(f"bad Raft message: {e}") from None
+        results.accepted = self.raft_service.deliver(messages)
+
+    async def propose(self, params, results):
+        command = params.command
+        service = self.raft_service
+        try:
+            index, term, result = await service.propose(command, timeout_s=PROPOSE_TIMEOUT_S)
+        except NotLeader as e:
+            hint = e.leader_hint or 0
+            if params.forwarded or not hint or self.raft_addr_of(hint) is None:
+                results.notLeader, results.leaderHint = True, hint
+                return
+            await self._forward(command, hint, results)
+            return
+        except (ProposalDropped, ProposalFailed) as e:
+            raise rpc.Overloaded(f"proposal not committed: {e}") from None
+        results.index, results.term, results.result = index, term, result
+
+    @rpc.inline
+    async def status(self, params, results):
+        st = self.raft_service.core.status()
+        results.id, results.term, results.leader = st.id, st.term, st.leader or 0
+        results.role, results.commit = st.role.name.lower(), st.commit
+        results.applied, results.lastIndex = self.raft_service.applied, st.last_index
+
+    async def _forward(self, command: bytes, leader: int, results) -> None:
+        try:
+            cap = await self.raft_pool.bootstrap(self.raft_addr_of(leader), raft_capnp.Raft,
+                                                 timeout_s=PROPOSE_TIMEOUT_S)
+            reply = await cap.propose(command=command, forwarded=True, timeout_s=PROPOSE_TIMEOUT_S)
+        except rpc.ConnectionLost:
+            # The leader we know of is gone; the caller retries elsewhere.
+            results.notLeader, results.leaderHint = True, leader
+            return
+        results.index, results.term, results.result = reply.index, reply.term, reply.result
+        results.notLeader, results.leaderHint = reply.notLeader, reply.leaderHint or leader

@@ -1,0 +1,238 @@
+"""The trio service that drives one Raft core.
+
+Order of work, once per cycle of the driver task:
+  1. step: queued peer messages and elapsed ticks go into the core;
+  2. persist: the Ready's entries, hard state and snapshot are written and
+     fsynced in one go (group commit: every proposal made since the last
+     cycle shares this fsync);
+  3. send: the Ready's messages go to the transport (never blocks);
+  4. apply: committed entries go to the state machine, waiting proposers get
+     their results, ReadIndex waiters whose index is applied are released;
+  5. advance: the core is told the Ready was handled.
+Nothing is sent before it is durable, so a vote or an append ack never
+outruns the disk.
+
+Inputs come from three places, none of which touches the core directly
+except ``propose``/``read_index`` (which run in the same trio thread and only
+record the request): the RPC handler's ``deliver`` (a bounded queue; beyond
+it messages are dropped, which Raft tolerates), the ticker task, and local
+callers.  Every wait of a caller has a deadline."""
+
+import collections
+import logging
+
+import trio
+
+from rpc.logfmt import kv
+
+from .messages import EntryKind, RaftError
+
+log = logging.getLogger("chordfs.raft")
+
+
+class ProposalFailed(RaftError):
+    """The proposal's index was taken by another leader's entry, or the
+    deadline passed before it was applied: it may or may not apply later."""
+
+
+class _Waiter:
+    __slots__ = ("term", "event", "result", "error")
+
+    def __init__(self, term: int):
+        self.term = term
+        self.event = trio.Event()
+        self.result = None
+        self.error = None
+
+
+class RaftService:
+    def __init__(self, core, storage, state_machine, transport, *, tick_s: float,
+                 inbox_messages_max: int = 4096, snapshot_entries: int = 10_000):
+        self.core = core
+        self.storage = storage
+        self.sm = state_machine
+        self.transport = transport
+        self.tick_s = tick_s
+        self._inbox: collections.deque = collections.deque()
+        self._reports: collections.deque = collections.deque(maxlen=inbox_messages_max)
+        self._inbox_max = inbox_messages_max
+        self._ticks = 0
+        self._wake = trio.Event()
+        self._waiters: dict[int, _Waiter] = {}
+        self._reads: list[tuple[int, trio.Event]] = []  # (read index, event)
+        self._read_ctx = 0
+        self._pending_reads: dict[bytes, trio.Event] = {}
+        self._snapshot_entries = snapshot_entries
+        self.applied = state_machine.applied_index()
+        self.dropped_messages = 0
+
+    # ---------------------------------------------------------------- inputs
+
+    def deliver(self, messages) -> int:
+        """Queue peer messages for the core; returns how many were taken."""
+        room = self._inbox_max - len(self._inbox)
+        taken = messages[:room] if room < len(messages) else messages
+        self._inbox.extend(taken)
+        self.dropped_messages += len(messages) - len(taken)
+        self._wake.set()
+        return len(taken)
+
+    def report(self, kind: str, node_id: int, ok: bool) -> None:
+        """Transport outcome for the core (see RaftTransport's on_report)."""
+        self._reports.append((kind, node_id, ok))
+        self._wake.set()
+
+    async def propose(self, data: bytes, *, timeout_s: float):
+        """Commit ``data`` and return (index, term, state machine result).
+        Raises the core's NotLeader(hint) or ProposalDropped, or
+        ProposalFailed."""
+        proposed = self.core.propose(data)  # raises NotLeader / ProposalDropped
+        waiter = self._waiters[proposed.index] = _Waiter(proposed.term)
+        self._wake.set()
+        with trio.move_on_after(timeout_s):
+            await waiter.event.wait()
+        if not waiter.event.is_set():
+            self._waiters.pop(proposed.index, None)
+            raise ProposalFailed(f"proposal at index {proposed.index} not applied within {timeout_s}s")
+        if waiter.error is not None:
+            raise waiter.error
+        return proposed.index, proposed.term, waiter.result
+
+    async def read_index(self, *, timeout_s: float) -> int:
+        """Linearizable read barrier: returns once this node has applied
+        everything committed when the call began (ReadIndex)."""
+        self._read_ctx += 1
+        ctx = self._read_ctx.to_bytes(8, "big")
+        event = self._pending_reads[ctx] = trio.Event()
+        self.core.read_index(ctx)  # raises NotLeader when no leader is known
+        self._wake.set()
+        with trio.fail_after(timeout_s):
+            await event.wait()
+        return self.applied
+
+    @property
+    def leader_id(self):
+        return self.core.leader
+
+    # ---------------------------------------------------------------- driver
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ticker)
+            task_status.started(self)
+            await self._drive()
+
+    async def _ticker(self) -> None:
+        next_tick = trio.current_time()
+        while True:
+            next_tick += self.tick_s
+            await trio.sleep_until(next_tick)
+            self._ticks += 1
+            self._wake.set()
+            if trio.current_time() - next_tick > 10 * self.tick_s:
+                next_tick = trio.current_time()  # do not burst after a stall
+
+    async def _drive(self) -> None:
+        core = self.core
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            self._feed()
+            while core.has_ready():
+                rd = core.ready()
+                await self._persist(rd)
+                self.transport.send(rd.messages)
+                await self._apply(rd)
+                core.advance(rd)
+                self._feed()
+            await self._maybe_compact()
+
+    def _feed(self) -> None:
+        core = self.core
+        while self._inbox:
+            m = self._inbox.popleft()
+            try:
+                core.step(m)
+            except RaftError as e:
+                log.info(kv("raft.step_rejected", node=core.id, term=core.term, frm=m.frm,
+                            kind=type(m).__name__, error=str(e)))
+        while self._reports:
+            kind, node_id, ok = self._reports.popleft()
+            if kind == "snapshot":
+                core.report_snapshot(node_id, ok)
+            else:
+                core.report_unreachable(node_id)
+        while self._ticks:
+            self._ticks -= 1
+            core.tick()
+
+    async def _persist(self, rd) -> None:
+        if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+            await trio.to_thread.run_sync(self.storage.save, rd.hard_state, rd.entries, rd.snapshot)
+
+    async def _apply(self, rd) -> None:
+        if rd.snapshot is not None:
+            await trio.to_thread.run_sync(self.sm.restore, rd.snapshot.meta.index, rd.snapshot.data)
+            self.applied = rd.snapshot.meta.index
+            self._fail_waiters_upto(self.applied)
+        if rd.committed:
+            results = await trio.to_thread.run_sync(self._apply_entries, rd.committed)
+            for entry, result in zip(rd.committed, results):
+                waiter = self._waiters.pop(entry.index, None)
+                if waiter is None:
+                    continue
+                if entry.term == waiter.term:
+                    waiter.result = result
+                else:
+                    waiter.error = ProposalFailed(f"index {entry.index} was taken by term {entry.term}")
+                waiter.event.set()
+            self.applied = rd.committed[-1].index
+        for rs in rd.read_states:
+            event = self._pending_reads.pop(rs.context, None)
+            if event is not None:
+                self._reads.append((rs.index, event))
+        self._release_reads()
+
+    def _apply_entries(self, entries) -> list:
+        # Runs in a worker thread: the state machine may block on its disk.
+        # One batch per Ready lets a database apply them in one transaction.
+        commands = [(e.index, e.data) for e in entries if e.kind == EntryKind.COMMAND]
+        batch = getattr(self.sm, "apply_batch", None)
+        if batch is not None:
+            results = dict(zip((i for i, _ in commands), batch(commands))) if commands else {}
+        else:
+            results = {i: self.sm.apply(i, d) for i, d in commands}
+        return [results.get(e.index) for e in entries]
+
+    def _release_reads(self) -> None:
+        keep = []
+        for index, event in self._reads:
+            if index <= self.applied:
+                event.set()
+            else:
+                keep.append((index, event))
+        self._reads = keep
+
+    def _fail_waiters_upto(self, index: int) -> None:
+        for i in [i for i in self._waiters if i <= index]:
+            waiter = self._waiters.pop(i)
+            waiter.error = ProposalFailed(f"index {i} was replaced by a snapshot")
+            waiter.event.set()
+
+    async def _maybe_compact(self) -> None:
+        if self.applied - self.core.log.first_index() < self._snapshot_entries:
+            return
+        index = self.applied
+        data = await trio.to_thread.run_sync(self.sm.snapshot)
+        try:
+            snap = self.core.compact(index, data)
+        except RaftError as e:
+            # e.g. a leader's snapshot arrived while ours was being taken:
+            # skip this round, the next cycle tries again.
+            log.info(kv("raft.compact_skipped", node=self.core.id, term=self.core.term,
+                        index=index, reason=str(e)))
+            return
+        await trio.to_thread.run_sync(self.storage.save_snapshot, snap)
+        log.info(kv("raft.compacted", node=self.core.id, term=self.core.term, index=index,
+                    snapshot_bytes=len(data)))
+

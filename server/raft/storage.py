@@ -1,0 +1,342 @@
+"""Durable Raft storage: log segments, hard state, snapshot (does I/O; not
+part of the pure core).
+
+Layout of a directory:
+  hardstate            term, vote, commit + xxh3_64; replaced atomically
+  snapshot             index, term, membership, data + xxh3_64; atomic
+  log-<first>.seg      append-only records, one xxh3_64 per record:
+                         u32 data_len | u64 index | u64 term | u8 kind | data | u64 xxh3
+Atomic replace = write temp file, fsync it, rename over, fsync directory.
+
+Recovery (open):
+  * a torn tail of the newest segment (a partial record, or a bad checksum
+    on its last record) is truncated: that write was never acknowledged,
+    because append() returns only after fsync;
+  * any other bad record is corruption: CorruptLog names file and offset
+    and nothing is repaired (the node must be rebuilt from its peers);
+  * entries covered by the snapshot are ignored, a gap after it refused.
+
+Group commit: append(entries, sync=False) many times, then sync() once; or
+save(hard_state, entries, snapshot) which does a whole Ready with one fsync
+per touched file.  Invariant: segment files hold contiguous indexes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+
+import xxhash
+
+from .messages import Entry, EntryKind, HardState, Membership, Snapshot, SnapshotMeta
+
+_REC = struct.Struct(">IQQB")
+_SUM = struct.Struct(">Q")
+_HS = struct.Struct(">8sQQ?Q")
+_SNAP = struct.Struct(">8sQQII")
+_HS_MAGIC, _SNAP_MAGIC = b"CFRAFTHS", b"CFRAFTSN"
+_NO_VOTE = 0
+
+
+class CorruptLog(Exception):
+    """Storage found damage it must not repair."""
+
+
+def _checksum(blob: bytes) -> bytes:
+    return _SUM.pack(xxhash.xxh3_64_intdigest(blob))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, blob: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def encode_entry(e: Entry) -> bytes:
+    body = _REC.pack(len(e.data), e.index, e.term, int(e.kind)) + e.data
+    return body + _checksum(body)
+
+
+def _record_after(blob: bytes, off: int, index: int) -> bool:
+    """Is there a valid record for `index` after `off`?  Then the bad record
+    at `off` is not a torn tail (e.g. its length field is what got damaged)
+    and truncating would drop acknowledged entries."""
+    needle = struct.pack(">Q", index)
+    pos = blob.find(needle, off + 1)
+    while pos != -1:
+        start = pos - 4  # the index field follows the u32 length
+        if start > off and len(blob) - start >= _REC.size + _SUM.size:
+            dlen = _REC.unpack_from(blob, start)[0]
+            end = start + _REC.size + dlen
+            if end + _SUM.size <= len(blob) and _checksum(blob[start:end]) == blob[end:end + _SUM.size]:
+                return True
+        pos = blob.find(needle, pos + 1)
+    return False
+
+
+@dataclasses.dataclass
+class _Segment:
+    path: str
+    first: int
+    offsets: list  # file offset of each record; offsets[i] holds first + i
+    size: int
+
+    def last(self) -> int:
+        return self.first + len(self.offsets) - 1
+
+
+class LogStorage:
+    def __init__(self, directory: str, segment_bytes_max: int = 64 << 20) -> None:
+        """Opens (creating if needed) and recovers `directory`."""
+        self.dir, self.segment_bytes_max = directory, segment_bytes_max
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".tmp"):  # an atomic write that never finished
+                os.unlink(os.path.join(directory, name))
+        self.hard_state = self._load_hard_state()
+        self.snapshot = self._load_snapshot()
+        self._segments: list[_Segment] = []
+        self._entries: list[Entry] = []
+        self._active = None  # open file object of the newest segment
+        self._dirty = False
+        self._recover_segments()
+        self._open_active()
+
+    # ------------------------------------------------------------ reading
+    def entries(self) -> list[Entry]:
+        """Entries after the snapshot, in order (what RaftNode wants)."""
+        return list(self._entries)
+
+    def first_index(self) -> int:
+        return self.snapshot.meta.index + 1 if self.snapshot else 1
+
+    def last_index(self) -> int:
+        return self._entries[-1].index if self._entries else self.first_index() - 1
+
+    def _load_hard_state(self) -> HardState:
+        path = os.path.join(self.dir, "hardstate")
+        if not os.path.exists(path):
+            return HardState()
+        blob = open(path, "rb").read()
+        if len(blob) != _HS.size + _SUM.size or _checksum(blob[:_HS.size]) != blob[_HS.size:]:
+            raise CorruptLog(f"{path}: bad hard state record at offset 0")
+        magic, term, vote, has_vote, commit = _HS.unpack(blob[:_HS.size])
+        if magic != _HS_MAGIC:
+            raise CorruptLog(f"{path}: bad magic at offset 0")
+        return HardState(term, vote if has_vote else None, commit)
+
+    def _load_snapshot(self) -> Snapshot | None:
+        path = os.path.join(self.dir, "snapshot")
+        if not os.path.exists(path):
+            return None
+        blob = open(path, "rb").read()
+        body, tail = blob[:-_SUM.size], blob[-_SUM.size:]
+        if len(blob) < _SNAP.size + _SUM.size or _checksum(body) != tail:
+            raise CorruptLog(f"{path}: bad snapshot checksum at offset {len(body)}")
+        magic, index, term, mlen, dlen = _SNAP.unpack_from(body)
+        if magic != _SNAP_MAGIC or len(body) != _SNAP.size + mlen + dlen:
+            raise CorruptLog(f"{path}: bad snapshot header at offset 0")
+        membership = Membership.decode(body[_SNAP.size:_SNAP.size + mlen])
+        return Snapshot(SnapshotMeta(index, term, membership), body[_SNAP.size + mlen:])
+
+    def _recover_segments(self) -> None:
+        names = sorted(n for n in os.listdir(self.dir) if n.startswith("log-") and n.endswith(".seg"))
+        segs = [(int(n[4:-4]), os.path.join(self.dir, n)) for n in names]
+        segs.sort()
+        for n, (first, path) in enumerate(segs):
+            entries, offsets, good_end = self._read_segment(path, first, last_segment=n == len(segs) - 1)
+            if good_end != os.path.getsize(path):
+                with open(path, "r+b") as f:  # torn tail: never acknowledged
+                    f.truncate(good_end)
+                    os.fsync(f.fileno())
+            if self._entries and entries and entries[0].index != self._entries[-1].index + 1:
+                raise CorruptLog(f"{path}: index {entries[0].index} does not follow "
+                                 f"{self._entries[-1].index} at offset 0")
+            self._segments.append(_Segment(path, first, offsets, good_end))
+            self._entries.extend(entries)
+        self._drop_covered_by_snapshot()
+
+    def _read_segment(self, path: str, first: int, last_segment: bool):
+        blob = open(path, "rb").read()
+        entries, offsets, off = [], [], 0
+        while off < len(blob):
+            bad = self._bad_record(blob, off, first + len(entries))
+            if bad is not None:
+                end = off + _REC.size + (_REC.unpack_from(blob, off)[0] if
+                                         len(blob) - off >= _REC.size else 0) + _SUM.size
+                want = first + len(entries)
+                if last_segment and end >= len(blob) and not _record_after(blob, off, want + 1):
+                    return entries, offsets, off  # torn tail
+                raise CorruptLog(f"{path}: {bad} at offset {off}")
+            dlen, index, term, kind = _REC.unpack_from(blob, off)
+            data = blob[off + _REC.size:off + _REC.size + dlen]
+            entries.append(Entry(index, term, EntryKind(kind), data))
+            offsets.append(off)
+            off += _REC.size + dlen + _SUM.size
+        return entries, offsets, off
+
+    @staticmethod
+    def _bad_record(blob: bytes, off: int, want_index: int) -> str | None:
+        if len(blob) - off < _REC.size:
+            return "partial record header"
+        dlen, index, _term, kind = _REC.unpack_from(blob, off)
+        end = off + _REC.size + dlen
+        if end + _SUM.size > len(blob):
+            return "partial record"
+        if _checksum(blob[off:end]) != blob[end:end + _SUM.size]:
+            return "checksum mismatch"
+        if index != want_index or kind not in EntryKind._value2member_map_:
+            return f"unexpected index {index} (wanted {want_index}) or kind {kind}"
+        return None
+
+    def _drop_covered_by_snapshot(self) -> None:
+        if self.snapshot is None:
+            return
+        meta = self.snapshot.meta
+        at = {e.index: e.term for e in self._entries}
+        if meta.index in at and at[meta.index] != meta.term:
+            # Crash between writing a leader's snapshot and dropping the
+            # old log: the old log is superseded.
+            for seg in self._segments:
+                os.unlink(seg.path)
+            self._segments, self._entries = [], []
+            _fsync_dir(self.dir)
+        self._entries = [e for e in self._entries if e.index > meta.index]
+        if self._entries and self._entries[0].index != meta.index + 1:
+            raise CorruptLog(f"{self.dir}: gap between snapshot {meta.index} "
+                             f"and log entry {self._entries[0].index}")
+
+    # ------------------------------------------------------------ writing
+    def save(self, hard_state: HardState | None, entries, snapshot: Snapshot | None) -> None:
+        """Persist one Ready in the order the core requires: snapshot, then
+        entries (one fsync for all of them), then the hard state."""
+        if snapshot is not None:
+            self.save_snapshot(snapshot)
+        if entries:
+            self.append(entries, sync=False)
+            self.sync()
+        if hard_state is not None:
+            self.set_hard_state(hard_state)
+
+    def set_hard_state(self, hs: HardState) -> None:
+        body = _HS.pack(_HS_MAGIC, hs.term, hs.vote or _NO_VOTE, hs.vote is not None, hs.commit)
+        write_atomic(os.path.join(self.dir, "hardstate"), body + _checksum(body))
+        self.hard_state = hs
+
+    def append(self, entries, sync: bool = True) -> None:
+        """Write entries; those from entries[0].index on replace any stored
+        suffix (a conflict resolved by the leader).  Durable after sync()."""
+        entries = list(entries)
+        if not entries:
+            return
+        first = entries[0].index
+        if first < self.first_index():
+            raise ValueError(f"append at {first} below the snapshot")
+        if first <= self.last_index():
+            self.truncate_suffix(first)
+        if first != self.last_index() + 1:
+            raise ValueError(f"append at {first} leaves a gap after {self.last_index()}")
+        for e in entries:
+            seg = self._segments[-1] if self._segments else None
+            if seg is None or seg.size >= self.segment_bytes_max or seg.last() + 1 != e.index:
+                seg = self._roll(e.index)
+            record = encode_entry(e)
+            self._active.write(record)
+            seg.offsets.append(seg.size)
+            seg.size += len(record)
+            self._entries.append(e)
+        self._dirty = True
+        if sync:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._active is not None and self._dirty:
+            self._active.flush()
+            os.fsync(self._active.fileno())
+        self._dirty = False
+
+    def _roll(self, first: int) -> _Segment:
+        self._close_active()
+        path = os.path.join(self.dir, f"log-{first:020d}.seg")
+        self._active = open(path, "wb")
+        _fsync_dir(self.dir)  # the new file's name must survive a crash too
+        seg = _Segment(path, first, [], 0)
+        self._segments.append(seg)
+        return seg
+
+    def _open_active(self) -> None:
+        if self._active is None and self._segments:
+            self._active = open(self._segments[-1].path, "ab")
+
+    def _close_active(self) -> None:
+        if self._active is not None:
+            self.sync()
+            self._active.close()
+            self._active = None
+
+    def truncate_suffix(self, index: int) -> None:
+        """Drop entries >= index (never below the snapshot)."""
+        if index < self.first_index():
+            raise ValueError(f"truncation at {index} below the snapshot")
+        self._close_active()
+        while self._segments and self._segments[-1].first >= index:
+            os.unlink(self._segments.pop().path)
+        if self._segments and self._segments[-1].last() >= index:
+            seg = self._segments[-1]
+            cut = seg.offsets[index - seg.first]
+            with open(seg.path, "r+b") as f:
+                f.truncate(cut)
+                os.fsync(f.fileno())
+            del seg.offsets[index - seg.first:]
+            seg.size = cut
+        _fsync_dir(self.dir)
+        self._entries = [e for e in self._entries if e.index < index]
+        self._open_active()
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        """Write the snapshot atomically, then drop the log it covers.  A log
+        that does not hold the snapshot's last entry is dropped entirely
+        (the follower's log was replaced by the leader's snapshot)."""
+        meta = snap.meta
+        mblob = meta.membership.encode()
+        body = _SNAP.pack(_SNAP_MAGIC, meta.index, meta.term, len(mblob), len(snap.data))
+        body += mblob + snap.data
+        write_atomic(os.path.join(self.dir, "snapshot"), body + _checksum(body))
+        old_first = self.first_index()
+        self.snapshot = snap
+        keeps_log = any(e.index == meta.index and e.term == meta.term for e in self._entries)
+        if not keeps_log and (self._entries or old_first <= meta.index):
+            self._close_active()
+            for seg in self._segments:
+                os.unlink(seg.path)
+            self._segments, self._entries = [], []
+            _fsync_dir(self.dir)
+            return
+        self.compact(meta.index)
+
+    def compact(self, index: int) -> None:
+        """Forget entries <= index; only after a snapshot at >= index is
+        durable.  Whole segments are deleted; a partly covered one stays."""
+        assert self.snapshot is not None and self.snapshot.meta.index >= index
+        self._close_active()
+        while self._segments and self._segments[0].last() <= index:
+            os.unlink(self._segments.pop(0).path)
+        _fsync_dir(self.dir)
+        self._entries = [e for e in self._entries if e.index > index]
+        self._open_active()
+
+    def close(self) -> None:
+        self._close_active()

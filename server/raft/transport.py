@@ -1,0 +1,110 @@
+"""Sends Raft messages to peers over RPC (Raft.step), one sender per peer.
+
+``send`` never blocks the driver: messages go into a bounded per-peer queue
+and a full queue drops the newest (Raft tolerates loss: heartbeats and
+retries recover).  Each peer's sender takes everything queued, up to a batch
+limit, and delivers it in one call with a deadline; while that call is in
+flight, new messages accumulate into the next batch, which is what makes
+AppendEntries pipelining cheap.  A failed call drops its batch and waits a
+short backoff before the next, so a dead peer costs one timeout per backoff
+period rather than one per message."""
+
+import collections
+import logging
+
+import trio
+
+import rpc
+from rpc.logfmt import kv
+
+from . import wire
+from .messages import InstallSnapshot
+
+log = logging.getLogger("chordfs.raft")
+
+
+class _Peer:
+    def __init__(self, addr: str):
+        self.addr = addr
+        self.queue: collections.deque = collections.deque()
+        self.wake = trio.Event()
+        self.dropped = 0
+        self.failures = 0
+
+
+class RaftTransport:
+    def __init__(self, pool, addrs: dict[int, str], *, self_id: int, on_report=None,
+                 queue_messages_max: int = 4096, batch_messages_max: int = 256,
+                 call_timeout_s: float = 2.0, backoff_s: float = 0.05):
+        self._pool = pool
+        self._addrs = dict(addrs)
+        self._self_id = self_id
+        self._peers: dict[int, _Peer] = {}
+        self._queue_max = queue_messages_max
+        self._batch_max = batch_messages_max
+        self._timeout_s = call_timeout_s
+        self._backoff_s = backoff_s
+        self._nursery = None
+        # on_report(kind, node_id, ok): "unreachable" after a failed send,
+        # "snapshot" once a batch holding an InstallSnapshot was (not)
+        # delivered -- the core needs both to leave probe/snapshot states.
+        self._on_report = on_report or (lambda kind, node_id, ok: None)
+
+    def on_report(self, callback) -> None:
+        self._on_report = callback
+
+    def set_address(self, node_id: int, addr: str) -> None:
+        self._addrs[node_id] = addr
+        peer = self._peers.get(node_id)
+        if peer is not None:
+            peer.addr = addr
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def send(self, messages) -> None:
+        for m in messages:
+            peer = self._peers.get(m.to)
+            if peer is None:
+                addr = self._addrs.get(m.to)
+                if addr is None or m.to == self._self_id:
+                    log.debug(kv("raft.no_route", to=m.to))
+                    continue
+                peer = self._peers[m.to] = _Peer(addr)
+                self._nursery.start_soon(self._sender, m.to, peer)
+            if len(peer.queue) >= self._queue_max:
+                peer.dropped += 1
+                continue
+            peer.queue.append(m)
+            peer.wake.set()
+
+    async def _sender(self, node_id: int, peer: _Peer) -> None:
+        while True:
+            await peer.wake.wait()
+            peer.wake = trio.Event()
+            while peer.queue:
+                batch = [peer.queue.popleft() for _ in range(min(len(peer.queue), self._batch_max))]
+                if not await self._deliver(node_id, peer, batch):
+                    await trio.sleep(self._backoff_s * min(8, 1 + peer.failures))
+
+    async def _deliver(self, node_id: int, peer: _Peer, batch) -> bool:
+        has_snapshot = any(type(m) is InstallSnapshot for m in batch)
+        try:
+            cap = await self._pool.bootstrap(peer.addr, wire.raft_capnp.Raft, timeout_s=self._timeout_s)
+            await cap.call("step", fill=lambda p: wire.fill_batch(p, batch), timeout_s=self._timeout_s)
+        except rpc.RpcError as e:
+            self._on_report("unreachable", node_id, False)
+            if has_snapshot:
+                self._on_report("snapshot", node_id, False)
+            peer.failures += 1
+            if peer.failures in (1, 10) or peer.failures % 100 == 0:
+                log.info(kv("raft.send_failed", to=node_id, addr=peer.addr, dropped=len(batch),
+                            failures=peer.failures, error=str(e)[:200]))
+            return False
+        if has_snapshot:
+            self._on_report("snapshot", node_id, True)
+        peer.failures = 0
+        return True
