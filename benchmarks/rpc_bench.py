@@ -8,7 +8,8 @@ a client of its own kind in another process:
   - MiB/s of 1 MiB echoes (sent and returned, counted once).
 chordfs is measured twice: with echo as an inline method (how the node's
 Diag serves it) and as a task-per-call method (any method that may block).
-Each figure is the median of --repeats runs; ratios are chordfs / pycapnp.
+Each figure is the median of --repeats interleaved runs; ratios are
+chordfs / pycapnp.
 
     python benchmarks/rpc_bench.py [--calls 3000] [--repeats 3]
 """
@@ -113,16 +114,21 @@ def main(argv: list[str]) -> int:
         "chordfs-inline": [__file__, "_serve", "inline"],
         "chordfs-task": [__file__, "_serve", "task"],
     }
-    results = {}
-    for name, cmd in servers.items():
-        proc, port = _start(cmd)
-        try:
-            client = "pycapnp" if name == "pycapnp" else "chordfs"
-            runs = [_client_run(client, port, args.calls) for _ in range(args.repeats)]
-        finally:
+    # All servers up at once and the repeats interleaved, so background load
+    # on a shared machine lands on every side alike.
+    started = {name: _start(cmd) for name, cmd in servers.items()}
+    runs = {name: [] for name in servers}
+    try:
+        for _ in range(args.repeats):
+            for name, (_, port) in started.items():
+                client = "pycapnp" if name == "pycapnp" else "chordfs"
+                runs[name].append(_client_run(client, port, args.calls))
+    finally:
+        for proc, _ in started.values():
             proc.kill()
             proc.wait()
-        results[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    results = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+               for name, rs in runs.items()}
     _report(results)
     return 0
 
