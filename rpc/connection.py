@@ -100,6 +100,7 @@ class Connection:
         self._answers: dict[int, _Answer] = {}
         self._running_calls = 0
         self._exports = ExportTable()
+        self._result_words: dict[str, int] = {}  # method name -> first segment words
         self._imports: dict[int, int] = {}  # import id -> refcount held
         self._nursery = None
         self.closed_writer = trio.Event()
@@ -297,15 +298,17 @@ class Connection:
         import_id = await self._ask(qid, q, msg.to_bytes(), timeout_s)
         return Capability(self, ("import", import_id), iface)
 
-    async def call(self, target: tuple, interface_id: int, method, fill, timeout_s, large=False):
+    async def call(self, target: tuple, interface_id: int, method, fill, timeout_s, size_hint=0):
+        """``size_hint``: about how many payload bytes ``fill`` writes."""
         while self._outstanding >= self.limits.outstanding_calls_max and not self._closed:
             await self._outstanding_lot.park()
         self._outstanding += 1
         try:
             qid = self._alloc_qid()
             frame = None
-            if target[0] == "import" and not large:
-                payload, params = envelope.new_payload(method.param_type)
+            if target[0] == "import":
+                payload, params = envelope.new_payload(
+                    method.param_type, envelope.words_for(size_hint) if size_hint > 32768 else 0)
                 if fill is not None:
                     fill(params)
                 frame = envelope.encode_call(qid, target[1], interface_id, method.ordinal, payload)
@@ -543,17 +546,29 @@ class Connection:
             if kind in ("senderHosted", "senderPromise"):
                 self._send_soon(frames.release_frame(getattr(desc, kind), 1))
 
+    def _result_payload(self, method):
+        return envelope.new_payload(method.result_type, self._result_words.get(method.name, 0))
+
+    def _results_frame(self, qid, method, payload):
+        frame, spilled = frames.results_frame(qid, payload)
+        if spilled:
+            # Results of this method outgrow one segment: size the next ones
+            # to fit, so they take the fast path without the extra copy.
+            self._result_words[method.name] = min(envelope.words_for(spilled),
+                                                  self.limits.frame_bytes_max // 8)
+        return frame
+
     def _run_inline(self, qid, bound, method, params) -> bytes:
         """Drive an inline method's coroutine to completion by hand: it must
         finish without yielding to trio."""
-        payload, results = envelope.new_payload(method.result_type)
+        payload, results = self._result_payload(method)
         coro = bound(params, results)
         try:
             coro.send(None)
         except StopIteration as done:
             if done.value is not None:
                 fill_struct(results, done.value)
-            return frames.results_frame(qid, payload)
+            return self._results_frame(qid, method, payload)
         except Exception as e:  # noqa: BLE001 -- becomes a typed Return
             self._log_call_error(qid, method, e)
             return frames.exception_frame(qid, *errors.to_wire(e))
@@ -563,7 +578,7 @@ class Connection:
         return frames.exception_frame(qid, *errors.to_wire(error))
 
     async def _serve_call(self, qid, answer, bound, method, params) -> None:
-        payload, results = envelope.new_payload(method.result_type)
+        payload, results = self._result_payload(method)
         error = None
         with trio.CancelScope() as scope:
             answer.scope = scope
@@ -583,7 +598,7 @@ class Connection:
             self._log_call_error(qid, method, error)
             frame = frames.exception_frame(qid, *errors.to_wire(error))
         else:
-            frame = frames.results_frame(qid, payload)
+            frame = self._results_frame(qid, method, payload)
         try:
             await self._send(frame)
         except ConnectionLost:

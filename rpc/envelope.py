@@ -20,6 +20,8 @@ tests/rpc/test_envelope.py."""
 
 import struct
 
+import capnp
+
 from . import schema
 
 _RPC = schema.rpc_protocol()
@@ -110,10 +112,24 @@ def _envelope(body_shape: tuple[int, int], body_data: bytes, body_ptr_slot: int,
     return seg
 
 
-def new_payload(struct_schema):
-    """A standalone Payload message and its content struct builder."""
-    payload = Payload.new_message()
+DEFAULT_SEGMENT_WORDS = 1024  # pycapnp's first segment
+
+
+def new_payload(struct_schema, first_segment_words: int = 0):
+    """A standalone Payload message and its content struct builder.  A
+    payload expected to be large gets a first segment big enough to hold it,
+    so it stays one segment and keeps the fast path (the segment is calloc'd:
+    pages it never touches cost nothing)."""
+    if first_segment_words > DEFAULT_SEGMENT_WORDS:
+        payload = capnp.lib.capnp._MallocMessageBuilder(first_segment_words).init_root(Payload)
+    else:
+        payload = Payload.new_message()
     return payload, payload.content.as_struct(struct_schema)
+
+
+def words_for(nbytes: int) -> int:
+    """A first-segment size for a payload of about ``nbytes``."""
+    return nbytes // 8 + nbytes // 32 + 256
 
 
 def _frame(seg0: bytearray, payload_segment: bytes):

@@ -4,7 +4,7 @@ and Return encodings that the fast path falls back to, and the coalescing of
 queued frames into few socket writes."""
 
 from . import envelope, schema
-from .framing import BIG_FRAME_BYTES, encode
+from .framing import BIG_FRAME_BYTES, encode, frame_size
 
 Message = schema.rpc_protocol().Message
 _EXC_TYPES = ("failed", "overloaded", "disconnected", "unimplemented")
@@ -52,16 +52,19 @@ def canceled_frame(qid: int) -> bytes:
 
 
 def results_frame(qid: int, payload):
-    """Return carrying ``payload`` (a standalone Payload message)."""
+    """(frame, spilled bytes): the Return carrying ``payload`` (a standalone
+    Payload message); spilled bytes is 0 on the fast path, else the frame
+    size, so the caller can give the next payload a bigger first segment."""
     frame = envelope.encode_return(qid, payload)
     if frame is not None:
-        return frame
-    msg = Message.new_message()  # results too large for the fast path
+        return frame, 0
+    msg = Message.new_message()  # results spilled over one segment
     ret = msg.init("return")
     ret.answerId = qid
     ret.noFinishNeeded = True
     ret.init("results").content.set(payload.as_reader().content)
-    return encode(msg)
+    frame = encode(msg)
+    return frame, frame_size(frame)
 
 
 def call_frame(qid: int, target: tuple, interface_id: int, method, fill):

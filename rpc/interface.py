@@ -108,14 +108,9 @@ class Server:
         return getattr(self, entry[0]), entry[1], entry[2]
 
 
-LARGE_FIELD_BYTES = 32 * 1024
-
-
-def _looks_large(fields: dict) -> bool:
-    """A payload this big spills over one segment: skip the fast encoding
-    (it would build the payload twice)."""
-    return any(isinstance(v, (bytes, bytearray, memoryview, str)) and len(v) > LARGE_FIELD_BYTES
-               for v in fields.values())
+def _blob_bytes(fields: dict) -> int:
+    """Bytes of the blob fields: sizes the payload's first segment."""
+    return sum(len(v) for v in fields.values() if isinstance(v, (bytes, bytearray, memoryview, str)))
 
 
 def fill_struct(builder, fields: dict) -> None:
@@ -151,7 +146,7 @@ class Capability:
         if fill is None:
             fill = (lambda p: fill_struct(p, fields)) if fields else None
         return await self._conn.call(self._target, self.interface.id, method, fill, timeout_s,
-                                     large=bool(fields) and _looks_large(fields))
+                                     size_hint=_blob_bytes(fields) if fields else 0)
 
     def __getattr__(self, name: str):
         if name.startswith("_") or name not in self.interface.by_name:
@@ -162,7 +157,7 @@ class Capability:
         async def invoke(timeout_s=None, **fields):
             fill = (lambda p: fill_struct(p, fields)) if fields else None
             return await conn.call(target, iface_id, method, fill, timeout_s,
-                                   large=_looks_large(fields))
+                                   size_hint=_blob_bytes(fields))
 
         invoke.__name__ = name
         setattr(self, name, invoke)  # cached: later lookups skip __getattr__

@@ -92,3 +92,13 @@ def test_corrupted_fast_frames_never_crash_the_decoder():
                 fast.payload.content.as_struct(ECHO.param_type).data
         except Exception as e:  # noqa: BLE001 -- only capnp's own checked errors are fine
             assert type(e).__name__ == "KjException", repr(e)
+
+
+def test_sized_payload_keeps_the_fast_path():
+    data = bytes(range(256)) * 4096
+    payload, params = envelope.new_payload(ECHO.param_type, envelope.words_for(len(data)))
+    params.data = data
+    segs = _segments(envelope.encode_call(9, 0, 5, 1, payload))
+    fast = envelope.decode(segs, 1 << 22, 64)
+    assert isinstance(fast, envelope.FastCall)
+    assert fast.payload.content.as_struct(ECHO.param_type).data == data
