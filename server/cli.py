@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("addr", type=_addr)
     ping.add_argument("--count", type=int, default=3)
     ping.add_argument("--timeout-s", type=float, default=3.0)
+    status = sub.add_parser("status", help="print a node's ring members: name, state, incarnation")
+    status.add_argument("addr", type=_addr)
+    status.add_argument("--timeout-s", type=float, default=3.0)
     demo = sub.add_parser("demo", help="start a local 3-node cluster on 127.0.0.1 (make run)")
     demo.add_argument("--dir", default=".chordfs-demo")
     demo.add_argument("--base-port", type=int, default=7071)
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "ping":
         return trio.run(_ping, args.addr, args.count, args.timeout_s)
+    if args.command == "status":
+        return trio.run(_status, args.addr, args.timeout_s)
     from server import demo
     if args.command == "demo":
         return demo.run(args.dir, args.base_port)
@@ -116,6 +121,22 @@ async def _ping(addr: str, count: int, timeout_s: float) -> int:
     except rpc.RpcError as e:
         print(f"chordfs: {addr} did not answer: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+async def _status(addr: str, timeout_s: float) -> int:
+    from server.ring.wire import ring_capnp, updates_from
+    try:
+        with trio.fail_after(timeout_s):  # one budget for connect, bootstrap and call
+            async with rpc.connect(addr, connect_timeout_s=timeout_s) as conn:
+                cap = await conn.bootstrap(ring_capnp.RingPeer, timeout_s=timeout_s)
+                reply = await cap.members(timeout_s=timeout_s)
+                members = updates_from(reply.members)
+    except (rpc.RpcError, trio.TooSlowError) as e:
+        print(f"chordfs: {addr} did not answer: {e or 'timed out'}", file=sys.stderr)
+        return 1
+    for u in members:
+        print(f"{u.name} {u.status.name.lower()} {u.incarnation}")
     return 0
 
 

@@ -56,7 +56,7 @@ class NodeConfig:
     listen_host: str = _setting("127.0.0.1", doc="address to bind")
     listen_port: int = _setting(7070, 1, 65535)
     seeds: tuple[str, ...] = _setting((), doc="host:port of nodes to join through")
-    virtual_ids_per_node: int = _setting(1, 1, 256, doc="ring positions per node")
+    virtual_ids_per_node: int = _setting(256, 1, 256, doc="ring positions per node (clients assume 256)")
     successors_max: int = _setting(8, 2, 64, doc="successor list length (> replication_factor)")
     replication_factor: int = _setting(3, 1, 16)
     write_quorum_min: int = _setting(2, 1, 16, doc="fsynced acks a chunk write needs at least")
@@ -66,6 +66,8 @@ class NodeConfig:
     disk_reserve_bytes: int = _setting(1024 * MIB, 0, 1 << 50, doc="free space never written into")
     store_threads_max: int = _setting(8, 1, 256, doc="worker threads for disk calls")
     tick_ms: int = _setting(10, 1, 1000)
+    ring_tick_ms: int = _setting(50, 1, 1000, doc="ring timer tick: SWIM probes every 20 ticks, "
+                                 "a suspect is declared dead after 100")
     heartbeat_ms: int = _setting(100, 1, 60_000)
     election_timeout_ms: int = _setting(1000, 2, 600_000)
     rpc_deadline_ms: int = _setting(5000, 1, 600_000)

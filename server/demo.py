@@ -25,20 +25,22 @@ def run(directory: str, base_port: int) -> int:
     if _pidfile(base).exists():
         stop(directory)
     procs = []
+    addrs = [f"127.0.0.1:{base_port + i}" for i in range(NODES)]
     for i in range(NODES):
         log = open(base / f"node{i + 1}.log", "ab")
+        # Node names stay their addresses: the ring sends to a member by name.
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "node", "--node-name", f"node{i + 1}",
-             "--listen-port", str(base_port + i), "--data-dir", str(base / f"node{i + 1}")],
+            [sys.executable, "-m", "server.cli", "node", "--listen-port", str(base_port + i),
+             "--data-dir", str(base / f"node{i + 1}"), "--seeds", ",".join(addrs)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs))
-    addrs = [f"127.0.0.1:{base_port + i}" for i in range(NODES)]
     if not _wait_ready(addrs, procs):
         print(f"chordfs: the demo nodes did not start; see {base}/node*.log", file=sys.stderr)
         stop(directory)
         return 1
     print(f"chordfs demo: {NODES} nodes serving on {', '.join(addrs)} (logs in {base}/)")
     print("try:  .venv/bin/chordfs ping 127.0.0.1:7071")
+    print("      .venv/bin/chordfs status 127.0.0.1:7071      # ring members as node 1 sees them")
     print("      .venv/bin/python benchmarks/rpc_bench.py")
     print("stop: Ctrl-C here, or `make stop` from another shell")
     try:
