@@ -1,4 +1,6 @@
-"""Mounting chordfs: ``python -m fusefs.mount --local DATA_DIR MOUNTPOINT``
+"""Mounting chordfs: ``python -m fusefs.mount HOST:PORT[,HOST:PORT...]
+MOUNTPOINT`` (a cluster, through ``fusefs.cluster``), ``python -m
+fusefs.mount --local DATA_DIR MOUNTPOINT`` (an in-process data directory),
 and the ``mount.chordfs`` helper that mount(8) runs for ``-t chordfs``.
 
 Order of work: parse and check everything (a bad argument is one sentence
@@ -11,7 +13,9 @@ backend.
 Mount options (``-o a,b=c``): FUSE's own (``ro``, ``nosuid``, ``nodev``,
 ``noexec``, ``noatime``, ...) pass through; ``attr_timeout``,
 ``entry_timeout`` (seconds), ``read_ahead_kb``, ``cache_mib``, ``chunk_kib``
-(new data directories only) and ``noallow_other`` are chordfs's; fstab words
+(new data directories only), ``deadline`` (seconds a cluster metadata call
+may take with its retries before EIO, default 15) and ``noallow_other`` are
+chordfs's; fstab words
 (``defaults``, ``_netdev``, ``nofail``, ``auto``, ...) are accepted and
 ignored. ``allow_other`` and ``default_permissions`` are on by default
 (DESIGN: a root mount is shared by every user, the kernel checks modes).
@@ -20,6 +24,7 @@ ignored. ``allow_other`` and ``default_permissions`` are on by default
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -32,7 +37,8 @@ import trio
 from rpc.logfmt import configure, kv
 from server.meta.types import CHUNK_BYTES_DEFAULT
 
-from .backend import LocalBackend
+from .backend import Backend, LocalBackend
+from .cluster import ClusterConfig, open_cluster, parse_nodes
 from .kernel import Timeouts
 from .ops import ChordOps
 
@@ -51,6 +57,7 @@ IGNORED = frozenset((
     "allow_other", "default_permissions",
 ))
 SHUTDOWN_DEADLINE_S = 30.0
+DEADLINE_S_DEFAULT = 15.0
 # The kernel sets the read-ahead window while answering FUSE INIT; ours must
 # land after that, so it waits for init and then a moment more.
 READ_AHEAD_DELAY_S = 0.3
@@ -62,7 +69,9 @@ class UsageError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class MountConfig:
-    data_dir: str
+    data_dir: str | None  # exactly one of data_dir and nodes
+    nodes: tuple[str, ...] | None
+    deadline_s: float
     mountpoint: str
     fuse_options: frozenset[str]
     timeouts: Timeouts
@@ -104,10 +113,10 @@ def parse_options(text: str) -> dict:
     out = {"fuse": {"default_permissions", "fsname=chordfs", "subtype=chordfs"},
            "attr_timeout": 1.0, "entry_timeout": 1.0, "allow_other": True,
            "read_ahead_kb": READ_AHEAD_KB_DEFAULT, "cache_mib": CACHE_MIB_DEFAULT,
-           "chunk_kib": CHUNK_BYTES_DEFAULT >> 10}
+           "chunk_kib": CHUNK_BYTES_DEFAULT >> 10, "deadline": DEADLINE_S_DEFAULT}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
-        if key in ("attr_timeout", "entry_timeout"):
+        if key in ("attr_timeout", "entry_timeout", "deadline"):
             out[key] = _number(key, value, float)
         elif key in ("read_ahead_kb", "cache_mib", "chunk_kib"):
             out[key] = _number(key, value)
@@ -119,6 +128,8 @@ def parse_options(text: str) -> dict:
             pass
         else:
             raise UsageError(f"unknown mount option {item!r}")
+    if out["deadline"] <= 0:
+        raise UsageError("mount option deadline must be positive")
     if out["chunk_kib"] < 4:
         raise UsageError("mount option chunk_kib must be at least 4")
     if out["allow_other"] and _allow_other_permitted():
@@ -128,28 +139,46 @@ def parse_options(text: str) -> dict:
 
 def parse_args(argv: list[str]) -> MountConfig:
     parser = _Parser(prog=PROG, add_help=True)
-    parser.add_argument("--local", metavar="DATA_DIR", required=True,
+    parser.add_argument("--local", metavar="DATA_DIR",
                         help="serve this directory (metadata + chunks) in-process")
-    parser.add_argument("mountpoint")
+    parser.add_argument("places", nargs="*", metavar="[HOST:PORT,...] MOUNTPOINT")
     parser.add_argument("-o", dest="options", default="", help="mount options")
     parser.add_argument("-f", "--foreground", action="store_true")
     parser.add_argument("--log", dest="log_file", help="log file when detached")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    if not os.path.isdir(args.mountpoint):
-        raise UsageError(f"mountpoint {args.mountpoint} is not a directory")
-    if os.path.ismount(args.mountpoint):
-        raise UsageError(f"{args.mountpoint} is already a mount point")
-    if os.path.exists(args.local) and not os.path.isdir(args.local):
+    nodes, mountpoint = _source_and_mountpoint(args.local, args.places)
+    if not os.path.isdir(mountpoint):
+        raise UsageError(f"mountpoint {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise UsageError(f"{mountpoint} is already a mount point")
+    if args.local and os.path.exists(args.local) and not os.path.isdir(args.local):
         raise UsageError(f"data directory {args.local} is not a directory")
     opts = parse_options(args.options)
     return MountConfig(
-        data_dir=os.path.abspath(args.local), mountpoint=os.path.abspath(args.mountpoint),
+        data_dir=os.path.abspath(args.local) if args.local else None, nodes=nodes,
+        deadline_s=opts["deadline"], mountpoint=os.path.abspath(mountpoint),
         fuse_options=frozenset(opts["fuse"]),
         timeouts=Timeouts(attr_s=opts["attr_timeout"], entry_s=opts["entry_timeout"]),
         read_ahead_kb=opts["read_ahead_kb"], cache_bytes=opts["cache_mib"] << 20,
         chunk_bytes=opts["chunk_kib"] << 10, foreground=args.foreground,
         log_file=args.log_file, debug=args.debug)
+
+
+def _source_and_mountpoint(local: str | None,
+                           places: list[str]) -> tuple[tuple[str, ...] | None, str]:
+    """(cluster nodes or None for --local, mountpoint) from the positionals."""
+    if local is not None:
+        if len(places) != 1:
+            raise UsageError("with --local DATA_DIR give exactly one mountpoint")
+        return None, places[0]
+    if len(places) != 2:
+        raise UsageError("give the cluster's HOST:PORT[,HOST:PORT...] and a mountpoint,"
+                         " or --local DATA_DIR and a mountpoint")
+    try:
+        return parse_nodes(places[0]), places[1]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- serving
@@ -199,15 +228,29 @@ async def _watch_signals() -> None:
             return
 
 
+@contextlib.asynccontextmanager
+async def _open_backend(cfg: MountConfig):
+    if cfg.nodes is None:
+        backend = await LocalBackend.open(cfg.data_dir, chunk_bytes=cfg.chunk_bytes)
+        try:
+            yield backend
+        finally:
+            await backend.aclose()
+        return
+    async with open_cluster(ClusterConfig(cfg.nodes, call_deadline_s=cfg.deadline_s)) as backend:
+        yield backend
+
+
 async def serve(cfg: MountConfig, ready_fd: int | None = None) -> None:
-    backend = await LocalBackend.open(cfg.data_dir, chunk_bytes=cfg.chunk_bytes)
+    async with _open_backend(cfg) as backend:
+        await _serve_backend(cfg, backend, ready_fd)
+
+
+async def _serve_backend(cfg: MountConfig, backend: Backend, ready_fd: int | None) -> None:
     ops = ChordOps(backend, timeouts=cfg.timeouts, cache_bytes=cfg.cache_bytes)
-    try:
-        pyfuse3.init(ops, cfg.mountpoint, set(cfg.fuse_options))
-    except BaseException:
-        await backend.aclose()
-        raise
-    log.info(kv("mounted", mountpoint=cfg.mountpoint, data=cfg.data_dir,
+    pyfuse3.init(ops, cfg.mountpoint, set(cfg.fuse_options))
+    source = cfg.data_dir or ",".join(cfg.nodes or ())
+    log.info(kv("mounted", mountpoint=cfg.mountpoint, source=source,
                 options=",".join(sorted(cfg.fuse_options))))
     _notify_ready(ready_fd, b"ok")
     try:
@@ -224,7 +267,6 @@ async def serve(cfg: MountConfig, ready_fd: int | None = None) -> None:
     finally:
         ops.invalidator.stop()
         pyfuse3.close(unmount=True)
-        await backend.aclose()
         log.info(kv("unmounted", mountpoint=cfg.mountpoint))
 
 
@@ -260,6 +302,13 @@ def _detach(cfg: MountConfig) -> int | None:
     return None
 
 
+def _innermost(exc: Exception) -> Exception:
+    """The one real error inside the exception groups nurseries wrap it in."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def mount_main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(sys.argv[1:] if argv is None else argv)
@@ -276,6 +325,7 @@ def mount_main(argv: list[str] | None = None) -> int:
     try:
         trio.run(serve, cfg, ready_fd)
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        exc = _innermost(exc)
         log.exception(kv("mount_failed", mountpoint=cfg.mountpoint))
         try:
             _notify_ready(ready_fd, str(exc).encode()[:400])
@@ -290,8 +340,8 @@ def mount_main(argv: list[str] | None = None) -> int:
 
 def helper_main(argv: list[str] | None = None) -> int:
     """``mount.chordfs SOURCE DIR [-sfnv] [-o OPTIONS]`` as mount(8) runs it.
-    SOURCE ``local:/path`` mounts that data directory; node addresses
-    (``n1:7070,n2:7070``) need the cluster client, which is not built yet."""
+    SOURCE is the cluster's ``host:port[,host:port...]``, or ``local:/path``
+    for a local data directory."""
     argv = sys.argv[1:] if argv is None else argv
     parser = _Parser(prog="mount.chordfs")
     parser.add_argument("source")
@@ -301,18 +351,17 @@ def helper_main(argv: list[str] | None = None) -> int:
         parser.add_argument(flag, action="store_true")
     try:
         args, _ = parser.parse_known_args(argv)
-    except UsageError as exc:
+        if args.source.startswith("local:"):
+            mount_argv = ["--local", args.source[len("local:"):], args.mountpoint]
+        else:
+            parse_nodes(args.source)
+            mount_argv = [args.source, args.mountpoint]
+    except (UsageError, ValueError) as exc:
         print(f"mount.chordfs: {exc}", file=sys.stderr)
         return 2
-    if not args.source.startswith("local:"):
-        print(f"mount.chordfs: mounting cluster addresses ({args.source}) is not supported"
-              " yet; use local:/path/to/data to mount a local data directory",
-              file=sys.stderr)
-        return 32
     if args.f:
         return 0
-    return mount_main(["--local", args.source[len("local:"):], args.mountpoint,
-                       "-o", args.options])
+    return mount_main(mount_argv + ["-o", args.options])
 
 
 if __name__ == "__main__":

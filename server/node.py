@@ -20,6 +20,11 @@ from rpc.pool import Pool
 from . import sdnotify
 from .config import NodeConfig
 from .diag import DiagServer
+from .meta.service import MetadataGroup, MetadataServer
+from .meta.store import InitParams
+from .raft.config import RaftConfig
+from .raft.messages import RaftError, Role
+from .raft.server import RaftServer
 from .ring.service import RingPeerServer, RingService
 from .store.aiostore import AsyncChunkStore
 from .store.service import ChunkStoreServer, StoreService
@@ -27,18 +32,43 @@ from .store.service import ChunkStoreServer, StoreService
 log = logging.getLogger("chordfs.node")
 STOP_GRACE_S = 10.0
 RING_LEAVE_S = 3.0  # part of STOP_GRACE_S: lets the ring hear of the leave first-hand
+TRANSFER_S = 2.0  # part of STOP_GRACE_S: a leader hands leadership over before it exits
 
 
-class NodeServer(DiagServer, ChunkStoreServer, RingPeerServer):
+class NodeServer(DiagServer, ChunkStoreServer, RingPeerServer, RaftServer, MetadataServer):
     """The bootstrap capability every connection gets: one object serving
-    every interface of the node (Diag, ChunkStore, RingPeer; Raft and
-    metadata join here as their services land)."""
+    every interface of the node (Diag, ChunkStore, RingPeer, Raft,
+    Metadata)."""
 
     def __init__(self, node: "Node"):
         DiagServer.__init__(self, node.config.node_name)
         ChunkStoreServer.__init__(self, node.store_service)
         RingPeerServer.__init__(self, node.ring)
         self.node = node
+        self.metadata = node.metadata
+        self.raft_service = node.metadata.group.service if node.metadata else None
+        self.raft_pool = node.pool
+        self.raft_addr_of = node.metadata.group.addr_of if node.metadata else (lambda _: None)
+
+
+def raft_voters(cfg: NodeConfig) -> list[str]:
+    """The first Raft voters: the seeds (up to voters_max), or this node
+    alone when it has none.  Every initial voter must compute the same list."""
+    return sorted(cfg.seeds)[: cfg.voters_max] if cfg.seeds else [cfg.node_name]
+
+
+def open_metadata(cfg: NodeConfig, pool) -> MetadataGroup | None:
+    """This node's metadata replica, or None when it is not an initial
+    voter (joining the group as a learner is not built yet: such a node
+    serves chunks and the ring, and sends metadata clients elsewhere)."""
+    if cfg.node_name not in raft_voters(cfg):
+        log.info(kv("node.no_metadata_replica", node=cfg.node_name, voters=",".join(raft_voters(cfg))))
+        return None
+    raft_cfg = RaftConfig(election_timeout_ticks=cfg.election_timeout_ticks,
+                          heartbeat_interval_ticks=cfg.heartbeat_ticks)
+    return MetadataGroup(cfg.node_name, raft_voters(cfg), os.path.join(cfg.data_dir, "meta"), pool,
+                         tick_s=cfg.tick_ms / 1000, cfg=raft_cfg,
+                         init=InitParams(now_ns=0, chunk_bytes=cfg.chunk_bytes_max))
 
 
 def rpc_limits(cfg: NodeConfig) -> rpc.Limits:
@@ -54,6 +84,8 @@ class Node:
         self.store: AsyncChunkStore | None = None
         self.store_service: StoreService | None = None
         self.ring: RingService | None = None
+        self.metadata: MetadataGroup | None = None
+        self.pool: Pool | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -75,12 +107,16 @@ class Node:
                 # peers' deliveries queue until it starts. A short backoff
                 # cap: a restarted peer is redialled within about a second.
                 pool = Pool(nursery, limits=rpc_limits(cfg), connect_timeout_s=1.0, backoff_max_s=1.0)
+                self.pool = pool
                 self.ring = RingService(cfg, pool, random.Random())
+                self.metadata = open_metadata(cfg, pool)
                 self.listeners = await nursery.start(
                     lambda task_status: rpc.serve_tcp(lambda: NodeServer(self), cfg.listen_port,
                                                       host=cfg.listen_host, limits=rpc_limits(cfg),
                                                       task_status=task_status))
                 await nursery.start(self.ring.run)
+                if self.metadata is not None:
+                    await nursery.start(self.metadata.run)
                 sdnotify.notify("READY=1")
                 log.info(kv("node.ready", node=cfg.node_name, listen=cfg.listen_addr,
                             data_dir=cfg.data_dir))
@@ -98,5 +134,27 @@ class Node:
     async def _hand_over(self) -> None:
         """Graceful-leave hook: the services of later layers transfer what
         they own here before the process exits."""
+        if self.metadata is not None:
+            await self._transfer_leadership()
         if self.ring is not None:
             await self.ring.leave(timeout_s=RING_LEAVE_S)
+
+    async def _transfer_leadership(self) -> None:
+        service = self.metadata.group.service
+        core = service.core
+        if core.role != Role.LEADER:
+            return
+        others = sorted(core.status().membership.voters - {core.id})
+        if not others:
+            return
+        try:
+            core.transfer_leadership(others[0])
+        except RaftError as e:
+            log.info(kv("node.transfer_skipped", node=self.config.node_name, reason=str(e)))
+            return
+        service.poke()
+        with trio.move_on_after(TRANSFER_S):
+            while core.role == Role.LEADER:
+                await trio.sleep(0.01)
+        log.info(kv("node.transferred", node=self.config.node_name, term=core.term,
+                    leader=core.leader))

@@ -37,6 +37,8 @@ class MetadataServer(rpc.Server, interfaces=[meta_capnp.Metadata]):
     async def query(self, params, results):
         q = params.query
         md = self.metadata
+        if md is None:
+            raise rpc.Unimplemented("this node holds no metadata replica; ask another node")
         if q.linearizable:
             try:
                 await md.group.service.read_index(timeout_s=READ_INDEX_TIMEOUT_S)

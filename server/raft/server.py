@@ -14,9 +14,19 @@ from .wire import message_from, raft_capnp
 PROPOSE_TIMEOUT_S = 10.0
 
 
+class NoReplica(rpc.Unimplemented):
+    """This node holds no replica of the Raft group (not an initial voter)."""
+
+
 class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
-    """Mixin: the serving object provides ``raft_service`` (a RaftService)
-    and ``raft_pool`` (an rpc Pool) and ``raft_addr_of(node_id)``."""
+    """Mixin: the serving object provides ``raft_service`` (a RaftService,
+    or None on a node without a replica), ``raft_pool`` (an rpc Pool) and
+    ``raft_addr_of(node_id)``."""
+
+    def _raft(self):
+        if self.raft_service is None:
+            raise NoReplica("this node holds no metadata replica; ask another node")
+        return self.raft_service
 
     @rpc.inline
     async def step(self, params, results):
@@ -24,11 +34,11 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
             messages = [message_from(m) for m in params.messages]
         except ProtocolError as e:
             raise rpc.Failed(f"bad Raft message: {e}") from None
-        results.accepted = self.raft_service.deliver(messages)
+        results.accepted = self._raft().deliver(messages)
 
     async def propose(self, params, results):
         command = params.command
-        service = self.raft_service
+        service = self._raft()
         try:
             index, term, result = await service.propose(command, timeout_s=PROPOSE_TIMEOUT_S)
         except NotLeader as e:
@@ -44,7 +54,7 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
 
     @rpc.inline
     async def status(self, params, results):
-        st = self.raft_service.core.status()
+        st = self._raft().core.status()
         results.id, results.term, results.leader = st.id, st.term, st.leader or 0
         results.role, results.commit = st.role.name.lower(), st.commit
         results.applied, results.lastIndex = self.raft_service.applied, st.last_index

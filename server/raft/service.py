@@ -77,6 +77,10 @@ class RaftService:
         self._wake.set()
         return len(taken)
 
+    def poke(self) -> None:
+        """Wake the driver after calling the core directly (e.g. transfer)."""
+        self._wake.set()
+
     def report(self, kind: str, node_id: int, ok: bool) -> None:
         """Transport outcome for the core (see RaftTransport's on_report)."""
         self._reports.append((kind, node_id, ok))

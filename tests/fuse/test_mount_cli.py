@@ -30,12 +30,6 @@ def test_bad_arguments_are_one_sentence(argv, words, capsys):
     assert words in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_helper_rejects_cluster_addresses(capsys):
-    assert helper_main(["n1:7070,n2:7070", "/mnt/chord"]) == 32
-    err = capsys.readouterr().err
-    assert "not supported yet" in err and "local:" in err
-
-
 def test_helper_fake_mount_does_nothing(tmp_path):
     assert helper_main([f"local:{tmp_path}", str(tmp_path), "-f", "-o", "_netdev"]) == 0
     assert not os.path.ismount(tmp_path)

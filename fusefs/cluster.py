@@ -1,0 +1,309 @@
+"""The cluster backend: ``fusefs.backend.Backend`` over RPC to a chordfs
+cluster.
+
+- Metadata changes are Raft proposals and reads are linearizable queries,
+  both sent to the node believed to lead (``fusefs.clustermeta``: leader
+  following, retries with backoff until ``call_deadline_s``, then
+  ``Unavailable`` → EIO; how an uncertain proposal is retried is described
+  there).
+- Chunks go through ``server.store.replication.ReplicatedStore`` on a ring
+  view of the configured nodes: a put returns after W fsynced copies, a get
+  reads the owner, then its successors.
+
+Durability and ``sync``: a proposal returns only once it is committed
+(written and fsynced on a quorum) and applied, and a chunk put once W
+replicas fsynced it, so everything acknowledged already survives the crash
+of any minority; ``sync`` has nothing left to do.
+
+``has_chunks`` always answers "not stored": ``ReplicatedStore.put`` asks
+every replica ``has`` before sending bytes, so asking first would only add a
+round trip per chunk and could not tell whether W copies exist anyway.
+
+Ring view: first the node list given at mount time (every node also stores
+chunks); then, every ``ring_refresh_s``, the alive and suspect members one
+node reports through ``RingPeer.members`` (the leader first, then the others
+in turn). A node that does not serve RingPeer, or no answer at all, keeps
+the view as it was: placement then lags membership, which reads survive
+(they fall through to successors) and repair corrects for writes.
+
+One ``rpc.pool.Pool`` per backend, owned by the nursery ``open_cluster``
+holds; every call has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import trio
+
+import rpc
+from rpc.logfmt import kv
+from rpc.pool import Pool
+from server.meta.types import (READDIR_PAGE_MAX, BytesReply, Command, DirPage,
+                               EntryReply, ManifestPage, NamesReply, Result, StatFs)
+from rpc.schema import load as load_schema
+from server.ring.ringmath import VIRTUAL_IDS_DEFAULT, Ring
+from server.store.errors import StoreError
+from server.store.replication import (ChunkUnavailable, ReplicatedStore,
+                                      WriteQuorumNotMet)
+from server.store.service import RemoteStore, store_capnp
+
+from .backend import Backend, BackendError, ChunkCorrupt, ChunkMissing, FsStat, Unavailable
+from .clustermeta import MetaClient
+
+log = logging.getLogger("chordfs.fuse.cluster")
+
+PUTS_IN_FLIGHT_MAX = 8
+ROOT_INO = 1
+ring_capnp = load_schema("ring")
+# Members that still own their ranges (a suspect may be alive: SWIM).
+PLACED_STATUSES = frozenset(("alive", "suspect"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """``nodes``: the cluster's node names, which are their ``host:port``."""
+
+    nodes: tuple[str, ...]
+    call_deadline_s: float = 15.0
+    attempt_timeout_s: float = 5.0
+    connect_timeout_s: float = 1.0
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 1.0
+    replicas: int = 3
+    write_acks: int | None = None  # None: every live replica, at least 2
+    chunk_timeout_s: float = 10.0
+    chunk_deadline_s: float = 30.0
+    ring_refresh_s: float = 5.0  # 0: keep the mount-time node list
+    virtual_ids: int = VIRTUAL_IDS_DEFAULT  # must equal the nodes' setting
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            raise ValueError("no cluster nodes given")
+        for name in self.nodes:
+            host, _, port = name.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"node address {name!r} is not host:port")
+        if len(set(self.nodes)) != len(self.nodes):
+            raise ValueError("a node address is given twice")
+        if self.ring_refresh_s < 0 or self.virtual_ids < 1:
+            raise ValueError("ring_refresh_s must not be negative, virtual_ids at least 1")
+        if min(self.call_deadline_s, self.attempt_timeout_s, self.connect_timeout_s,
+               self.chunk_timeout_s, self.chunk_deadline_s) <= 0:
+            raise ValueError("deadlines and timeouts must be positive")
+
+
+def parse_nodes(text: str) -> tuple[str, ...]:
+    """``host:port,host:port`` → names; ValueError with one sentence."""
+    nodes = tuple(part.strip() for part in text.split(",") if part.strip())
+    ClusterConfig(nodes)  # validates
+    return nodes
+
+
+class ClusterBackend(Backend):
+    def __init__(self, cfg: ClusterConfig, nursery: trio.Nursery) -> None:
+        self.cfg = cfg
+        self.pool = Pool(nursery, connect_timeout_s=cfg.connect_timeout_s,
+                         backoff_initial_s=cfg.backoff_initial_s,
+                         backoff_max_s=cfg.backoff_max_s)
+        self.meta = MetaClient(self.pool, cfg.nodes, deadline_s=cfg.call_deadline_s,
+                               attempt_timeout_s=cfg.attempt_timeout_s,
+                               backoff_initial_s=cfg.backoff_initial_s,
+                               backoff_max_s=cfg.backoff_max_s)
+        self.ring = Ring(cfg.nodes, cfg.virtual_ids)
+        self.chunks = ReplicatedStore(
+            self.pool, lambda: self.ring, lambda name: name,
+            R=cfg.replicas, W=cfg.write_acks,
+            timeout_s=cfg.chunk_timeout_s, repair_nursery=nursery)
+        self._put_slots = trio.Semaphore(PUTS_IN_FLIGHT_MAX)
+
+    # ------------------------------------------------------------ metadata
+
+    async def submit(self, command: Command) -> Result:
+        return await self.meta.submit(command)
+
+    async def lookup(self, parent: int, name: bytes) -> EntryReply:
+        return await self.meta.lookup(parent, name)
+
+    async def getattr(self, ino: int) -> EntryReply:
+        def fill(q):
+            q.init("getattr").ino = ino
+        return await self.meta.query("getattr", EntryReply, fill)
+
+    async def readdir(self, ino: int, cursor: bytes = b"", limit: int = READDIR_PAGE_MAX,
+                      plus: bool = False) -> DirPage:
+        def fill(q):
+            g = q.init("readdir")
+            g.dirIno, g.cursor, g.limit, g.plus = ino, cursor, limit, plus
+        return await self.meta.query("readdir", DirPage, fill)
+
+    async def readlink(self, ino: int) -> BytesReply:
+        def fill(q):
+            q.init("readlink").linkIno = ino
+        return await self.meta.query("readlink", BytesReply, fill)
+
+    async def getxattr(self, ino: int, name: bytes) -> BytesReply:
+        def fill(q):
+            g = q.init("getxattr")
+            g.xattrIno, g.xattrName = ino, name
+        return await self.meta.query("getxattr", BytesReply, fill)
+
+    async def listxattr(self, ino: int) -> NamesReply:
+        def fill(q):
+            q.init("listxattr").listIno = ino
+        return await self.meta.query("listxattr", NamesReply, fill)
+
+    async def manifest(self, ino: int, start_idx: int = 0,
+                       limit: int | None = None) -> ManifestPage:
+        def fill(q):
+            g = q.init("manifest")
+            g.fileIno, g.startIdx, g.pageLimit = ino, start_idx, limit or 0
+        return await self.meta.query("manifest", ManifestPage, fill)
+
+    async def statfs(self) -> FsStat:
+        def fill(q):
+            q.statfs = None
+        meta = await self.meta.query("statfs", StatFs, fill)
+        used, free = await self._store_space()
+        # Every byte is stored R times: report what one more copy-set fits.
+        copies = max(1, min(self.chunks.R, len(self.ring)))
+        return FsStat(inodes=meta.inodes, used_bytes=meta.bytes,
+                      total_bytes=(used + free) // copies, free_bytes=free // copies,
+                      name_bytes_max=meta.name_bytes_max)
+
+    async def _store_space(self) -> tuple[int, int]:
+        """(used, free) bytes summed over the ring's chunk stores that
+        answer in time."""
+        totals = [0, 0]
+
+        async def one(addr: str) -> None:
+            with trio.move_on_after(self.cfg.attempt_timeout_s):
+                try:
+                    cap = await self.pool.bootstrap(addr, store_capnp.ChunkStore,
+                                                    timeout_s=self.cfg.attempt_timeout_s)
+                    stats = await RemoteStore(cap, addr, timeout_s=self.cfg.attempt_timeout_s).stats()
+                except (rpc.RpcError, StoreError) as exc:
+                    log.info(kv("cluster.stats_failed", node=addr, kind=type(exc).__name__))
+                    return
+                totals[0] += stats["usedBytes"]
+                totals[1] += max(0, stats["freeBytes"] - stats["reserveBytes"])
+
+        async with trio.open_nursery() as nursery:
+            for addr in sorted(self.ring.names):
+                nursery.start_soon(one, addr)
+        return totals[0], totals[1]
+
+    # ------------------------------------------------------------ ring view
+
+    async def refresh_ring_forever(self) -> None:
+        while True:
+            await trio.sleep(self.cfg.ring_refresh_s)
+            await self.refresh_ring()
+
+    async def refresh_ring(self) -> bool:
+        """Take the placed members one node reports as the ring view; False
+        (view unchanged) when no node answered with any."""
+        leader = self.meta.leader
+        sources = ([leader] if leader else []) + [n for n in self.cfg.nodes if n != leader]
+        timeout_s = self.cfg.attempt_timeout_s
+        for addr in sources:
+            try:
+                with trio.fail_after(timeout_s):
+                    cap = await self.pool.bootstrap(addr, ring_capnp.RingPeer, timeout_s=timeout_s)
+                    reply = await cap.members(timeout_s=timeout_s)
+                names = sorted({str(u.name) for u in reply.members
+                                if str(u.status) in PLACED_STATUSES})
+            except (rpc.RpcError, trio.TooSlowError) as exc:
+                log.debug(kv("cluster.ring_members_failed", node=addr, kind=type(exc).__name__))
+                continue
+            if not names:
+                continue
+            ring = Ring(names, self.cfg.virtual_ids)
+            self.meta.learn(names)
+            if ring != self.ring:
+                log.info(kv("cluster.ring_view", source=addr, members=",".join(names)))
+                self.ring = ring
+            return True
+        return False
+
+    # ------------------------------------------------------------ chunks
+
+    async def put_chunks(self, chunks: Sequence[tuple[bytes, bytes]]) -> None:
+        errors: list[BackendError] = []
+        try:
+            with trio.fail_after(self.cfg.chunk_deadline_s):
+                async with trio.open_nursery() as nursery:
+                    for chunk_id, data in chunks:
+                        await self._put_slots.acquire()
+                        nursery.start_soon(self._put_one, chunk_id, data, errors)
+        except trio.TooSlowError:
+            raise Unavailable(f"chunk upload took over {self.cfg.chunk_deadline_s:g}s") from None
+        if errors:
+            raise errors[0]
+
+    async def _put_one(self, chunk_id: bytes, data: bytes, errors: list) -> None:
+        # Errors are collected, not raised: one failed chunk must not turn
+        # into an exception group the FUSE layer would not recognise.
+        try:
+            result = await self.chunks.put(chunk_id, data)
+        except WriteQuorumNotMet as exc:
+            errors.append(Unavailable(str(exc)))
+            return
+        except StoreError as exc:
+            errors.append(BackendError(str(exc)))
+            return
+        finally:
+            self._put_slots.release()
+        log.debug(kv("cluster.chunk_put", chunk=chunk_id.hex(), acked=len(result.acked),
+                     uploaded=len(result.uploaded)))
+
+    async def get_chunk(self, chunk_id: bytes) -> bytes:
+        try:
+            with trio.fail_after(self.cfg.chunk_deadline_s):
+                return await self.chunks.get(chunk_id)
+        except trio.TooSlowError:
+            raise Unavailable(f"chunk {chunk_id.hex()}: no replica answered in time") from None
+        except ChunkUnavailable as exc:
+            if exc.errno == errno.ENOENT:
+                raise ChunkMissing(str(exc)) from exc
+            raise Unavailable(str(exc)) from exc
+        except StoreError as exc:
+            raise ChunkCorrupt(f"{chunk_id.hex()}: {exc}") from exc
+
+    async def has_chunks(self, chunk_ids: Sequence[bytes]) -> list[bool]:
+        return [False] * len(chunk_ids)  # put dedups per replica: module docstring
+
+    async def sync(self) -> None:
+        """Nothing to do: acknowledged means durable on a quorum already."""
+
+    async def aclose(self) -> None:
+        self.pool.close()
+
+
+@contextlib.asynccontextmanager
+async def open_cluster(cfg: ClusterConfig, *, check: bool = True) -> AsyncIterator[ClusterBackend]:
+    """A backend whose pool lives in a nursery of its own; with ``check``,
+    the root directory must answer first (a mount of a cluster that cannot
+    be reached fails at once instead of serving EIO)."""
+    async with trio.open_nursery() as nursery:
+        backend = ClusterBackend(cfg, nursery)
+        try:
+            if check:
+                root = await backend.getattr(ROOT_INO)
+                if root.err:
+                    raise BackendError(f"the cluster has no root directory (errno {root.err})")
+            if cfg.ring_refresh_s > 0:
+                from_ring = await backend.refresh_ring()
+                nursery.start_soon(backend.refresh_ring_forever)
+            else:
+                from_ring = False
+            log.info(kv("cluster_backend_open", nodes=",".join(cfg.nodes),
+                        leader=backend.meta.leader, ring_from_members=from_ring))
+            yield backend
+        finally:
+            await backend.aclose()
+            nursery.cancel_scope.cancel()
