@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := fuse3 libfuse3-dev pkg-config attr
 
-.PHONY: run test stop bench sysdeps venv clean
+.PHONY: run test stop bench sysdeps venv clean install-mount-helper
 
 sysdeps:
 	@if ! pkg-config --exists fuse3 2>/dev/null || ! command -v fusermount3 >/dev/null \
@@ -40,3 +40,6 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+
+install-mount-helper: venv
+	$(VENV)/bin/chordfs install-mount-helper

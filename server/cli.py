@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print a node's ring members: name, state, incarnation")
     status.add_argument("addr", type=_addr)
     status.add_argument("--timeout-s", type=float, default=3.0)
+    mount = sub.add_parser("mount", help="mount a cluster: chordfs mount ADDR[,ADDR...] MOUNTPOINT [-o opts]",
+                           add_help=False)
+    mount.add_argument("rest", nargs=argparse.REMAINDER)
+    helper = sub.add_parser("install-mount-helper",
+                            help="install /sbin/mount.chordfs so `mount -t chordfs` and fstab work")
+    helper.add_argument("--target", default="/sbin/mount.chordfs")
     demo = sub.add_parser("demo", help="start a local 3-node cluster on 127.0.0.1 (make run)")
     demo.add_argument("--dir", default=".chordfs-demo")
     demo.add_argument("--base-port", type=int, default=7071)
@@ -63,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "node":
         return _run_node(args)
+    if args.command == "mount":
+        from fusefs.mount import mount_main
+        return mount_main(args.rest)
+    if args.command == "install-mount-helper":
+        return _install_mount_helper(args.target)
     if args.command == "example-config":
         print(example_toml(), end="")
         return 0
@@ -98,6 +109,28 @@ def _run_node(args) -> int:
         else:
             raise
         return 1
+    return 0
+
+
+def _install_mount_helper(target: str) -> int:
+    """mount(8) runs /sbin/mount.<type>: point it at this installation."""
+    import os
+    import shutil
+    helper = shutil.which("mount.chordfs") or os.path.join(os.path.dirname(sys.executable),
+                                                           "mount.chordfs")
+    if not os.path.exists(helper):
+        print("chordfs: the mount.chordfs script of this installation was not found", file=sys.stderr)
+        return 1
+    try:
+        tmp = target + ".tmp"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(os.path.abspath(helper), tmp)
+        os.replace(tmp, target)
+    except OSError as e:
+        print(f"chordfs: cannot install {target}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"installed {target} -> {helper}")
     return 0
 
 

@@ -1,9 +1,10 @@
-"""`make run` / `make stop`: a local cluster on 127.0.0.1 under .chordfs-demo/.
+"""`make run` / `make stop`: a local cluster on 127.0.0.1 under .chordfs-demo/,
+mounted at ./mnt.
 
 Each node is a separate `chordfs node` process; their PIDs are recorded so
 `chordfs demo-stop` (make stop) can end them from another shell.  Ctrl-C in
-the demo stops them too.  As later layers land, this grows into the full
-cluster with the filesystem mounted at ./mnt."""
+the demo stops them too.  Stop order: unmount first (so open files are
+committed while the cluster is still there), then the nodes."""
 
 import os
 import pathlib
@@ -13,6 +14,7 @@ import sys
 import time
 
 NODES = 3
+MOUNTPOINT = "mnt"
 
 
 def _pidfile(base: pathlib.Path) -> pathlib.Path:
@@ -38,10 +40,15 @@ def run(directory: str, base_port: int) -> int:
         print(f"chordfs: the demo nodes did not start; see {base}/node*.log", file=sys.stderr)
         stop(directory)
         return 1
+    mnt = pathlib.Path(MOUNTPOINT).resolve()
+    if not _mount(addrs, mnt, base):
+        stop(directory)
+        return 1
     print(f"chordfs demo: {NODES} nodes serving on {', '.join(addrs)} (logs in {base}/)")
-    print("try:  .venv/bin/chordfs ping 127.0.0.1:7071")
+    print(f"mounted at {mnt}; try:")
+    print(f"      cp -r /usr/share/doc/fuse3 {mnt}/ && ls -l {mnt}/fuse3")
     print("      .venv/bin/chordfs status 127.0.0.1:7071      # ring members as node 1 sees them")
-    print("      .venv/bin/python benchmarks/rpc_bench.py")
+    print("      kill -9 one node's PID (see .chordfs-demo/pids): reads keep working")
     print("stop: Ctrl-C here, or `make stop` from another shell")
     try:
         while all(p.poll() is None for p in procs):
@@ -73,8 +80,33 @@ def _wait_ready(addrs: list[str], procs, timeout_s: float = 15.0) -> bool:
     return True
 
 
+def _mount(addrs: list[str], mnt: pathlib.Path, base: pathlib.Path) -> bool:
+    mnt.mkdir(exist_ok=True)
+    (base / "mountpoint").write_text(str(mnt))
+    result = subprocess.run([sys.executable, "-m", "fusefs.mount", ",".join(addrs), str(mnt),
+                             "--log", str(base / "mount.log")], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"chordfs: mounting at {mnt} failed: {result.stderr.strip()}", file=sys.stderr)
+        return False
+    return True
+
+
+def _unmount(base: pathlib.Path) -> None:
+    record = base / "mountpoint"
+    if not record.exists():
+        return
+    mnt = record.read_text().strip()
+    if os.path.ismount(mnt):
+        if subprocess.run(["fusermount3", "-u", mnt], capture_output=True).returncode != 0:
+            subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+    record.unlink(missing_ok=True)
+    print(f"unmounted {mnt}")
+
+
 def stop(directory: str) -> int:
-    pidfile = _pidfile(pathlib.Path(directory).resolve())
+    base = pathlib.Path(directory).resolve()
+    _unmount(base)
+    pidfile = _pidfile(base)
     if not pidfile.exists():
         print("chordfs: no demo cluster is running here")
         return 0
