@@ -1,6 +1,5 @@
 """The chordfs command: plain one-sentence errors, and a real node process."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -8,6 +7,7 @@ import time
 import pytest
 
 from server.cli import main
+from tests.netutil import free_ports
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -30,15 +30,9 @@ def test_ping_of_unreachable_node_fails_plainly(capsys):
     assert err.startswith("chordfs: 127.0.0.1:1 did not answer") and "\n" not in err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.integration
 def test_node_process_answers_ping_and_stops_on_sigterm(tmp_path):
-    port = _free_port()
+    port = free_ports(1)[0]
     addr = f"127.0.0.1:{port}"
     argv = [sys.executable, "-m", "server.cli", "node", "--listen-port", str(port),
             "--data-dir", str(tmp_path / "n1"), "--node-name", "n1"]

@@ -5,25 +5,16 @@ also after one node is killed with SIGKILL, and writes keep working."""
 import filecmp
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from tests.netutil import free_ports
+
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
-
-
-def _ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _wait(predicate, timeout_s, what):
@@ -40,7 +31,7 @@ def _answers(addr):
 
 
 def test_three_nodes_mount_copy_kill_one(tmp_path):
-    addrs = [f"127.0.0.1:{p}" for p in _ports(3)]
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
     procs, mnt = [], tmp_path / "mnt"
     mnt.mkdir()
     try:

@@ -2,7 +2,6 @@
 are proposals to any node, linearizable reads from any node see them."""
 
 import errno
-import socket
 
 import pytest
 import trio
@@ -18,6 +17,7 @@ from server.raft.config import RaftConfig
 from server.raft.messages import Role
 from server.raft.server import RaftServer
 from server.raft.wire import raft_capnp
+from tests.netutil import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +29,8 @@ class Server(DiagServer, RaftServer, MetadataServer):
         self.raft_service, self.raft_pool, self.raft_addr_of = md.group.service, pool, md.group.addr_of
 
 
-def _ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    out = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return out
-
-
 async def test_writes_through_any_node_reads_linearizable_everywhere(tmp_path):
-    ports = _ports(3)
+    ports = free_ports(3)
     names = [f"127.0.0.1:{p}" for p in ports]
     groups = []
     async with trio.open_nursery() as nursery:

@@ -4,9 +4,7 @@ the election timeout, and no acknowledged proposal may be lost: after the
 killed node restarts, every node has applied every acknowledged command at
 the index it was acknowledged with."""
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -15,26 +13,17 @@ import trio
 
 import rpc
 from server.raft.wire import raft_capnp
+from tests.netutil import free_ports
 
 pytestmark = pytest.mark.integration
 TICK_MS, ELECTION_TICKS = 20, 10  # election timeout 200-400 ms
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Cluster:
     def __init__(self, tmp_path, n=3, tick_ms=TICK_MS, election_ticks=ELECTION_TICKS):
         self.tick_ms, self.election_ticks = tick_ms, election_ticks
         self.ids = list(range(1, n + 1))
-        self.addrs = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, _free_ports(n))}
+        self.addrs = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, free_ports(n))}
         self.tmp = tmp_path
         self.procs = {}
 

@@ -14,6 +14,7 @@ from server.raft.kvsm import RecordingStateMachine
 from server.raft.messages import Role
 from server.raft.server import RaftServer
 from server.raft.wire import raft_capnp
+from tests.netutil import free_ports
 
 pytestmark = pytest.mark.integration
 CFG = RaftConfig(election_timeout_ticks=10, heartbeat_interval_ticks=2)
@@ -53,17 +54,6 @@ class Member:
         self.scope.cancel()
 
 
-def _free_ports(n):
-    import socket
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 async def _wait_for(predicate, timeout_s, what):
     with trio.fail_after(timeout_s):
         while not predicate():
@@ -85,7 +75,7 @@ async def _propose(addr, command, with_result=False):
 
 
 async def test_three_nodes_elect_commit_survive_leader_loss_and_recover(tmp_path):
-    ports = _free_ports(3)
+    ports = free_ports(3)
     ids = [101, 202, 303]
     addrs = {i: f"127.0.0.1:{p}" for i, p in zip(ids, ports)}
     members = [Member(i, addrs, str(tmp_path / str(i))) for i in ids]
@@ -140,7 +130,7 @@ async def test_metadata_replicates_and_a_lagging_node_catches_up_by_snapshot(tmp
     from server.meta import codec
     from server.meta.types import Create, Mkdir
 
-    ports = _free_ports(3)
+    ports = free_ports(3)
     ids = [11, 22, 33]
     addrs = {i: f"127.0.0.1:{p}" for i, p in zip(ids, ports)}
     members = [Member(i, addrs, str(tmp_path / str(i)), _meta_sm, snapshot_entries=20) for i in ids]
