@@ -36,10 +36,15 @@ def open_group(node_id: int, addrs: dict[int, str], data_dir: str, state_machine
     if snapshot is not None and state_machine.applied_index() < snapshot.meta.index:
         state_machine.restore(snapshot.meta.index, snapshot.data)
     fresh = snapshot is None and not entries and hard_state == HardState()
+    last = entries[-1].index if entries else (snapshot.meta.index if snapshot else 0)
+    applied = max(state_machine.applied_index(), snapshot.meta.index if snapshot else 0)
+    if hard_state.commit < min(applied, last):
+        # Storage does not write commit-only changes: whatever the state
+        # machine applied was committed, so the commit index is at least that.
+        hard_state = dataclasses.replace(hard_state, commit=min(applied, last))
     core = RaftNode(node_id, cfg, random.Random(node_id if seed is None else seed),
                     hard_state=hard_state, snapshot=snapshot, entries=entries,
-                    applied=max(state_machine.applied_index(),
-                                snapshot.meta.index if snapshot else 0),
+                    applied=min(applied, last) if applied > last else applied,
                     bootstrap=Membership(frozenset(addrs)) if fresh else None)
     transport = RaftTransport(pool, addrs, self_id=node_id)
     service = RaftService(core, storage, state_machine, transport, tick_s=tick_s,

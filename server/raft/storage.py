@@ -228,8 +228,13 @@ class LogStorage:
         if entries:
             self.append(entries, sync=False)
             self.sync()
-        if hard_state is not None:
+        if hard_state is not None and (hard_state.term, hard_state.vote) != (
+                self.hard_state.term, self.hard_state.vote):
             self.set_hard_state(hard_state)
+        # A change of commit alone is not written: the commit index is
+        # volatile in Raft (a restarted node relearns it from the leader, and
+        # open_group raises it to what the state machine already applied),
+        # while writing it would cost two fsyncs on every commit.
 
     def set_hard_state(self, hs: HardState) -> None:
         body = _HS.pack(_HS_MAGIC, hs.term, hs.vote or _NO_VOTE, hs.vote is not None, hs.commit)

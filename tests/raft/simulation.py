@@ -52,7 +52,9 @@ class Disk:
         if entries:
             first = entries[0].index
             self.entries = [e for e in self.entries if e.index < first] + list(entries)
-        if hs is not None:
+        if hs is not None and (hs.term, hs.vote) != (self.hard_state.term, self.hard_state.vote):
+            # Like LogStorage.save: a change of commit alone is not written
+            # (commit is volatile; a restarted node relearns it).
             self.hard_state = hs
 
     def compact(self, snapshot: Snapshot) -> None:
