@@ -1,10 +1,11 @@
 """One chordfs node process: the supervisor of its services.
 
 Order of start: data directory → RPC server (bootstrap ``NodeServer``) →
-services → sd_notify READY.  Order of stop (SIGTERM/SIGINT): sd_notify
-STOPPING → services hand over (later layers: Raft leadership transfer, ring
-leave) within a deadline → RPC server closes.  Only this supervisor holds the
-nursery that services run in."""
+services (ring, metadata, then data maintenance) → sd_notify READY.  Order
+of stop (SIGTERM/SIGINT): sd_notify STOPPING → services hand over (later
+layers: Raft leadership transfer, ring leave) within a deadline → RPC
+server closes.  Only this supervisor holds the nursery that services run
+in."""
 
 import logging
 import os
@@ -27,6 +28,7 @@ from .raft.messages import RaftError, Role
 from .raft.server import RaftServer
 from .ring.service import RingPeerServer, RingService
 from .store.aiostore import AsyncChunkStore
+from .store.maintenance import Maintenance
 from .store.service import ChunkStoreServer, StoreService
 
 log = logging.getLogger("chordfs.node")
@@ -86,6 +88,7 @@ class Node:
         self.ring: RingService | None = None
         self.metadata: MetadataGroup | None = None
         self.pool: Pool | None = None
+        self.maintenance: Maintenance | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -117,6 +120,10 @@ class Node:
                 await nursery.start(self.ring.run)
                 if self.metadata is not None:
                     await nursery.start(self.metadata.run)
+                # After the ring and metadata: repair reads the ring's view
+                # and GC proposes through the metadata group.
+                self.maintenance = Maintenance(cfg, self.store, self.ring, pool, self.metadata)
+                await nursery.start(self.maintenance.run)
                 sdnotify.notify("READY=1")
                 log.info(kv("node.ready", node=cfg.node_name, listen=cfg.listen_addr,
                             data_dir=cfg.data_dir))
