@@ -26,6 +26,7 @@ from .meta.store import InitParams
 from .raft.config import RaftConfig
 from .raft.messages import RaftError, Role
 from .raft.server import RaftServer
+from .ring.ringmath import node_id as ring_node_id
 from .ring.service import RingPeerServer, RingService
 from .store.aiostore import AsyncChunkStore
 from .store.maintenance import Maintenance
@@ -51,6 +52,7 @@ class NodeServer(DiagServer, ChunkStoreServer, RingPeerServer, RaftServer, Metad
         self.raft_service = node.metadata.group.service if node.metadata else None
         self.raft_pool = node.pool
         self.raft_addr_of = node.metadata.group.addr_of if node.metadata else (lambda _: None)
+        self.raft_register = node.metadata.group.register if node.metadata else None
 
 
 def raft_voters(cfg: NodeConfig) -> list[str]:
@@ -59,18 +61,15 @@ def raft_voters(cfg: NodeConfig) -> list[str]:
     return sorted(cfg.seeds)[: cfg.voters_max] if cfg.seeds else [cfg.node_name]
 
 
-def open_metadata(cfg: NodeConfig, pool) -> MetadataGroup | None:
-    """This node's metadata replica, or None when it is not an initial
-    voter (joining the group as a learner is not built yet: such a node
-    serves chunks and the ring, and sends metadata clients elsewhere)."""
-    if cfg.node_name not in raft_voters(cfg):
-        log.info(kv("node.no_metadata_replica", node=cfg.node_name, voters=",".join(raft_voters(cfg))))
-        return None
+def open_metadata(cfg: NodeConfig, pool, resolve=None) -> MetadataGroup:
+    """This node's metadata replica: an initial voter bootstraps the group,
+    any other node joins it as a learner (promoted later by the leader)."""
     raft_cfg = RaftConfig(election_timeout_ticks=cfg.election_timeout_ticks,
                           heartbeat_interval_ticks=cfg.heartbeat_ticks)
     return MetadataGroup(cfg.node_name, raft_voters(cfg), os.path.join(cfg.data_dir, "meta"), pool,
                          tick_s=cfg.tick_ms / 1000, cfg=raft_cfg,
-                         init=InitParams(now_ns=0, chunk_bytes=cfg.chunk_bytes_max))
+                         init=InitParams(now_ns=0, chunk_bytes=cfg.chunk_bytes_max),
+                         voters_max=cfg.voters_max, resolve=resolve)
 
 
 def rpc_limits(cfg: NodeConfig) -> rpc.Limits:
@@ -112,7 +111,7 @@ class Node:
                 pool = Pool(nursery, limits=rpc_limits(cfg), connect_timeout_s=1.0, backoff_max_s=1.0)
                 self.pool = pool
                 self.ring = RingService(cfg, pool, random.Random())
-                self.metadata = open_metadata(cfg, pool)
+                self.metadata = open_metadata(cfg, pool, resolve=self._resolve_member)
                 self.listeners = await nursery.start(
                     lambda task_status: rpc.serve_tcp(lambda: NodeServer(self), cfg.listen_port,
                                                       host=cfg.listen_host, limits=rpc_limits(cfg),
@@ -137,6 +136,16 @@ class Node:
                     nursery.cancel_scope.cancel()
                     break
         log.info(kv("node.stopped", node=cfg.node_name))
+
+    def _resolve_member(self, node_id: int) -> str | None:
+        """Address of a Raft member by id: names are addresses, ids their
+        ring hashes, and the ring's member table lists every name."""
+        if self.ring is None:
+            return None
+        for member in self.ring.members():
+            if ring_node_id(member.name) == node_id:
+                return member.name
+        return None
 
     async def _hand_over(self) -> None:
         """Graceful-leave hook: the services of later layers transfer what

@@ -76,6 +76,11 @@ interface Raft {
   # leader it knows; otherwise notLeader with leaderHint (0 if unknown).
 
   status @2 () -> (id :UInt64, term :UInt64, leader :UInt64, role :Text,
-                   commit :UInt64, applied :UInt64, lastIndex :UInt64);
+                   commit :UInt64, applied :UInt64, lastIndex :UInt64,
+                   voters :List(UInt64), learners :List(UInt64));
   # This node's view: leader 0 when unknown.
+
+  addLearner @3 (name :Text) -> (added :Bool, notLeader :Bool, leaderHint :UInt64);
+  # Asks the leader to add node `name` (its host:port) as a non-voting
+  # learner; the leader promotes caught-up learners to voters later.
 }

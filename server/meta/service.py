@@ -93,30 +93,94 @@ def _run(reader: MetaStore, q):
 
 
 class MetadataGroup:
-    """Owns the metadata database, its read-only twin and the Raft group."""
+    """Owns the metadata database, its read-only twin and the Raft group.
+
+    An initial voter (a seed) bootstraps the group.  Any other node starts
+    with no membership and asks the leader, through a seed, to add it as a
+    learner; it then receives the log or a snapshot.  The leader promotes a
+    caught-up learner to voter while there are fewer than ``voters_max``."""
 
     def __init__(self, node_name: str, voters: list[str], data_dir: str, pool, *,
-                 tick_s: float, cfg: RaftConfig, init: InitParams):
+                 tick_s: float, cfg: RaftConfig, init: InitParams, voters_max: int = 5,
+                 resolve=None):
+        self.name, self.seeds, self.pool, self.voters_max = node_name, list(voters), pool, voters_max
         ids = {ring_node_id(name): name for name in voters}
-        if ring_node_id(node_name) not in ids:
-            raise ValueError(f"node {node_name} is not among the Raft voters {', '.join(voters)}; "
-                             "joining an existing group as a learner is not built yet")
+        self.joining = ring_node_id(node_name) not in ids
+        ids[ring_node_id(node_name)] = node_name
         os.makedirs(data_dir, exist_ok=True)
         self.store = MetaStore(os.path.join(data_dir, "meta.db"), init)
         self.reader = MetaStore(os.path.join(data_dir, "meta.db"))
         sm = MetaStateMachine(self.store, os.path.join(data_dir, "scratch"))
         self.group: RaftGroup = open_group(ring_node_id(node_name), ids, os.path.join(data_dir, "raft"),
-                                           sm, pool, cfg=cfg, tick_s=tick_s)
+                                           sm, pool, cfg=cfg, tick_s=tick_s,
+                                           bootstrap=not self.joining, resolve=resolve)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.group.transport.run)
                 await nursery.start(self.group.service.run)
-                log.info(kv("meta.ready", node=self.group.node_id,
+                nursery.start_soon(self._promote_learners)
+                if self.joining:
+                    nursery.start_soon(self._join)
+                log.info(kv("meta.ready", node=self.group.node_id, joining=self.joining,
                             applied=self.store.applied_index))
                 task_status.started(self)
         finally:
             self.group.storage.close()
             self.reader.close()
             self.store.close()
+
+    def _member(self) -> bool:
+        return self.group.node_id in self.group.service.core.status().membership.members()
+
+    async def _join(self) -> None:
+        """Ask the leader (found through the seeds) to add us as a learner,
+        until the membership we receive holds us."""
+        from ..raft.wire import raft_capnp
+        while not self._member():
+            for seed in self.seeds:
+                try:
+                    cap = await self.pool.bootstrap(seed, raft_capnp.Raft, timeout_s=2)
+                    reply = await cap.addLearner(name=self.name, timeout_s=2)
+                    if reply.notLeader and reply.leaderHint:
+                        leader = self.group.addr_of(reply.leaderHint)
+                        if leader:
+                            cap = await self.pool.bootstrap(leader, raft_capnp.Raft, timeout_s=2)
+                            reply = await cap.addLearner(name=self.name, timeout_s=2)
+                    if reply.added:
+                        log.info(kv("meta.join_requested", node=self.name, via=seed))
+                        break
+                except rpc.RpcError as e:
+                    log.debug(kv("meta.join_retry", node=self.name, via=seed, error=str(e)[:120]))
+            with trio.move_on_after(1.0):
+                while not self._member():
+                    await trio.sleep(0.1)
+        log.info(kv("meta.joined", node=self.name))
+
+    async def _promote_learners(self) -> None:
+        """On the leader: one caught-up learner at a time becomes a voter,
+        up to voters_max (the core refuses overlapping changes)."""
+        from ..raft.config import ChangeOp, ConfChange
+        from ..raft.messages import RaftError, Role
+        service = self.group.service
+        while True:
+            await trio.sleep(1.0)
+            core = service.core
+            st = core.status()
+            if st.role != Role.LEADER or not st.membership.learners:
+                continue
+            if len(st.membership.voters) >= self.voters_max:
+                continue
+            for learner in sorted(st.membership.learners):
+                progress = core.tracker.progress.get(learner) if core.tracker else None
+                if progress is None or progress.match + 16 < st.commit:
+                    continue  # not caught up: promoting it would slow commits
+                try:
+                    core.propose_conf_change(ConfChange(ChangeOp.PROMOTE, learner))
+                except RaftError as e:
+                    log.debug(kv("meta.promote_later", learner=learner, reason=str(e)))
+                    break
+                service.poke()
+                log.info(kv("meta.promoted", learner=learner, term=st.term))
+                break

@@ -23,14 +23,22 @@ class RaftGroup:
     addrs: dict[int, str]
 
     def addr_of(self, node_id: int) -> str | None:
-        return self.addrs.get(node_id)
+        return self.addrs.get(node_id) or self.transport._resolve(node_id)
+
+    def register(self, node_id: int, addr: str) -> None:
+        """Remember where a member added later (a learner) is served."""
+        self.addrs[node_id] = addr
+        self.transport.set_address(node_id, addr)
 
 
 def open_group(node_id: int, addrs: dict[int, str], data_dir: str, state_machine, pool, *,
                cfg: RaftConfig = RaftConfig(), tick_s: float = 0.1, seed: int | None = None,
-               snapshot_entries: int = 10_000) -> RaftGroup:
+               snapshot_entries: int = 10_000, bootstrap: bool = True,
+               resolve=None) -> RaftGroup:
     """``addrs`` maps every initial voter's id (this node's included) to its
-    RPC address; on a brand-new directory they become the first voters."""
+    RPC address; on a brand-new directory they become the first voters,
+    unless ``bootstrap`` is False: a joining node starts with no membership
+    and learns it from the leader once it has been added as a learner."""
     storage = LogStorage(data_dir)
     snapshot, entries, hard_state = storage.snapshot, storage.entries(), storage.hard_state
     if snapshot is not None and state_machine.applied_index() < snapshot.meta.index:
@@ -45,8 +53,8 @@ def open_group(node_id: int, addrs: dict[int, str], data_dir: str, state_machine
     core = RaftNode(node_id, cfg, random.Random(node_id if seed is None else seed),
                     hard_state=hard_state, snapshot=snapshot, entries=entries,
                     applied=min(applied, last) if applied > last else applied,
-                    bootstrap=Membership(frozenset(addrs)) if fresh else None)
-    transport = RaftTransport(pool, addrs, self_id=node_id)
+                    bootstrap=Membership(frozenset(addrs)) if fresh and bootstrap else None)
+    transport = RaftTransport(pool, addrs, self_id=node_id, resolve=resolve)
     service = RaftService(core, storage, state_machine, transport, tick_s=tick_s,
                           snapshot_entries=snapshot_entries)
     transport.on_report(service.report)

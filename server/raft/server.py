@@ -7,7 +7,9 @@ talk to any node (the answer still carries the leader hint for next time)."""
 
 import rpc
 
-from .messages import NotLeader, ProposalDropped, ProtocolError
+from ..ring.ringmath import node_id as ring_node_id
+from .config import ChangeOp, ConfChange
+from .messages import NotLeader, ProposalDropped, ProtocolError, Role
 from .service import ProposalFailed
 from .wire import message_from, raft_capnp
 
@@ -20,8 +22,10 @@ class NoReplica(rpc.Unimplemented):
 
 class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
     """Mixin: the serving object provides ``raft_service`` (a RaftService,
-    or None on a node without a replica), ``raft_pool`` (an rpc Pool) and
-    ``raft_addr_of(node_id)``."""
+    or None on a node without a replica), ``raft_pool`` (an rpc Pool),
+    ``raft_addr_of(node_id)`` and ``raft_register(node_id, addr)``."""
+
+    raft_register = None
 
     def _raft(self):
         if self.raft_service is None:
@@ -58,6 +62,31 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
         results.id, results.term, results.leader = st.id, st.term, st.leader or 0
         results.role, results.commit = st.role.name.lower(), st.commit
         results.applied, results.lastIndex = self.raft_service.applied, st.last_index
+        for field, ids in (("voters", st.membership.voters), ("learners", st.membership.learners)):
+            out = results.init(field, len(ids))
+            for i, node in enumerate(sorted(ids)):
+                out[i] = node
+
+    @rpc.inline
+    async def add_learner(self, params, results):
+        service = self._raft()
+        core = service.core
+        if core.role != Role.LEADER:
+            results.notLeader, results.leaderHint = True, core.leader or 0
+            return
+        if self.raft_register is None:
+            raise rpc.Unimplemented("this server does not take new members")
+        name = params.name
+        rpc.split_addr(name)  # ValueError -> Failed: names are host:port
+        joiner = ring_node_id(name)
+        self.raft_register(joiner, name)
+        if joiner not in core.status().membership.members():
+            try:
+                core.propose_conf_change(ConfChange(ChangeOp.ADD_LEARNER, joiner))
+            except ProposalDropped as e:
+                raise rpc.Overloaded(f"cannot add {name} now: {e}") from None
+            service.poke()
+        results.added = True
 
     async def _forward(self, command: bytes, leader: int, results) -> None:
         try:

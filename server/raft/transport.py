@@ -33,7 +33,7 @@ class _Peer:
 
 
 class RaftTransport:
-    def __init__(self, pool, addrs: dict[int, str], *, self_id: int, on_report=None,
+    def __init__(self, pool, addrs: dict[int, str], *, self_id: int, on_report=None, resolve=None,
                  queue_messages_max: int = 4096, batch_messages_max: int = 256,
                  call_timeout_s: float = 2.0, backoff_s: float = 0.05):
         self._pool = pool
@@ -45,6 +45,9 @@ class RaftTransport:
         self._timeout_s = call_timeout_s
         self._backoff_s = backoff_s
         self._nursery = None
+        # Members added after start (learners) are found by id through the
+        # node's member list: names are addresses and ids are their hashes.
+        self._resolve = resolve or (lambda node_id: None)
         # on_report(kind, node_id, ok): "unreachable" after a failed send,
         # "snapshot" once a batch holding an InstallSnapshot was (not)
         # delivered -- the core needs both to leave probe/snapshot states.
@@ -69,7 +72,7 @@ class RaftTransport:
         for m in messages:
             peer = self._peers.get(m.to)
             if peer is None:
-                addr = self._addrs.get(m.to)
+                addr = self._addrs.get(m.to) or self._resolve(m.to)
                 if addr is None or m.to == self._self_id:
                     log.debug(kv("raft.no_route", to=m.to))
                     continue
