@@ -1,6 +1,8 @@
 """The product path end to end: three `chordfs node` processes on 127.0.0.1
 and a real FUSE mount of the cluster.  A file copied in reads back intact,
-also after one node is killed with SIGKILL, and writes keep working."""
+also after one node is killed with SIGKILL, and writes keep working; the
+killed node restarts from its directory (Raft log, metadata, chunks),
+catches up, and then carries the cluster while another node is down."""
 
 import filecmp
 import os
@@ -30,17 +32,31 @@ def _answers(addr):
                            "--timeout-s", "1"], capture_output=True).returncode == 0
 
 
+def _applied(addr) -> int:
+    out = subprocess.run([sys.executable, "-c", (
+        "import sys, trio, rpc\n"
+        "from server.raft.wire import raft_capnp\n"
+        "async def main(a):\n"
+        "    async with rpc.connect(a, connect_timeout_s=1) as c:\n"
+        "        s = await (await c.bootstrap(raft_capnp.Raft, timeout_s=1)).status(timeout_s=1)\n"
+        "        print(s.applied)\n"
+        "trio.run(main, sys.argv[1])\n"), addr], capture_output=True, text=True)
+    return int(out.stdout) if out.returncode == 0 and out.stdout.strip() else -1
+
+
 def test_three_nodes_mount_copy_kill_one(tmp_path):
     addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
     procs, mnt = [], tmp_path / "mnt"
     mnt.mkdir()
     try:
-        for i, addr in enumerate(addrs):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "node", "--listen-port", addr.split(":")[1],
+        def start(i):
+            return subprocess.Popen(
+                [sys.executable, "-m", "server.cli", "node", "--listen-port", addrs[i].split(":")[1],
                  "--data-dir", str(tmp_path / f"n{i}"), "--seeds", ",".join(addrs),
                  "--log-level", "warning"],
-                stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"n{i}.log", "wb")))
+                stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"n{i}.log", "ab"))
+
+        procs.extend(start(i) for i in range(3))
         _wait(lambda: all(_answers(a) for a in addrs), 20, "nodes")
         mounted = subprocess.run([sys.executable, "-m", "fusefs.mount", ",".join(addrs), str(mnt),
                                   "--log", str(tmp_path / "mount.log")],
@@ -60,10 +76,18 @@ def test_three_nodes_mount_copy_kill_one(tmp_path):
         subprocess.run(["cp", str(src), str(mnt / "b.bin")], check=True, timeout=90)
         assert sorted(os.listdir(mnt)) == ["a.bin", "b.bin", "dir"]
         assert (mnt / "dir" / "note").read_text() == "hello"
+        procs[2] = start(2)  # recovers from its directory
+        _wait(lambda: _applied(addrs[2]) >= _applied(addrs[0]) > 0, 30, "the restarted node to catch up")
+        procs[0].send_signal(signal.SIGKILL)  # now lose another one
+        procs[0].wait()
+        for name in ("a.bin", "b.bin"):
+            assert filecmp.cmp(src, mnt / name, shallow=False)
+        (mnt / "dir" / "after").write_text("still writable")
+        assert sorted(os.listdir(mnt / "dir")) == ["after", "note"]
     finally:
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-u", str(mnt)], timeout=30)
         for proc in procs:
-            if proc.poll() is None:
+            if proc and proc.poll() is None:
                 proc.kill()
                 proc.wait()
