@@ -66,6 +66,7 @@ from server.ring.messages import MemberDown, MemberUp, RangesChanged
 from server.ring.service import Resync
 
 from .aiostore import AsyncChunkStore
+from .handoff import drop_handed_over
 from .keyrange import ring_key
 from .repair import RepairPass, RepairReport
 from .scrub import ScrubReport, scrub_forever
@@ -134,6 +135,8 @@ class Maintenance:
         self.scrub_last: ScrubReport | None = None
         self.restored = self.restore_failed = 0
         self.gc_last: GcReport | None = None
+        self.handed_off = 0
+        self._handoff_after: bytes | None = None  # where the walk resumes
 
     def status(self) -> dict:
         last = self.repair_last
@@ -143,6 +146,7 @@ class Maintenance:
             "repair_last": dataclasses.asdict(last) if last else None,
             "scrub_last": dataclasses.asdict(self.scrub_last) if self.scrub_last else None,
             "restored": self.restored, "restore_failed": self.restore_failed,
+            "handed_off": self.handed_off,
             "gc_last": dataclasses.asdict(self.gc_last) if self.gc_last else None,
         }
 
@@ -223,7 +227,20 @@ class Maintenance:
         self.repair_last = report
         self._log_pass("repair.pass", report, started_s, len(view))
         incomplete = report.chunks_skipped or report.truncated or report.peers_unreachable
-        return self.limits.repair_retry_s if incomplete else self.limits.repair_interval_s
+        if incomplete:
+            return self.limits.repair_retry_s
+        await self._hand_off(view)
+        return self.limits.repair_retry_s if self._handoff_after else self.limits.repair_interval_s
+
+    async def _hand_off(self, view) -> None:
+        """After a complete pass, drop copies whose replicas all confirm."""
+        try:
+            _, dropped, self._handoff_after = await drop_handed_over(
+                self.store, self.name, view, self.pool, self.cfg.replication_factor,
+                timeout_s=self.timeout_s, after_id=self._handoff_after)
+            self.handed_off += dropped
+        except Exception as e:  # noqa: BLE001 - logged; the next pass retries
+            log.error(kv("handoff.failed", node=self.name, error=f"{type(e).__name__}: {e}"))
 
     def _on_progress(self, report: RepairReport) -> None:
         self.repair_running = report

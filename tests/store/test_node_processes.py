@@ -102,6 +102,21 @@ async def copies_missing(pool, ring: Ring, ids: list[bytes]) -> int:
     return missing
 
 
+async def copies_extra(pool, ring: Ring, members: list[str], ids: list[bytes]) -> int:
+    """How many copies live nodes hold outside ``ring``'s placement."""
+    extra = 0
+    for name in members:
+        try:
+            with trio.fail_after(5):
+                cap = await pool.bootstrap(name, store_capnp.ChunkStore, timeout_s=5)
+                present = await RemoteStore(cap, name, timeout_s=5).has_many(ids)
+        except (rpc.RpcError, trio.TooSlowError):
+            continue
+        extra += sum(1 for cid, yes in zip(ids, present)
+                     if yes and name not in ring.replicas(ring_key(cid), R))
+    return extra
+
+
 @pytest.mark.integration
 async def test_node_maintenance_rereplicates_scrubs_and_moves_data(tmp_path):
     ports = free_ports(NODES + 1)
@@ -198,6 +213,13 @@ async def _join_and_wait_for_data(cluster, pool, rest, extra, ids, alive):
     await wait_until(lambda: _none_missing(pool, ring, ids), REREPLICATED_S_MAX, 0.25)
     print(f"joined node received its {len(gained)} chunks "
           f"{trio.current_time() - joined_s:.2f} s after all saw it alive")
+    # The former holders drop what they no longer replicate, once every new
+    # holder confirms: nothing is missing, and nothing extra stays behind.
+    async def settled() -> bool:
+        return (await copies_extra(pool, ring, members, ids) == 0
+                and await copies_missing(pool, ring, ids) == 0)
+    await wait_until(settled, REREPLICATED_S_MAX, 0.5)
+    print(f"old copies dropped {trio.current_time() - joined_s:.2f} s after the join")
 
 
 # ---- GC, in process: a real MetaStore as the leader's, memory-stream stores ----
