@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import socket
 import sys
 
 import trio
@@ -35,6 +34,7 @@ from server.raft.messages import Role
 from server.raft.server import RaftServer
 from server.store import AsyncChunkStore
 from server.store.service import ChunkStoreServer, StoreService
+from tests.netutil import free_ports
 
 TICK_S = 0.02
 RAFT = RaftConfig(election_timeout_ticks=10, heartbeat_interval_ticks=2)
@@ -112,15 +112,6 @@ class Cluster:
         node.scope.cancel()
         await node.stopped.wait()
 
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 async def _run_node(name: str, names: list[str], data_dir: str, node_box: list,

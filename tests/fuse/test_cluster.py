@@ -30,7 +30,9 @@ from server.meta.types import (RENAME_EXCHANGE, Attr, ChunkRef, CommitWrite, Cre
 from server.raft.wire import raft_capnp
 from server.ring.ringmath import node_id
 
-from .cluster_nodes import free_ports, run_cluster
+from tests.netutil import free_ports
+
+from .cluster_nodes import run_cluster
 from .conftest import ROOT, fuse_usable, in_mount_table
 
 integration = pytest.mark.integration

@@ -5,7 +5,6 @@ under the same name, and hear a SIGTERM'd one leave. Also `chordfs status`."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from server.cli import main
 from server.ring.config import RingConfig
 from server.ring.messages import Status
 from server.ring.wire import ring_capnp, updates_from
+from tests.netutil import free_ports
 
 NODES = 5
 RING_TICK_MS = 25  # half the default tick: every ring timing halves
@@ -34,16 +34,6 @@ def test_status_of_unreachable_node_fails_plainly(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("chordfs: 127.0.0.1:1 did not answer") and "\n" not in err
 
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Cluster:
@@ -118,7 +108,7 @@ def statuses(table, names):
 
 @pytest.mark.integration
 async def test_five_processes_detect_a_crash_and_take_the_node_back(tmp_path):
-    cluster = Cluster(tmp_path, _free_ports(NODES))
+    cluster = Cluster(tmp_path, free_ports(NODES))
     addrs = cluster.addrs
     all_alive = dict.fromkeys(addrs, Status.ALIVE)
     try:
