@@ -1,12 +1,17 @@
-"""chordfs FUSE mount (LocalBackend) against a local directory, same run,
-same disk: sequential write/read MB/s, small-file create/read/stat per
-second, and ``ls -l`` of a 10,000-file directory.
+"""chordfs FUSE mounts against a local directory, same run, same disk:
+sequential write/read MB/s, small-file create/read/stat per second, and
+``ls -l`` of a 10,000-file directory. Mounts measured: the LocalBackend, and
+with ``--cluster`` also a real local cluster of three ``chordfs node``
+processes on 127.0.0.1 (3 replicas, Raft metadata).
 
-    .venv/bin/python benchmarks/fuse_bench.py [--dir BASE] [--size-mib 256]
+    .venv/bin/python benchmarks/fuse_bench.py [--dir BASE] [--size-mib 256] [--cluster]
 
 Cold reads drop the kernel page cache (root only) and, for chordfs, remount
-so the chunk cache starts empty too. If writing the first 64 MiB takes more
-than ``SLOW_S``, the sequential size falls back to 64 MiB (printed).
+so the chunk cache starts empty too. If writing the first 64 MiB on the
+slowest mount takes more than ``SLOW_S``, the sequential size falls back to
+64 MiB; if it creates fewer than ``LS_SLOW_CREATES_S`` files per second, the
+``ls -l`` directory holds ``LS_FILES_SLOW`` files instead (both printed, and
+used for every column so the ratios compare the same work).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ BLOCK = 1 << 20
 SMALL_FILES = 2000
 SMALL_BYTES = 4096
 LS_FILES = 10_000
+LS_FILES_SLOW = 2000
+LS_SLOW_CREATES_S = 300.0
 SLOW_S = 4.0
 
 
@@ -37,14 +44,18 @@ def drop_caches() -> None:
 
 
 class Mounted:
-    def __init__(self, data: pathlib.Path, mnt: pathlib.Path) -> None:
+    """A mount of a local data directory, or of a cluster when ``data`` is a
+    str of HOST:PORT,..."""
+
+    def __init__(self, data: pathlib.Path | str, mnt: pathlib.Path) -> None:
         self.data, self.mnt, self.proc = data, mnt, None
 
     def __enter__(self) -> pathlib.Path:
         self.mnt.mkdir(parents=True, exist_ok=True)
+        source = [self.data] if isinstance(self.data, str) else ["--local", str(self.data)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fusefs.mount", "--local", str(self.data), str(self.mnt),
-             "--foreground"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [sys.executable, "-m", "fusefs.mount", *source, str(self.mnt), "--foreground"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while not os.path.ismount(self.mnt):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -104,9 +115,9 @@ def small_files(d: pathlib.Path) -> tuple[float, float, float]:
     return create, read, stat
 
 
-def ls_big_dir(d: pathlib.Path) -> float:
+def ls_big_dir(d: pathlib.Path, files: int) -> float:
     d.mkdir()
-    for i in range(LS_FILES):
+    for i in range(files):
         os.close(os.open(d / f"entry-{i:05d}", os.O_CREAT | os.O_WRONLY, 0o644))
     time.sleep(1.1)
     start = time.perf_counter()
@@ -114,14 +125,14 @@ def ls_big_dir(d: pathlib.Path) -> float:
     return time.perf_counter() - start
 
 
-def run_suite(base: pathlib.Path, size: int, remount) -> dict:
+def run_suite(base: pathlib.Path, size: int, ls_files: int, remount) -> dict:
     out = {"write MB/s": seq_write(base / "seq.bin", size)}
     base = remount(base)
     drop_caches()
     out["cold read MB/s"] = seq_read(base / "seq.bin")
     out["warm read MB/s"] = seq_read(base / "seq.bin")
     out["creates/s (4 KiB)"], out["reads/s (4 KiB)"], out["stats/s"] = small_files(base / "small")
-    out["ls -l 10k files (s)"] = ls_big_dir(base / "big")
+    out["ls -l (s)"] = ls_big_dir(base / "big", ls_files)
     return out
 
 
@@ -135,37 +146,77 @@ def pick_size(mnt: pathlib.Path, size_mib: int) -> int:
     return size_mib << 20
 
 
+def pick_ls_files(mnt: pathlib.Path) -> int:
+    d = mnt / "probe"
+    d.mkdir()
+    start = time.perf_counter()
+    for i in range(100):
+        os.close(os.open(d / f"p{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+    rate = 100 / (time.perf_counter() - start)
+    shutil.rmtree(d)
+    if rate < LS_SLOW_CREATES_S:
+        print(f"{rate:.0f} creates/s: ls -l of {LS_FILES_SLOW} files instead of {LS_FILES}")
+        return LS_FILES_SLOW
+    return LS_FILES
+
+
+def measure_mount(data: pathlib.Path | str, mnt: pathlib.Path, size: int | None,
+                  size_mib: int, ls_files: int | None) -> tuple[dict, int, int]:
+    """Runs the suite on a mount of ``data`` (remounting before cold reads);
+    picks the sizes on this mount when not given."""
+    state = {"mount": Mounted(data, mnt)}
+    state["mount"].__enter__()
+
+    def remount(_: pathlib.Path) -> pathlib.Path:
+        state["mount"].__exit__()
+        state["mount"] = Mounted(data, mnt)
+        return state["mount"].__enter__()
+
+    try:
+        size = size or pick_size(mnt, size_mib)
+        ls_files = ls_files or pick_ls_files(mnt)
+        return run_suite(mnt, size, ls_files, remount), size, ls_files
+    finally:
+        state["mount"].__exit__()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", default=None, help="base directory (default: a temp dir)")
     parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--cluster", action="store_true",
+                        help="also measure a mount of a real local 3-node cluster")
     args = parser.parse_args(argv)
     base = pathlib.Path(tempfile.mkdtemp(prefix="fusebench-", dir=args.dir))
+    results, size, ls_files = {}, None, None
     try:
+        if args.cluster:
+            sys.path.insert(0, str(ROOT))
+            from tests.fuse.realcluster import start_cluster
+            cluster = start_cluster(base / "cluster")
+            try:
+                results["cluster"], size, ls_files = measure_mount(
+                    cluster.spec, base / "cmnt", None, args.size_mib, None)
+            finally:
+                cluster.stop()
+        results["chordfs"], size, ls_files = measure_mount(
+            base / "data", base / "mnt", size, args.size_mib, ls_files)
         local = base / "local"
         local.mkdir()
-        data, mnt = base / "data", base / "mnt"
-        state = {"mount": Mounted(data, mnt)}
-        state["mount"].__enter__()
-
-        def remount(_: pathlib.Path) -> pathlib.Path:
-            state["mount"].__exit__()
-            state["mount"] = Mounted(data, mnt)
-            return state["mount"].__enter__()
-
-        try:
-            size = pick_size(mnt, args.size_mib)
-            print(f"sequential size: {size >> 20} MiB; small files: {SMALL_FILES} x "
-                  f"{SMALL_BYTES} B; ls -l of {LS_FILES} files")
-            chord = run_suite(mnt, size, remount)
-        finally:
-            state["mount"].__exit__()
-        plain = run_suite(local, size, lambda p: p)
+        results["local dir"] = run_suite(local, size, ls_files, lambda p: p)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(f"{'':24}{'chordfs':>12}{'local dir':>12}{'chordfs/local':>15}")
-    for key in chord:
-        print(f"{key:24}{chord[key]:12.1f}{plain[key]:12.1f}{chord[key] / plain[key]:15.2f}")
+    print(f"sequential size: {size >> 20} MiB; small files: {SMALL_FILES} x {SMALL_BYTES} B; "
+          f"ls -l of {ls_files} files")
+    names = [n for n in ("chordfs", "cluster", "local dir") if n in results]
+    plain = results["local dir"]
+    ratios = [n for n in names if n != "local dir"]
+    print(f"{'':24}" + "".join(f"{n:>12}" for n in names)
+          + "".join(f"{n + '/local':>16}" for n in ratios))
+    for key in plain:
+        print(f"{key:24}" + "".join(f"{results[n][key]:12.{1 if results[n][key] >= 1 else 3}f}"
+                                    for n in names)
+              + "".join(f"{results[n][key] / plain[key]:16.3g}" for n in ratios))
     return 0
 
 

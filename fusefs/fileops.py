@@ -4,7 +4,8 @@ Close-to-open: ``open`` reads fresh attributes and, when no other handle of
 this mount has the file open with buffered writes, the manifest again; it
 keeps the kernel page cache (``keep_cache``) only if the file's (mtime, size)
 equals what it was when this mount last closed it or committed to it, so
-reopening an unchanged file reads from the page cache. ``flush`` (every
+reopening an unchanged file reads from the page cache; otherwise it also
+drops the kernel's cached attributes, whose size would cut reads short. ``flush`` (every
 close) and ``fsync`` return only after the data is stored and committed.
 
 Open files unlinked here are orphans (see ``InodeTable``); their last
@@ -96,6 +97,11 @@ class FileOpsMixin:
         except BaseException:
             await self._drop_handle(fh)
             raise
+        if not keep:
+            # The kernel may hold this file's old size from a lookup or
+            # readdirplus of up to attr_timeout ago and would cut reads at
+            # it: close-to-open needs the size the file has now.
+            self.invalidator.attr_now(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     async def _open_data(self, ino: int, attr: Attr, data: FileData | None) -> bool:

@@ -230,6 +230,19 @@ class Invalidator:
     def entry(self, parent: int, name: bytes) -> None:
         self._put(("entry", parent, name))
 
+    def attr_now(self, ino: int) -> None:
+        """Drops the kernel's cached attributes of ``ino`` before returning.
+        Safe on the request path, unlike the queued kinds: with no page range
+        the kernel only bumps the inode's attribute version, waiting for no
+        lock a pending request could hold."""
+        if self._thread is None:
+            return
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                log.warning(kv("invalidation_failed", kind="attr_now", ino=ino, err=exc.errno))
+
     def _put(self, item: tuple) -> None:
         if self._thread is None:
             return

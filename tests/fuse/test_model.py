@@ -3,7 +3,8 @@ by side: every result and every errno must match, and so must the whole tree
 (types, modes, sizes, link counts, contents, symlink targets) after each step.
 
 The mount uses 64 KiB chunks so writes, truncates and reads cross chunk
-boundaries and the inline/chunked switch with small data."""
+boundaries and the inline/chunked switch with small data. The same model
+runs, with fewer examples, on a mount of a real 3-node cluster."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.integration
 PATHS = ["a", "b", "d", "d/a", "d/e"]
 paths = st.sampled_from(PATHS)
 SIZE_MAX = 200_000
+CLUSTER_EXAMPLES = 25  # every metadata change is a Raft commit: ~30x slower
 
 
 def outcome(fn, *args):
@@ -161,17 +163,28 @@ class PosixMachine(RuleBasedStateMachine):
         assert snapshot(self.roots[0]) == snapshot(self.roots[1])
 
 
-def test_posix_model(small_chunk_mount, tmp_path):
+def run_model(root, tmp_path, max_examples, step_count):
     runs = iter(range(10_000))
 
     def factory():
         n = next(runs)
-        mnt = small_chunk_mount.path / f"run{n}"
+        mnt = root / f"run{n}"
         local = tmp_path / "local" / f"run{n}"
         os.makedirs(mnt)
         os.makedirs(local)
         return PosixMachine(mnt, local)
 
     run_state_machine_as_test(factory, settings=settings(
-        derandomize=True, max_examples=80, stateful_step_count=30, deadline=None,
-        suppress_health_check=list(HealthCheck)))
+        derandomize=True, max_examples=max_examples, stateful_step_count=step_count,
+        deadline=None, suppress_health_check=list(HealthCheck)))
+
+
+def test_posix_model(small_chunk_mount, tmp_path):
+    run_model(small_chunk_mount.path, tmp_path, 80, 30)
+
+
+def test_posix_model_cluster(cluster_mount, tmp_path):
+    """The same model on a mount of a real 3-node cluster (4 MiB chunks, every
+    metadata change a Raft commit): fewer examples to fit the time budget."""
+    run_model(cluster_mount.path, tmp_path, CLUSTER_EXAMPLES, 20)
+
