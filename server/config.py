@@ -70,6 +70,11 @@ class NodeConfig:
                                  "a suspect is declared dead after 100")
     heartbeat_ms: int = _setting(100, 1, 60_000)
     election_timeout_ms: int = _setting(1000, 2, 600_000)
+    metadata_reads: str = _setting(
+        "lease", choices=("lease", "read_index"),
+        doc="how the Raft leader confirms a linearizable read: 'lease' answers at once "
+            "while a heartbeat quorum is fresh (assumes clocks that tick at nearly the same "
+            "rate; a stalled leader stops using it), 'read_index' asks a quorum every time")
     rpc_deadline_ms: int = _setting(5000, 1, 600_000)
     frame_bytes_max: int = _setting(8 * MIB, 64 * 1024, 256 * MIB)
     calls_in_flight_max: int = _setting(64, 1, 65536, doc="per connection")

@@ -64,8 +64,13 @@ def raft_voters(cfg: NodeConfig) -> list[str]:
 def open_metadata(cfg: NodeConfig, pool, resolve=None) -> MetadataGroup:
     """This node's metadata replica: an initial voter bootstraps the group,
     any other node joins it as a learner (promoted later by the leader)."""
+    # A lease keeps 30% of the election timeout in hand: rate drift between
+    # the nodes' monotonic clocks is parts per million, so the margin is
+    # really for scheduling jitter, and a stall beyond it expires the lease.
     raft_cfg = RaftConfig(election_timeout_ticks=cfg.election_timeout_ticks,
-                          heartbeat_interval_ticks=cfg.heartbeat_ticks)
+                          heartbeat_interval_ticks=cfg.heartbeat_ticks,
+                          lease_reads=cfg.metadata_reads == "lease",
+                          lease_margin_ticks=max(1, cfg.election_timeout_ticks * 3 // 10))
     return MetadataGroup(cfg.node_name, raft_voters(cfg), os.path.join(cfg.data_dir, "meta"), pool,
                          tick_s=cfg.tick_ms / 1000, cfg=raft_cfg,
                          init=InitParams(now_ns=0, chunk_bytes=cfg.chunk_bytes_max),

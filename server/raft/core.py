@@ -163,6 +163,7 @@ class RaftNode(ElectionMixin, ReplicationMixin):
         self.rounds: dict = {}
         self.read_seq = 0
         self.lease_until = 0
+        self.lease_rounds_from = -1  # rounds sent at or before it cannot extend the lease
         self.lease_revoked = False
         self.transferee: NodeId | None = None
         self.prev_soft = SoftState(None, Role.FOLLOWER)

@@ -57,6 +57,7 @@ class RaftService:
         self._reports: collections.deque = collections.deque(maxlen=inbox_messages_max)
         self._inbox_max = inbox_messages_max
         self._ticks = 0
+        self._next_tick_due = float("inf")  # set by the ticker
         self._wake = trio.Event()
         self._waiters: dict[int, _Waiter] = {}
         self._reads: list[tuple[int, trio.Event]] = []  # (read index, event)
@@ -104,15 +105,48 @@ class RaftService:
 
     async def read_index(self, *, timeout_s: float) -> int:
         """Linearizable read barrier: returns once this node has applied
-        everything committed when the call began (ReadIndex)."""
-        self._read_ctx += 1
-        ctx = self._read_ctx.to_bytes(8, "big")
-        event = self._pending_reads[ctx] = trio.Event()
-        self.core.read_index(ctx)  # raises NotLeader when no leader is known
-        self._wake.set()
-        with trio.fail_after(timeout_s):
-            await event.wait()
+        everything committed when the call began (ReadIndex; with a valid
+        leader lease, the commit index at once, with no round and no trip
+        through the driver)."""
+        self._check_stall()
+        index = self.core.lease_read_index()
+        if index is not None:
+            if self.applied >= index:
+                return self.applied
+            event = trio.Event()
+            self._reads.append((index, event))
+        else:
+            self._read_ctx += 1
+            ctx = self._read_ctx.to_bytes(8, "big")
+            event = self._pending_reads[ctx] = trio.Event()
+            try:
+                self.core.read_index(ctx)  # raises NotLeader when no leader is known
+            except BaseException:
+                del self._pending_reads[ctx]
+                raise
+            self._wake.set()
+        try:
+            with trio.fail_after(timeout_s):
+                await event.wait()
+        finally:
+            if not event.is_set():
+                # Lost leadership drops a read silently; do not keep it.
+                self._pending_reads = {c: e for c, e in self._pending_reads.items() if e is not event}
+                self._reads = [(i, e) for i, e in self._reads if e is not event]
         return self.applied
+
+    def _check_stall(self) -> None:
+        """A lease counts ticks; if this process stalled, ticks lag real
+        time and the lease would outlive what the followers granted. Expire
+        it once the lag reaches the margin the lease keeps, less the one
+        tick a follower's first timeout tick may come early."""
+        # The core's clock stands at the last tick fed to it. Ticks counted
+        # but not yet fed (the driver is busy persisting) lag as much as
+        # ticks not counted at all.
+        last_counted = self._next_tick_due - self.tick_s
+        lag_s = trio.current_time() - last_counted + self._ticks * self.tick_s
+        if lag_s >= (self.core.cfg.lease_margin_ticks - 1) * self.tick_s:
+            self.core.expire_lease()
 
     @property
     def leader_id(self):
@@ -127,14 +161,19 @@ class RaftService:
             await self._drive()
 
     async def _ticker(self) -> None:
-        next_tick = trio.current_time()
+        # _next_tick_due is when the first tick not yet counted falls due:
+        # how far now is past it is how far the core's clock lags.
+        self._next_tick_due = trio.current_time() + self.tick_s
         while True:
-            next_tick += self.tick_s
-            await trio.sleep_until(next_tick)
+            await trio.sleep_until(self._next_tick_due)
             self._ticks += 1
             self._wake.set()
-            if trio.current_time() - next_tick > 10 * self.tick_s:
-                next_tick = trio.current_time()  # do not burst after a stall
+            self._next_tick_due += self.tick_s
+            if trio.current_time() - self._next_tick_due > 10 * self.tick_s:
+                # Do not burst ticks after a stall (a burst of elections helps
+                # nobody); the ticks skipped are time the lease cannot count.
+                self.core.expire_lease()
+                self._next_tick_due = trio.current_time() + self.tick_s
 
     async def _drive(self) -> None:
         core = self.core

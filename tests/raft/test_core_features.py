@@ -271,3 +271,37 @@ def test_lost_snapshot_is_resent_even_without_a_report():
     net.drop = lambda m: isinstance(m, InstallSnapshot) and not lost and not lost.append(m)
     net.tick(CFG.heartbeat_interval_ticks * (CFG.snapshot_retry_heartbeats + 5))
     assert lost and net.nodes[3].log.snap_index == leader.log.snap_index
+
+
+def _lease_net():
+    cfg = RaftConfig(election_timeout_ticks=10, heartbeat_interval_ticks=2, lease_reads=True)
+    net = Net(cfg=cfg)
+    leader = net.elect(1)
+    net.tick(2)  # one acked heartbeat round grants the lease
+    return net, leader
+
+
+def test_lease_read_index_is_the_commit_index_while_the_lease_holds():
+    net, leader = _lease_net()
+    assert leader.lease_read_index() == leader.log.committed
+    assert net.nodes[2].lease_read_index() is None  # followers never answer
+    net.down = {2, 3}
+    net.tick(9, nodes=[1])
+    assert leader.lease_read_index() is None  # no quorum acked lately
+
+
+def test_an_expired_lease_is_renewed_only_by_a_round_sent_after_the_stall():
+    net, leader = _lease_net()
+    # A heartbeat round leaves before the stall; its acks arrive after it.
+    leader.tick()
+    leader.tick()  # the round goes out on the heartbeat tick
+    sent_before = net.drain(1)
+    assert sent_before, "the leader sent a heartbeat round"
+    leader.expire_lease()
+    assert leader.lease_read_index() is None
+    for m in sent_before:
+        net.nodes[m.to].step(m)
+    net.pump()  # acks of the old round: still no lease
+    assert leader.lease_read_index() is None
+    net.tick(2)  # a fresh round, acked
+    assert leader.lease_read_index() == leader.log.committed
