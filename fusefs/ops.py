@@ -35,10 +35,19 @@ from .filedata import CACHE_BYTES_DEFAULT, ChunkCache, ChunkReader
 from .fileops import FileOpsMixin
 from .kernel import (DOT, DOTDOT, DirHandle, InodeTable, Invalidator, Timeouts,
                      dot_attrs, entry_attributes)
+from .xattrcache import ABSENT, UNKNOWN, XattrCache
 
 log = logging.getLogger("chordfs.fuse")
 
 STATFS_BLOCK_BYTES = 4096
+
+
+def _unsupported_xattr(name: bytes) -> bool:
+    """POSIX ACLs would be stored but never enforced (the kernel checks
+    modes only, without FUSE_CAP_POSIX_ACL), and SELinux labels of a FUSE
+    mount come from the policy, not from the file: refuse both, don't
+    pretend. EOPNOTSUPP also tells ls(1) to stop asking for every file."""
+    return name.startswith(b"system.") or name == b"security.selinux"
 
 
 class ChordOps(FileOpsMixin, pyfuse3.Operations):
@@ -53,6 +62,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         self.cache = ChunkCache(cache_bytes)
         self.reader = ChunkReader(backend, self.cache)
         self.invalidator = Invalidator()
+        self.xattrs = XattrCache(timeouts.attr_s)
         self.dirs: dict[int, DirHandle] = {}
         self.nursery: trio.Nursery | None = None
         self.initialized = trio.Event()
@@ -251,25 +261,45 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
 
     @fuse_op
     async def getxattr(self, inode, name, ctx):
-        return check(await self.backend.getxattr(inode, name)).value
+        if _unsupported_xattr(name):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        cached = self.xattrs.get(inode, name)
+        if cached is ABSENT:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        if cached is not UNKNOWN:
+            return cached
+        epoch = self.xattrs.epoch
+        reply = await self.backend.getxattr(inode, name)
+        if reply.err in (0, errno.ENODATA):
+            self.xattrs.put(inode, name, reply.value if reply.err == 0 else None, epoch)
+        return check(reply).value
 
     @fuse_op
     async def setxattr(self, inode, name, value, ctx):
-        if name.startswith(b"system."):
-            # POSIX ACLs would be stored but never enforced (the kernel checks
-            # modes only, without FUSE_CAP_POSIX_ACL): refuse, don't pretend.
+        if _unsupported_xattr(name):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         # pyfuse3 checks XATTR_CREATE/XATTR_REPLACE itself (with getxattr)
         # and does not pass the flags on.
-        check(await self.backend.submit(SetXattr(inode, name, value, 0, time.time_ns())))
+        self.xattrs.drop(inode)
+        try:
+            check(await self.backend.submit(SetXattr(inode, name, value, 0, time.time_ns())))
+        finally:  # also what a getxattr running meanwhile may have cached
+            self.xattrs.drop(inode)
 
     @fuse_op
     async def listxattr(self, inode, ctx):
-        return check(await self.backend.listxattr(inode)).names
+        epoch = self.xattrs.epoch
+        names = check(await self.backend.listxattr(inode)).names
+        self.xattrs.put_names(inode, names, epoch)
+        return names
 
     @fuse_op
     async def removexattr(self, inode, name, ctx):
-        check(await self.backend.submit(RemoveXattr(inode, name, time.time_ns())))
+        self.xattrs.drop(inode)
+        try:
+            check(await self.backend.submit(RemoveXattr(inode, name, time.time_ns())))
+        finally:
+            self.xattrs.drop(inode)
 
     # ------------------------------------------------------------ shutdown
 

@@ -7,6 +7,7 @@ the node is down)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import threading
@@ -80,6 +81,39 @@ def test_close_to_open_sees_a_new_size(real_cluster, tmp_path):
     finally:
         stop_mount(a)
         stop_mount(b)
+
+
+def test_xattr_changes_reach_the_other_mount_within_attr_timeout(real_cluster, tmp_path):
+    """B caches xattr answers (the kernel asks for security.capability on
+    every write) but no longer than attributes: 1 s by default."""
+    a, b, seen = two_mounts(real_cluster, tmp_path)
+    try:
+        (a.path / "f").write_bytes(b"x")
+        assert os.listxattr(seen / "f") == []
+        with pytest.raises(OSError) as info:
+            os.getxattr(seen / "f", "user.k")
+        assert info.value.errno == errno.ENODATA
+        os.setxattr(a.path / "f", "user.k", b"v1")
+        changed = time.monotonic()
+        while True:
+            try:
+                if os.getxattr(seen / "f", "user.k") == b"v1":
+                    break
+            except OSError as exc:
+                assert exc.errno == errno.ENODATA
+            assert time.monotonic() - changed < 1.5, "B still misses A's xattr"
+            time.sleep(0.05)
+        os.setxattr(seen / "f", "user.k", b"v2")  # B's own change: seen at once
+        assert os.getxattr(seen / "f", "user.k") == b"v2"
+        for name in ("system.posix_acl_access", "security.selinux"):
+            with pytest.raises(OSError) as info:
+                os.getxattr(seen / "f", name)
+            assert info.value.errno == errno.EOPNOTSUPP
+    finally:
+        stop_mount(a)
+        stop_mount(b)
+    check_log(a)
+    check_log(b)
 
 
 def test_fsynced_data_survives_kill_9_of_the_mount(real_cluster, tmp_path):
