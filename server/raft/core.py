@@ -324,6 +324,19 @@ class RaftNode(ElectionMixin, ReplicationMixin):
             self.log.applied_to(rd.committed_entries[-1].index)
         self.log.check()
 
+    def may_send_before_persist(self, rd: Ready) -> bool:
+        """Whether the driver may send ``rd.messages`` while it is still
+        persisting ``rd`` (thesis §10.2.1): a leader's appends and
+        heartbeats do not depend on its own copy being durable, because it
+        counts itself toward a commit only in advance(), after the write.
+        Not when the Ready changes term or vote (a vote must be durable
+        before anyone hears of it) or installs a snapshot, and never for a
+        follower or candidate, whose answers promise what they persist."""
+        if self.role != Role.LEADER or rd.snapshot is not None:
+            return False
+        hs, prev = rd.hard_state, self.prev_hard_state
+        return hs is None or (hs.term, hs.vote) == (prev.term, prev.vote)
+
     def _self_persisted(self) -> None:
         pr = self.tracker.progress.get(self.id)
         if pr is not None and pr.maybe_update(self.log.stable_index):

@@ -93,13 +93,19 @@ class SimNode:
         c = self.cluster
         while self.alive and self.core.has_ready():
             rd = self.core.ready()
+            # Like RaftService: a leader sends before its own write.
+            early = self.core.may_send_before_persist(rd)
+            if early:
+                for m in rd.messages:
+                    c.send(m)
             if c.maybe_crash_mid_ready(self, "before persist"):
                 return
             self.disk.save(rd.hard_state, list(rd.entries), rd.snapshot)
             if c.maybe_crash_mid_ready(self, "before send"):
                 return
-            for m in rd.messages:
-                c.send(m)
+            if not early:
+                for m in rd.messages:
+                    c.send(m)
             c.interleave(self)  # the contract allows steps before advance()
             if c.maybe_crash_mid_ready(self, "before apply"):
                 return

@@ -305,3 +305,41 @@ def test_an_expired_lease_is_renewed_only_by_a_round_sent_after_the_stall():
     assert leader.lease_read_index() is None
     net.tick(2)  # a fresh round, acked
     assert leader.lease_read_index() == leader.log.committed
+
+
+def test_only_a_leader_keeping_its_term_and_vote_sends_before_its_write():
+    net = Net()
+    node = net.nodes[1]
+    node.campaign()
+    while node.role != Role.LEADER:
+        rd = node.ready()  # pre-vote, then the vote for itself: durable first
+        assert rd.messages and not node.may_send_before_persist(rd)
+        node.advance(rd)
+        for m in rd.messages:
+            net.nodes[m.to].step(m)
+        for peer in (2, 3):
+            for m in net.drain(peer):
+                node.step(m)
+    leader = node
+    rd = leader.ready()  # leader of the term it voted in: its first append
+    assert rd.messages and leader.may_send_before_persist(rd)
+    leader.advance(rd)
+    for m in rd.messages:
+        net.nodes[m.to].step(m)
+    net.pump()
+    leader.propose(b"x")
+    rd = leader.ready()
+    assert rd.entries and rd.messages and leader.may_send_before_persist(rd)
+    for m in rd.messages:
+        net.nodes[m.to].step(m)
+    follower = net.nodes[2]
+    frd = follower.ready()
+    assert frd.messages and not follower.may_send_before_persist(frd)
+    follower.advance(frd)
+    for m in frd.messages:
+        leader.step(m)
+    # One follower's ack is a quorum of 3 only with the leader's own copy,
+    # which counts once advance() says it is written.
+    assert leader.log.committed < rd.entries[-1].index
+    leader.advance(rd)
+    assert leader.log.committed == rd.entries[-1].index
