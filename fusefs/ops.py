@@ -83,6 +83,12 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
                                     mtime_ns=data.mtime_ns)
         return entry_attributes(attr, self.timeouts)
 
+    def _born(self, attr: Attr, epoch: int) -> None:
+        """A node we just created has no extended attributes: the kernel's
+        question for security.capability before each write to it needs no
+        round trip."""
+        self.xattrs.put_names(attr.ino, (), epoch)
+
     def _new_entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         """Reply for a request that hands the kernel a lookup reference."""
         self.inodes.remember(attr.ino)
@@ -150,20 +156,26 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
 
     @fuse_op
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        epoch = self.xattrs.epoch
         reply = check(await self.backend.submit(Mknod(
             parent_inode, name, mode, rdev, ctx.uid, ctx.gid, time.time_ns())))
+        self._born(reply.attr, epoch)
         return self._new_entry(reply.attr)
 
     @fuse_op
     async def mkdir(self, parent_inode, name, mode, ctx):
+        epoch = self.xattrs.epoch
         reply = check(await self.backend.submit(Mkdir(
             parent_inode, name, mode, ctx.uid, ctx.gid, time.time_ns())))
+        self._born(reply.attr, epoch)
         return self._new_entry(reply.attr)
 
     @fuse_op
     async def symlink(self, parent_inode, name, target, ctx):
+        epoch = self.xattrs.epoch
         reply = check(await self.backend.submit(Symlink(
             parent_inode, name, target, ctx.uid, ctx.gid, time.time_ns())))
+        self._born(reply.attr, epoch)
         return self._new_entry(reply.attr)
 
     @fuse_op
