@@ -25,8 +25,10 @@ PAGE_IDS = 1024
 
 async def drop_handed_over(store, name: str, view, pool, replicas: int, *, timeout_s: float,
                            after_id: bytes | None = None, ids_max: int = 16384):
-    """One bounded walk; returns (examined, dropped, resume_after_id or None
-    when the walk reached the end)."""
+    """One bounded walk; returns (examined, dropped, kept, resume_after_id or
+    None when the walk reached the end). ``kept``: copies we no longer
+    replicate that stay because a replica did not confirm yet (a new holder
+    still pulling, or one that did not answer): worth another walk soon."""
     examined = dropped = 0
     foreign: dict[bytes, tuple[str, ...]] = {}
     cursor = after_id
@@ -41,14 +43,16 @@ async def drop_handed_over(store, name: str, view, pool, replicas: int, *, timeo
                 foreign[chunk_id] = holders
         examined += len(page)
         cursor = page[-1]
+    kept = 0
     if foreign:
         confirmed = await _confirmed(foreign, pool, timeout_s)
+        kept = len(foreign) - len(confirmed)
         for chunk_id in confirmed:
             if await store.delete(chunk_id):
                 dropped += 1
         log.info(kv("handoff.pass", node=name, examined=examined, foreign=len(foreign),
-                    dropped=dropped))
-    return examined, dropped, cursor
+                    dropped=dropped, kept=kept))
+    return examined, dropped, kept, cursor
 
 
 async def _confirmed(foreign: dict[bytes, tuple[str, ...]], pool, timeout_s: float) -> list[bytes]:

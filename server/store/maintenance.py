@@ -12,6 +12,9 @@ and tries again later, so no maintenance error ever stops the node:
   the view stays the same (the plan is a pure function of the view). Events
   during a pass do not cancel it: they schedule the next one, so a flapping
   member cannot starve repair. Copies are throttled to repair_bytes_per_s.
+  After a complete pass, copies this node no longer replicates are dropped
+  once every replica confirms (``handoff``); while some stay unconfirmed the
+  next pass comes after ``repair_retry_s``, doubling up to the interval.
 * scrub: ``scrub_forever`` with ``on_corrupt`` restoring the chunk from the
   other replicas of the current view. The first pass waits
   ``min(scrub_interval_s, scrub_first_delay_s)``: a node restarting more
@@ -137,6 +140,7 @@ class Maintenance:
         self.gc_last: GcReport | None = None
         self.handed_off = 0
         self._handoff_after: bytes | None = None  # where the walk resumes
+        self._handoff_retry_s = limits.repair_retry_s  # grows while copies stay unconfirmed
 
     def status(self) -> dict:
         last = self.repair_last
@@ -229,18 +233,31 @@ class Maintenance:
         incomplete = report.chunks_skipped or report.truncated or report.peers_unreachable
         if incomplete:
             return self.limits.repair_retry_s
-        await self._hand_off(view)
-        return self.limits.repair_retry_s if self._handoff_after else self.limits.repair_interval_s
+        kept = await self._hand_off(view)
+        if self._handoff_after:
+            return self.limits.repair_retry_s
+        if kept:
+            # A new holder confirms once its own pass has pulled the chunk,
+            # typically seconds after ours: ask again soon, then less often
+            # (a holder that never confirms must not cost a pass every few s).
+            retry_s, self._handoff_retry_s = self._handoff_retry_s, min(
+                2 * self._handoff_retry_s, self.limits.repair_interval_s)
+            return retry_s
+        self._handoff_retry_s = self.limits.repair_retry_s
+        return self.limits.repair_interval_s
 
-    async def _hand_off(self, view) -> None:
-        """After a complete pass, drop copies whose replicas all confirm."""
+    async def _hand_off(self, view) -> int:
+        """After a complete pass, drop copies whose replicas all confirm;
+        returns how many such copies stayed unconfirmed."""
         try:
-            _, dropped, self._handoff_after = await drop_handed_over(
+            _, dropped, kept, self._handoff_after = await drop_handed_over(
                 self.store, self.name, view, self.pool, self.cfg.replication_factor,
                 timeout_s=self.timeout_s, after_id=self._handoff_after)
             self.handed_off += dropped
+            return kept
         except Exception as e:  # noqa: BLE001 - logged; the next pass retries
             log.error(kv("handoff.failed", node=self.name, error=f"{type(e).__name__}: {e}"))
+            return 1
 
     def _on_progress(self, report: RepairReport) -> None:
         self.repair_running = report
