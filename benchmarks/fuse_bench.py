@@ -186,9 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--cluster", action="store_true",
                         help="also measure a mount of a real local 3-node cluster")
+    parser.add_argument("--ls-files", type=int, default=None,
+                        help="files in the ls -l directory (default: 10,000, or 2,000 on a "
+                             "mount creating fewer than 300 files/s)")
     args = parser.parse_args(argv)
+    if args.ls_files is not None and args.ls_files < 1:
+        parser.error("--ls-files must be at least 1")
     base = pathlib.Path(tempfile.mkdtemp(prefix="fusebench-", dir=args.dir))
-    results, size, ls_files = {}, None, None
+    results, size, ls_files = {}, None, args.ls_files
     try:
         if args.cluster:
             sys.path.insert(0, str(ROOT))
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             cluster = start_cluster(base / "cluster")
             try:
                 results["cluster"], size, ls_files = measure_mount(
-                    cluster.spec, base / "cmnt", None, args.size_mib, None)
+                    cluster.spec, base / "cmnt", None, args.size_mib, ls_files)
             finally:
                 cluster.stop()
         results["chordfs"], size, ls_files = measure_mount(
