@@ -70,11 +70,13 @@ def open_metadata(cfg: NodeConfig, pool, resolve=None) -> MetadataGroup:
     raft_cfg = RaftConfig(election_timeout_ticks=cfg.election_timeout_ticks,
                           heartbeat_interval_ticks=cfg.heartbeat_ticks,
                           lease_reads=cfg.metadata_reads == "lease",
-                          lease_margin_ticks=max(1, cfg.election_timeout_ticks * 3 // 10))
+                          lease_margin_ticks=max(1, cfg.election_timeout_ticks * 3 // 10),
+                          append_bytes_max=min(1 << 20, cfg.frame_bytes_max // 4))
     return MetadataGroup(cfg.node_name, raft_voters(cfg), os.path.join(cfg.data_dir, "meta"), pool,
                          tick_s=cfg.tick_ms / 1000, cfg=raft_cfg,
                          init=InitParams(now_ns=0, chunk_bytes=cfg.chunk_bytes_max),
-                         voters_max=cfg.voters_max, resolve=resolve)
+                         voters_max=cfg.voters_max, resolve=resolve,
+                         frame_bytes_max=cfg.frame_bytes_max)
 
 
 def rpc_limits(cfg: NodeConfig) -> rpc.Limits:

@@ -20,6 +20,11 @@ struct Snapshot {
   term @1 :UInt64;
   membership @2 :Membership;
   data @3 :Data;
+  # A snapshot larger than one frame travels as parts, one per step call, in
+  # order on one connection: `data` holds bytes [offset, offset+len) of a
+  # snapshot of `total` bytes.  total = 0: `data` is the whole snapshot.
+  total @4 :UInt64;
+  offset @5 :UInt64;
 }
 
 struct RaftMessage {

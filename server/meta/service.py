@@ -102,7 +102,7 @@ class MetadataGroup:
 
     def __init__(self, node_name: str, voters: list[str], data_dir: str, pool, *,
                  tick_s: float, cfg: RaftConfig, init: InitParams, voters_max: int = 5,
-                 resolve=None):
+                 resolve=None, frame_bytes_max: int = 16 << 20):
         self.name, self.seeds, self.pool, self.voters_max = node_name, list(voters), pool, voters_max
         ids = {ring_node_id(name): name for name in voters}
         self.joining = ring_node_id(node_name) not in ids
@@ -113,7 +113,8 @@ class MetadataGroup:
         sm = MetaStateMachine(self.store, os.path.join(data_dir, "scratch"))
         self.group: RaftGroup = open_group(ring_node_id(node_name), ids, os.path.join(data_dir, "raft"),
                                            sm, pool, cfg=cfg, tick_s=tick_s,
-                                           bootstrap=not self.joining, resolve=resolve)
+                                           bootstrap=not self.joining, resolve=resolve,
+                                           frame_bytes_max=frame_bytes_max)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:

@@ -10,6 +10,7 @@ from .config import RaftConfig
 from .core import RaftNode
 from .messages import HardState, Membership
 from .service import RaftService
+from .snapparts import PART_BYTES
 from .storage import LogStorage
 from .transport import RaftTransport
 
@@ -34,11 +35,13 @@ class RaftGroup:
 def open_group(node_id: int, addrs: dict[int, str], data_dir: str, state_machine, pool, *,
                cfg: RaftConfig = RaftConfig(), tick_s: float = 0.1, seed: int | None = None,
                snapshot_entries: int = 10_000, bootstrap: bool = True,
-               resolve=None) -> RaftGroup:
+               resolve=None, frame_bytes_max: int = 16 << 20) -> RaftGroup:
     """``addrs`` maps every initial voter's id (this node's included) to its
     RPC address; on a brand-new directory they become the first voters,
     unless ``bootstrap`` is False: a joining node starts with no membership
-    and learns it from the leader once it has been added as a learner."""
+    and learns it from the leader once it has been added as a learner.
+    ``frame_bytes_max``: the peers' RPC frame limit, which step batches and
+    snapshot parts stay well below."""
     storage = LogStorage(data_dir)
     snapshot, entries, hard_state = storage.snapshot, storage.entries(), storage.hard_state
     if snapshot is not None and state_machine.applied_index() < snapshot.meta.index:
@@ -54,7 +57,9 @@ def open_group(node_id: int, addrs: dict[int, str], data_dir: str, state_machine
                     hard_state=hard_state, snapshot=snapshot, entries=entries,
                     applied=min(applied, last) if applied > last else applied,
                     bootstrap=Membership(frozenset(addrs)) if fresh and bootstrap else None)
-    transport = RaftTransport(pool, addrs, self_id=node_id, resolve=resolve)
+    transport = RaftTransport(pool, addrs, self_id=node_id, resolve=resolve,
+                              batch_bytes_max=frame_bytes_max // 2,
+                              part_bytes=min(PART_BYTES, frame_bytes_max // 4))
     service = RaftService(core, storage, state_machine, transport, tick_s=tick_s,
                           snapshot_entries=snapshot_entries)
     transport.on_report(service.report)

@@ -11,7 +11,8 @@ from ..ring.ringmath import node_id as ring_node_id
 from .config import ChangeOp, ConfChange
 from .messages import NotLeader, ProposalDropped, ProtocolError, Role
 from .service import ProposalFailed
-from .wire import message_from, raft_capnp
+from .snapparts import Joiner
+from .wire import SnapshotPart, message_from, raft_capnp
 
 PROPOSE_TIMEOUT_S = 10.0
 
@@ -34,11 +35,23 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
 
     @rpc.inline
     async def step(self, params, results):
+        service = self._raft()
+        messages = []
         try:
-            messages = [message_from(m) for m in params.messages]
+            for r in params.messages:
+                m = message_from(r)
+                if type(m) is SnapshotPart:
+                    # One joiner per connection: a sender's parts come in
+                    # order on its connection (server objects are per connection).
+                    if getattr(self, "_raft_joiner", None) is None:
+                        self._raft_joiner = Joiner()
+                    m = self._raft_joiner.add(m)
+                    if m is None:
+                        continue
+                messages.append(m)
         except ProtocolError as e:
             raise rpc.Failed(f"bad Raft message: {e}") from None
-        results.accepted = self._raft().deliver(messages)
+        results.accepted = service.deliver(messages)
 
     async def propose(self, params, results):
         command = params.command

@@ -7,7 +7,9 @@ limit, and delivers it in one call with a deadline; while that call is in
 flight, new messages accumulate into the next batch, which is what makes
 AppendEntries pipelining cheap.  A failed call drops its batch and waits a
 short backoff before the next, so a dead peer costs one timeout per backoff
-period rather than one per message."""
+period rather than one per message.  A batch is also bounded in bytes, so it
+fits the peer's frame limit; a snapshot larger than a part goes as parts
+(``snapparts``), one call each."""
 
 import collections
 import logging
@@ -18,7 +20,18 @@ import rpc
 from rpc.logfmt import kv
 
 from . import wire
-from .messages import InstallSnapshot
+from .messages import AppendEntries, InstallSnapshot
+from .snapparts import PART_BYTES, cut
+
+
+def _wire_bytes(m) -> int:
+    """A generous estimate of a message's size on the wire."""
+    kind = type(m)
+    if kind is AppendEntries:
+        return 96 + sum(32 + len(e.data) for e in m.entries)
+    if kind is InstallSnapshot:
+        return 96 + len(m.snapshot.data)
+    return 96
 
 log = logging.getLogger("chordfs.raft")
 
@@ -35,6 +48,7 @@ class _Peer:
 class RaftTransport:
     def __init__(self, pool, addrs: dict[int, str], *, self_id: int, on_report=None, resolve=None,
                  queue_messages_max: int = 4096, batch_messages_max: int = 256,
+                 batch_bytes_max: int = 4 << 20, part_bytes: int = PART_BYTES,
                  call_timeout_s: float = 2.0, backoff_s: float = 0.05):
         self._pool = pool
         self._addrs = dict(addrs)
@@ -42,6 +56,8 @@ class RaftTransport:
         self._peers: dict[int, _Peer] = {}
         self._queue_max = queue_messages_max
         self._batch_max = batch_messages_max
+        self._batch_bytes_max = batch_bytes_max
+        self._part_bytes = part_bytes
         self._timeout_s = call_timeout_s
         self._backoff_s = backoff_s
         self._nursery = None
@@ -89,7 +105,13 @@ class RaftTransport:
             await peer.wake.wait()
             peer.wake = trio.Event()
             while peer.queue:
-                batch = [peer.queue.popleft() for _ in range(min(len(peer.queue), self._batch_max))]
+                batch = [peer.queue.popleft()]
+                size = _wire_bytes(batch[0])
+                while peer.queue and len(batch) < self._batch_max:
+                    size += _wire_bytes(peer.queue[0])
+                    if size > self._batch_bytes_max:
+                        break
+                    batch.append(peer.queue.popleft())
                 if not await self._deliver(node_id, peer, batch):
                     await trio.sleep(self._backoff_s * min(8, 1 + peer.failures))
 
@@ -97,7 +119,17 @@ class RaftTransport:
         has_snapshot = any(type(m) is InstallSnapshot for m in batch)
         try:
             cap = await self._pool.bootstrap(peer.addr, wire.raft_capnp.Raft, timeout_s=self._timeout_s)
-            await cap.call("step", fill=lambda p: wire.fill_batch(p, batch), timeout_s=self._timeout_s)
+            pending = []
+            for m in batch:
+                if type(m) is InstallSnapshot and len(m.snapshot.data) > self._part_bytes:
+                    if pending:
+                        await self._step(cap, pending)
+                        pending = []
+                    await self._send_parts(cap, node_id, m)
+                else:
+                    pending.append(m)
+            if pending:
+                await self._step(cap, pending)
         except rpc.RpcError as e:
             self._on_report("unreachable", node_id, False)
             if has_snapshot:
@@ -111,3 +143,15 @@ class RaftTransport:
             self._on_report("snapshot", node_id, True)
         peer.failures = 0
         return True
+
+    async def _step(self, cap, messages) -> None:
+        await cap.call("step", fill=lambda p: wire.fill_batch(p, messages), timeout_s=self._timeout_s)
+
+    async def _send_parts(self, cap, node_id: int, m: InstallSnapshot) -> None:
+        started = trio.current_time()
+        parts = cut(m, self._part_bytes)
+        for part in parts:
+            await self._step(cap, [part])
+        log.info(kv("raft.snapshot_sent", node=self._self_id, term=m.term, to=node_id,
+                    index=m.snapshot.meta.index, bytes=len(m.snapshot.data), parts=len(parts),
+                    took_s=round(trio.current_time() - started, 3)))

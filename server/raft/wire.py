@@ -5,6 +5,8 @@ place that knows the wire structs.  Decoding checks what the struct types
 cannot: an unknown entry kind or message kind is a ProtocolError, so a bad
 peer cannot hand the core a value it never expects."""
 
+import dataclasses
+
 from rpc import schema
 
 from .messages import (AppendEntries, AppendResponse, Entry, EntryKind, Heartbeat,
@@ -12,6 +14,17 @@ from .messages import (AppendEntries, AppendResponse, Entry, EntryKind, Heartbea
                        SnapshotMeta, TimeoutNow, VoteRequest, VoteResponse)
 
 raft_capnp = schema.load("raft")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SnapshotPart:
+    """Wire-level piece of an InstallSnapshot too large for one frame:
+    ``message.snapshot.data`` holds bytes [offset, offset + len) of
+    ``total``.  The transport cuts them, the receiving server joins them
+    (``snapparts``); the core only ever sees whole snapshots."""
+    message: InstallSnapshot
+    offset: int
+    total: int
 
 
 def _fill_entry(b, e: Entry) -> None:
@@ -52,6 +65,11 @@ def snapshot_from(r) -> Snapshot:
 
 
 def fill_message(b, m) -> None:
+    if type(m) is SnapshotPart:
+        fill_message(b, m.message)
+        g = b.installSnapshot
+        g.total, g.offset = m.total, m.offset
+        return
     setattr(b, "from", m.frm)  # `from` is a Python keyword
     b.to, b.term = m.to, m.term
     kind = type(m)
@@ -108,7 +126,13 @@ def message_from(r):
     if which == "heartbeatResponse":
         return HeartbeatResponse(frm, to, term, r.heartbeatResponse.responseReadSeq)
     if which == "installSnapshot":
-        return InstallSnapshot(frm, to, term, snapshot_from(r.installSnapshot))
+        g = r.installSnapshot
+        message = InstallSnapshot(frm, to, term, snapshot_from(g))
+        if g.total == 0:
+            return message
+        if g.offset + len(g.data) > g.total:
+            raise ProtocolError(f"snapshot part [{g.offset}, +{len(g.data)}) past its total {g.total}")
+        return SnapshotPart(message, g.offset, g.total)
     if which == "timeoutNow":
         return TimeoutNow(frm, to, term)
     raise ProtocolError(f"unknown Raft message kind {which}")

@@ -30,8 +30,10 @@ class NodeServer(DiagServer, RaftServer):
 
 
 class Member:
-    def __init__(self, node_id, addrs, directory, make_sm=None, snapshot_entries=10_000):
+    def __init__(self, node_id, addrs, directory, make_sm=None, snapshot_entries=10_000,
+                 frame_bytes_max=16 << 20):
         self.node_id, self.addrs, self.directory = node_id, addrs, directory
+        self.frame_bytes_max = frame_bytes_max
         self.sm = make_sm(directory) if make_sm else RecordingStateMachine()
         self.snapshot_entries = snapshot_entries
         self.scope = None
@@ -42,7 +44,8 @@ class Member:
                 self.pool = Pool(nursery, connect_timeout_s=0.5, backoff_max_s=0.2)
                 self.group = open_group(self.node_id, self.addrs, self.directory + "/raft",
                                         self.sm, self.pool, cfg=CFG, tick_s=TICK_S,
-                                        snapshot_entries=self.snapshot_entries)
+                                        snapshot_entries=self.snapshot_entries,
+                                        frame_bytes_max=self.frame_bytes_max)
                 await nursery.start(self.group.transport.run)
                 await nursery.start(lambda task_status: rpc.serve_tcp(
                     lambda: NodeServer(self), port, task_status=task_status))
@@ -121,10 +124,13 @@ def _meta_sm(directory):
     return MetaStateMachine(store, os.path.join(directory, "scratch"))
 
 
-async def test_metadata_replicates_and_a_lagging_node_catches_up_by_snapshot(tmp_path):
+async def test_metadata_replicates_and_a_lagging_node_catches_up_by_snapshot(tmp_path, caplog):
     """Raft applying the metadata state machine: every replica ends with a
     byte-identical database, including one that was down while the log was
-    compacted and so must install a snapshot."""
+    compacted and so must install a snapshot -- here sent in parts, as a
+    large namespace's snapshot is (a 64 KiB frame budget, 16 KiB parts)."""
+    import logging
+    caplog.set_level(logging.INFO, logger="chordfs.raft")
     import errno
 
     from server.meta import codec
@@ -133,7 +139,8 @@ async def test_metadata_replicates_and_a_lagging_node_catches_up_by_snapshot(tmp
     ports = free_ports(3)
     ids = [11, 22, 33]
     addrs = {i: f"127.0.0.1:{p}" for i, p in zip(ids, ports)}
-    members = [Member(i, addrs, str(tmp_path / str(i)), _meta_sm, snapshot_entries=20) for i in ids]
+    members = [Member(i, addrs, str(tmp_path / str(i)), _meta_sm, snapshot_entries=20,
+                      frame_bytes_max=64 << 10) for i in ids]
     async with trio.open_nursery() as nursery:
         for m, port in zip(members, ports):
             await nursery.start(m.run, port)
@@ -153,7 +160,8 @@ async def test_metadata_replicates_and_a_lagging_node_catches_up_by_snapshot(tmp
         # The log was compacted (on the leader, or on whoever leads now if an
         # election happened on a loaded machine).
         assert any(m.group.storage.snapshot is not None for m in members if m is not laggard)
-        revived = Member(laggard.node_id, addrs, laggard.directory, _meta_sm, snapshot_entries=20)
+        revived = Member(laggard.node_id, addrs, laggard.directory, _meta_sm, snapshot_entries=20,
+                         frame_bytes_max=64 << 10)
         members[members.index(laggard)] = revived
         await nursery.start(revived.run, ports[ids.index(laggard.node_id)])
         target = max(m.sm.applied_index() for m in members if m is not laggard)
@@ -162,4 +170,6 @@ async def test_metadata_replicates_and_a_lagging_node_catches_up_by_snapshot(tmp
         assert len(set(images.values())) == 1, "replicas differ"
         names = revived.sm.store.readdir(1).entries
         assert len(names) == 60
+        sent = [r.getMessage() for r in caplog.records if "raft.snapshot_sent" in r.getMessage()]
+        assert sent and all("parts=1 " not in s for s in sent), sent
         nursery.cancel_scope.cancel()
