@@ -22,7 +22,8 @@ round trip per chunk and could not tell whether W copies exist anyway.
 Ring view: first the node list given at mount time (every node also stores
 chunks); then, every ``ring_refresh_s``, the alive and suspect members one
 node reports through ``RingPeer.members`` (the leader first, then the others
-in turn). A node that does not serve RingPeer, or no answer at all, keeps
+in turn), plus the mount-time nodes it does not report dead or gone (a node
+whose ring has not converged yet may know only itself). A node that does not serve RingPeer, or no answer at all, keeps
 the view as it was: placement then lags membership, which reads survive
 (they fall through to successors) and repair corrects for writes.
 
@@ -95,6 +96,18 @@ class ClusterConfig:
         if min(self.call_deadline_s, self.attempt_timeout_s, self.connect_timeout_s,
                self.chunk_timeout_s, self.chunk_deadline_s) <= 0:
             raise ValueError("deadlines and timeouts must be positive")
+
+
+def placed_members(reported: Sequence[tuple[str, str]], configured: Sequence[str]) -> list[str]:
+    """The ring view from one node's member list: the members it holds alive
+    or suspect, plus every node we were given at mount time that it does not
+    report dead or gone. A node whose ring has not converged yet (just
+    started) knows few members, maybe only itself; taking its list as it is
+    would put every chunk on that one node."""
+    status = dict(reported)
+    names = {name for name, st in reported if st in PLACED_STATUSES}
+    names.update(n for n in configured if status.get(n, "alive") in PLACED_STATUSES)
+    return sorted(names)
 
 
 def parse_nodes(text: str) -> tuple[str, ...]:
@@ -215,8 +228,8 @@ class ClusterBackend(Backend):
                 with trio.fail_after(timeout_s):
                     cap = await self.pool.bootstrap(addr, ring_capnp.RingPeer, timeout_s=timeout_s)
                     reply = await cap.members(timeout_s=timeout_s)
-                names = sorted({str(u.name) for u in reply.members
-                                if str(u.status) in PLACED_STATUSES})
+                names = placed_members([(str(u.name), str(u.status)) for u in reply.members],
+                                       self.cfg.nodes)
             except (rpc.RpcError, trio.TooSlowError) as exc:
                 log.debug(kv("cluster.ring_members_failed", node=addr, kind=type(exc).__name__))
                 continue

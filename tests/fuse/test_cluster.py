@@ -21,7 +21,7 @@ import trio
 
 import rpc
 from fusefs.backend import ChunkMissing, Unavailable, chunk_id_of
-from fusefs.cluster import ClusterConfig, open_cluster
+from fusefs.cluster import ClusterConfig, open_cluster, placed_members
 from fusefs.clustermeta import MetaClient
 from fusefs.mount import helper_main, mount_main
 from server.meta import codec
@@ -235,6 +235,16 @@ async def test_ring_view_follows_reported_members(tmp_path):
         await backend.put_chunks([(chunk_id_of(data), data)])
         assert gone not in backend.chunks.replicas(chunk_id_of(data))
         assert await backend.get_chunk(chunk_id_of(data)) == data
+
+
+def test_ring_view_keeps_mount_nodes_a_young_member_list_does_not_know():
+    """Right after start, the leader's ring may know only itself: taking its
+    list as it is put every chunk of a file on that one node (seen in e2e)."""
+    mount_nodes = ("a:1", "b:1", "c:1")
+    assert placed_members([("a:1", "alive")], mount_nodes) == ["a:1", "b:1", "c:1"]
+    reported = [("a:1", "alive"), ("b:1", "dead"), ("c:1", "suspect"), ("d:1", "alive"),
+                ("e:1", "left")]
+    assert placed_members(reported, mount_nodes) == ["a:1", "c:1", "d:1"]
 
 
 def test_mount_cli_takes_cluster_addresses(tmp_path, capsys):
