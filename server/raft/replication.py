@@ -215,6 +215,16 @@ class ReplicationMixin:
             return self.log.committed
         return None
 
+    def followers_behind(self, index: int) -> bool:
+        """Driver, before compacting to ``index``: whether a follower this
+        leader is streaming entries to has not acked ``index`` yet.  It would
+        need a whole snapshot after the compaction, only for being a few
+        entries behind; a follower that is down or probing is not counted."""
+        if self.role != Role.LEADER or self.tracker is None:
+            return False
+        return any(pr.state == ProgressState.REPLICATE and pr.match < index
+                   for peer, pr in self.tracker.progress.items() if peer != self.id)
+
     def expire_lease(self) -> None:
         """Driver: real time passed that ticks did not count (the process
         stalled), so the lease, measured in ticks, no longer bounds it: no

@@ -267,7 +267,13 @@ class RaftService:
             waiter.event.set()
 
     async def _maybe_compact(self) -> None:
-        if self.applied - self.core.log.first_index() < self._snapshot_entries:
+        retained = self.applied - self.core.log.first_index()
+        if retained < self._snapshot_entries:
+            return
+        if retained < 4 * self._snapshot_entries and self.core.followers_behind(self.applied):
+            # Under load a follower is always a few entries behind; wait for
+            # a moment it has caught up rather than send it the whole
+            # database. A follower that never catches up stops this at 4x.
             return
         index = self.applied
         data = await trio.to_thread.run_sync(self.sm.snapshot)

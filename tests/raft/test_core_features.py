@@ -343,3 +343,21 @@ def test_only_a_leader_keeping_its_term_and_vote_sends_before_its_write():
     assert leader.log.committed < rd.entries[-1].index
     leader.advance(rd)
     assert leader.log.committed == rd.entries[-1].index
+
+
+def test_followers_behind_counts_only_followers_being_streamed_to():
+    net = Net()
+    leader = net.elect(1)
+    net.pump()
+    assert not leader.followers_behind(leader.log.committed)
+    net.down = {3}
+    leader.propose(b"a")
+    net.pump()
+    index = leader.log.committed
+    assert leader.followers_behind(index)        # 3 missed it, still streamed to
+    assert not net.nodes[2].followers_behind(index)  # followers never say so
+    leader.report_unreachable(3)                 # now probing: a snapshot is fair
+    assert not leader.followers_behind(index)
+    net.down = set()
+    net.tick(2)
+    assert not leader.followers_behind(index)
