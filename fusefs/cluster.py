@@ -23,9 +23,10 @@ Ring view: first the node list given at mount time (every node also stores
 chunks); then, every ``ring_refresh_s``, the alive and suspect members one
 node reports through ``RingPeer.members`` (the leader first, then the others
 in turn), plus the mount-time nodes it does not report dead or gone (a node
-whose ring has not converged yet may know only itself). A node that does not serve RingPeer, or no answer at all, keeps
-the view as it was: placement then lags membership, which reads survive
-(they fall through to successors) and repair corrects for writes.
+whose ring has not converged yet may know only itself). A node that does
+not serve RingPeer, or no answer at all, keeps the view as it was:
+placement then lags membership, which reads survive (they fall through to
+successors) and repair corrects for writes.
 
 One ``rpc.pool.Pool`` per backend, owned by the nursery ``open_cluster``
 holds; every call has a deadline.

@@ -68,11 +68,8 @@ class FileOpsMixin:
 
     @fuse_op
     async def create(self, parent_inode, name, mode, flags, ctx):
-        epoch = self.xattrs.epoch
-        reply = check(await self.backend.submit(Create(
-            parent_inode, name, mode, ctx.uid, ctx.gid, time.time_ns())))
-        attr = reply.attr
-        self._born(attr, epoch)
+        attr = await self._submit_new(Create(
+            parent_inode, name, mode, ctx.uid, ctx.gid, time.time_ns()))
         data = FileData(attr.ino, self.backend, self.reader, self.nursery)
         if self.chunk_bytes:
             data.start_empty(self.chunk_bytes, attr)

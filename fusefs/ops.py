@@ -83,11 +83,23 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
                                     mtime_ns=data.mtime_ns)
         return entry_attributes(attr, self.timeouts)
 
-    def _born(self, attr: Attr, epoch: int) -> None:
-        """A node we just created has no extended attributes: the kernel's
-        question for security.capability before each write to it needs no
-        round trip."""
+    async def _submit_new(self, command) -> Attr:
+        """Commit a command that creates a node; its attributes. A node we
+        just created has no extended attributes: the kernel's question for
+        security.capability before each write to it needs no round trip."""
+        epoch = self.xattrs.epoch
+        attr = check(await self.backend.submit(command)).attr
         self.xattrs.put_names(attr.ino, (), epoch)
+        return attr
+
+    async def _submit_xattr_change(self, inode: int, command) -> None:
+        # Dropping before makes a getxattr already on its way not cache its
+        # (older) answer; dropping after, one that read between the two.
+        self.xattrs.drop(inode)
+        try:
+            check(await self.backend.submit(command))
+        finally:
+            self.xattrs.drop(inode)
 
     def _new_entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         """Reply for a request that hands the kernel a lookup reference."""
@@ -156,27 +168,18 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
 
     @fuse_op
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        epoch = self.xattrs.epoch
-        reply = check(await self.backend.submit(Mknod(
+        return self._new_entry(await self._submit_new(Mknod(
             parent_inode, name, mode, rdev, ctx.uid, ctx.gid, time.time_ns())))
-        self._born(reply.attr, epoch)
-        return self._new_entry(reply.attr)
 
     @fuse_op
     async def mkdir(self, parent_inode, name, mode, ctx):
-        epoch = self.xattrs.epoch
-        reply = check(await self.backend.submit(Mkdir(
+        return self._new_entry(await self._submit_new(Mkdir(
             parent_inode, name, mode, ctx.uid, ctx.gid, time.time_ns())))
-        self._born(reply.attr, epoch)
-        return self._new_entry(reply.attr)
 
     @fuse_op
     async def symlink(self, parent_inode, name, target, ctx):
-        epoch = self.xattrs.epoch
-        reply = check(await self.backend.submit(Symlink(
+        return self._new_entry(await self._submit_new(Symlink(
             parent_inode, name, target, ctx.uid, ctx.gid, time.time_ns())))
-        self._born(reply.attr, epoch)
-        return self._new_entry(reply.attr)
 
     @fuse_op
     async def link(self, inode, new_parent_inode, new_name, ctx):
@@ -292,11 +295,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         # pyfuse3 checks XATTR_CREATE/XATTR_REPLACE itself (with getxattr)
         # and does not pass the flags on.
-        self.xattrs.drop(inode)
-        try:
-            check(await self.backend.submit(SetXattr(inode, name, value, 0, time.time_ns())))
-        finally:  # also what a getxattr running meanwhile may have cached
-            self.xattrs.drop(inode)
+        await self._submit_xattr_change(inode, SetXattr(inode, name, value, 0, time.time_ns()))
 
     @fuse_op
     async def listxattr(self, inode, ctx):
@@ -307,11 +306,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
 
     @fuse_op
     async def removexattr(self, inode, name, ctx):
-        self.xattrs.drop(inode)
-        try:
-            check(await self.backend.submit(RemoveXattr(inode, name, time.time_ns())))
-        finally:
-            self.xattrs.drop(inode)
+        await self._submit_xattr_change(inode, RemoveXattr(inode, name, time.time_ns()))
 
     # ------------------------------------------------------------ shutdown
 

@@ -192,8 +192,7 @@ class ReplicationMixin:
     # -------------------------------------------------------------- reads
     def _start_read(self, ctx: bytes) -> None:
         state = ReadState(self.log.committed, ctx)
-        membership = self.log.membership()
-        if membership.voters == {self.id} or self._lease_valid():
+        if self._read_needs_no_round():
             self.read_states.append(state)
             return
         round_ = self._new_round()
@@ -211,9 +210,7 @@ class ReplicationMixin:
         give through a ReadState, minus the trip through Ready."""
         if self.role != Role.LEADER or not self._committed_in_term():
             return None
-        if self.log.membership().voters == {self.id} or self._lease_valid():
-            return self.log.committed
-        return None
+        return self.log.committed if self._read_needs_no_round() else None
 
     def followers_behind(self, index: int) -> bool:
         """Driver, before compacting to ``index``: whether a follower this
@@ -233,6 +230,11 @@ class ReplicationMixin:
         # A round sent before the stall measured its lease from a tick that
         # now stands for an earlier real time than it did.
         self.lease_rounds_from = self.ticks
+
+    def _read_needs_no_round(self) -> bool:
+        """A sole voter, or a leader within its lease, knows its commit
+        index is current without asking a quorum."""
+        return self.log.membership().voters == {self.id} or self._lease_valid()
 
     def _lease_valid(self) -> bool:
         return (self.cfg.lease_reads and self.transferee is None

@@ -56,6 +56,17 @@ class MemPool:
         self.down.discard(addr)
 
 
+class NamePool:
+    """Maintenance dials node names; the memory cluster knows them as addrs."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    async def bootstrap(self, name, interface, *, timeout_s=None):
+        return await self.cluster.pool.bootstrap(self.cluster.addr_of[name], interface,
+                                                 timeout_s=timeout_s)
+
+
 class Cluster:
     def __init__(self, names, stores, services, pool):
         self.names = names

@@ -12,20 +12,9 @@ from server.store.repair import RepairPass
 from server.store.replication import ReplicatedStore
 
 from .conftest import make_chunk
-from .memcluster import open_cluster
+from .memcluster import NamePool, open_cluster
 
 R = 3
-
-
-class _ByName:
-    """Maintenance dials node names; the memory pool knows addresses."""
-
-    def __init__(self, cluster):
-        self.cluster = cluster
-
-    async def bootstrap(self, name, interface, *, timeout_s=None):
-        return await self.cluster.pool.bootstrap(self.cluster.addr_of[name], interface,
-                                                 timeout_s=timeout_s)
 
 
 @pytest.fixture
@@ -35,19 +24,30 @@ async def cluster(nursery, tmp_path):
     c.close()
 
 
-async def test_copies_are_kept_until_the_joined_node_holds_them(cluster):
+async def _join_after_writes(cluster, first_seed: int, count: int):
+    """Chunks written while n0..n3 form the ring, then n4 joins: (ids, the
+    view before, the view after, the ids n0 no longer replicates)."""
     before = Ring(cluster.names[:4], virtual_ids=16)
     rs = ReplicatedStore(cluster.pool, before, cluster.addr_of, R=R, timeout_s=5)
     ids = []
-    for i in range(120):
-        cid, data = make_chunk(500 + i, 300)
+    for i in range(count):
+        cid, data = make_chunk(first_seed + i, 300)
         await rs.put(cid, data)
         ids.append(cid)
-    after = Ring(cluster.names, virtual_ids=16)  # n4 joins
-    pool = _ByName(cluster)
+    after = Ring(cluster.names, virtual_ids=16)
     moved = [c for c in ids if "n0" in before.replicas(ring_key(c), R)
              and "n0" not in after.replicas(ring_key(c), R)]
     assert moved, "the join moves some of n0's ranges"
+    return ids, before, after, moved
+
+
+async def _pull_to_n4(cluster, after, pool):
+    await RepairPass(cluster.stores["n4"], "n4", after, pool, lambda n: n, R, timeout_s=5).run()
+
+
+async def test_copies_are_kept_until_the_joined_node_holds_them(cluster):
+    ids, before, after, moved = await _join_after_writes(cluster, 500, 120)
+    pool = NamePool(cluster)
 
     # n4 has pulled nothing yet: every moved copy stays on n0.
     examined, dropped, kept, cursor = await drop_handed_over(
@@ -55,7 +55,7 @@ async def test_copies_are_kept_until_the_joined_node_holds_them(cluster):
     assert (dropped, kept, cursor) == (0, len(moved), None)
     assert all(cluster.stores["n0"].store.has(c) for c in moved)
 
-    await RepairPass(cluster.stores["n4"], "n4", after, pool, lambda n: n, R, timeout_s=5).run()
+    await _pull_to_n4(cluster, after, pool)
     examined, dropped, kept, cursor = await drop_handed_over(
         cluster.stores["n0"], "n0", after, pool, R, timeout_s=5)
     assert (dropped, kept) == (len(moved), 0)
@@ -66,19 +66,10 @@ async def test_copies_are_kept_until_the_joined_node_holds_them(cluster):
 
 
 async def test_an_unreachable_replica_keeps_our_copy(cluster):
-    before = Ring(cluster.names[:4], virtual_ids=16)
-    rs = ReplicatedStore(cluster.pool, before, cluster.addr_of, R=R, timeout_s=5)
-    ids = []
-    for i in range(60):
-        cid, data = make_chunk(900 + i, 300)
-        await rs.put(cid, data)
-        ids.append(cid)
-    after = Ring(cluster.names, virtual_ids=16)
-    pool = _ByName(cluster)
-    await RepairPass(cluster.stores["n4"], "n4", after, pool, lambda n: n, R, timeout_s=5).run()
+    ids, before, after, moved = await _join_after_writes(cluster, 900, 60)
+    pool = NamePool(cluster)
+    await _pull_to_n4(cluster, after, pool)
     cluster.kill("n4")
     _, dropped, kept, _ = await drop_handed_over(
         cluster.stores["n0"], "n0", after, pool, R, timeout_s=5)
-    moved = [c for c in ids if "n0" in before.replicas(ring_key(c), R)
-             and "n0" not in after.replicas(ring_key(c), R)]
-    assert moved and dropped == 0 and kept == len(moved)
+    assert dropped == 0 and kept == len(moved)

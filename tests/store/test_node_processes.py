@@ -224,17 +224,6 @@ async def _join_and_wait_for_data(cluster, pool, rest, extra, ids, alive):
 
 # ---- GC, in process: a real MetaStore as the leader's, memory-stream stores ----
 
-class _NamePool:
-    """Maintenance dials node names; the memory cluster knows them as addrs."""
-
-    def __init__(self, cluster):
-        self.cluster = cluster
-
-    async def bootstrap(self, name, interface, *, timeout_s=None):
-        return await self.cluster.pool.bootstrap(self.cluster.addr_of[name], interface,
-                                                 timeout_s=timeout_s)
-
-
 class _LeaderStub:
     """The parts of MetadataGroup GC uses: role, ReadIndex, propose → apply."""
 
@@ -266,12 +255,12 @@ async def test_gc_deletes_unreferenced_chunks_everywhere_but_not_re_referenced(n
     from server.meta.store import InitParams, MetaStore
     from server.store.maintenance import Maintenance
 
-    from .memcluster import open_cluster
+    from .memcluster import NamePool, open_cluster
 
     cluster = await open_cluster(nursery, tmp_path)
     meta = MetaStore(str(tmp_path / "meta.db"), InitParams(now_ns=0, chunk_bytes=8192))
     try:
-        rs = ReplicatedStore(_NamePool(cluster), cluster.ring, lambda n: n, R=R, timeout_s=5)
+        rs = ReplicatedStore(NamePool(cluster), cluster.ring, lambda n: n, R=R, timeout_s=5)
         chunks = [chunk_bytes(90 + i, 5000) for i in range(6)]
         ids = [chunk_id_of(d) for d in chunks]
         for cid, data in zip(ids, chunks):
@@ -289,7 +278,7 @@ async def test_gc_deletes_unreferenced_chunks_everywhere_but_not_re_referenced(n
         leader = _LeaderStub(meta, before_read=lambda: meta.apply_command(next(index), revive))
         cfg = NodeConfig(data_dir=str(tmp_path), node_name="n0", gc_grace_s=0.0)
         ring = type("RingStub", (), {"view": lambda self: cluster.ring})()
-        gc = Maintenance(cfg, None, ring, _NamePool(cluster), leader, clock_ns=lambda: 10)
+        gc = Maintenance(cfg, None, ring, NamePool(cluster), leader, clock_ns=lambda: 10)
         await gc._gc_once()
 
         assert cluster.holders(ids[0]), "a re-referenced chunk was deleted"
