@@ -13,6 +13,7 @@ struct Entry {
 struct Membership {
   voters @0 :List(UInt64);
   learners @1 :List(UInt64);
+  names @2 :List(Text);    # addresses, one per id of voters then learners ("" unknown)
 }
 
 struct Snapshot {

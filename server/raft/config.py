@@ -70,6 +70,7 @@ class ChangeOp(enum.Enum):
 class ConfChange:
     op: ChangeOp
     node: NodeId
+    name: str = ""  # ADD_LEARNER: the address the new member is served at
 
 
 def apply_change(current: Membership, change: ConfChange) -> Membership:
@@ -79,15 +80,19 @@ def apply_change(current: Membership, change: ConfChange) -> Membership:
     if change.op == ChangeOp.ADD_LEARNER:
         if n in current.members():
             raise ProposalDropped(f"node {n} is already a member")
-        return Membership(current.voters, current.learners | {n})
+        if change.name and current.id_named(change.name) is not None:
+            raise ProposalDropped(f"{change.name} is already the address of node "
+                                  f"{current.id_named(change.name)}")
+        return Membership(current.voters, current.learners | {n},
+                          current.with_name(n, change.name or current.name_of(n)))
     if change.op == ChangeOp.PROMOTE:
         if n not in current.learners:
             raise ProposalDropped(f"node {n} is not a learner")
-        return Membership(current.voters | {n}, current.learners - {n})
+        return Membership(current.voters | {n}, current.learners - {n}, current.names)
     if change.op == ChangeOp.REMOVE:
         if n not in current.members():
             raise ProposalDropped(f"node {n} is not a member")
         if current.voters == {n}:
             raise ProposalDropped("cannot remove the last voter")
-        return Membership(current.voters - {n}, current.learners - {n})
+        return Membership(current.voters - {n}, current.learners - {n}, current.with_name(n, None))
     raise AssertionError(change.op)

@@ -53,11 +53,19 @@ class HardState:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Membership:
+    """The committed cluster configuration as Raft sees it: who votes, who
+    only receives the log, and where each member is served.  ``names`` maps a
+    member id to its address (``host:port``): ids are random per data
+    directory, so the configuration itself is the one address book every
+    node and mount follows (nothing derives an id from an address)."""
     voters: frozenset[NodeId] = frozenset()
     learners: frozenset[NodeId] = frozenset()
+    names: tuple[tuple[NodeId, str], ...] = ()
 
     def __post_init__(self) -> None:
         assert not (self.voters & self.learners), "a node is voter or learner"
+        assert all(i in self.voters or i in self.learners for i, _ in self.names), \
+            "names only for members"
 
     def members(self) -> frozenset[NodeId]:
         return self.voters | self.learners
@@ -66,18 +74,64 @@ class Membership:
         # floor(n/2)+1 of the configured voters: never of the live ones.
         return len(self.voters) // 2 + 1
 
+    def name_of(self, node: NodeId) -> str | None:
+        for i, name in self.names:
+            if i == node:
+                return name
+        return None
+
+    def id_named(self, name: str) -> NodeId | None:
+        for i, n in self.names:
+            if n == name:
+                return i
+        return None
+
+    def with_name(self, node: NodeId, name: str | None) -> tuple[tuple[NodeId, str], ...]:
+        """``names`` with ``node`` set to ``name`` (None: dropped), sorted."""
+        out = {i: n for i, n in self.names if i != node}
+        if name:
+            out[node] = name
+        return tuple(sorted(out.items()))
+
     def encode(self) -> bytes:
         voters, learners = sorted(self.voters), sorted(self.learners)
-        return struct.pack(f">II{len(voters)}Q{len(learners)}Q",
+        head = struct.pack(f">II{len(voters)}Q{len(learners)}Q",
                            len(voters), len(learners), *voters, *learners)
+        names = dict(self.names)
+        tail = b"".join(struct.pack(">H", len(b)) + b
+                        for b in (names.get(i, "").encode() for i in voters + learners))
+        return head + tail
 
     @classmethod
     def decode(cls, blob: bytes) -> Membership:
+        if len(blob) < 8:
+            raise ProtocolError(f"membership blob of {len(blob)} bytes")
         nv, nl = struct.unpack_from(">II", blob)
-        if len(blob) != 8 + 8 * (nv + nl):
+        end = 8 + 8 * (nv + nl)
+        if len(blob) < end or nv + nl > 4096:
             raise ProtocolError(f"membership blob of {len(blob)} bytes")
         ids = struct.unpack_from(f">{nv + nl}Q", blob, 8)
-        return cls(frozenset(ids[:nv]), frozenset(ids[nv:]))
+        names, pos = [], end
+        if pos < len(blob):  # names follow the ids (absent in old encodings)
+            for node in ids:
+                if pos + 2 > len(blob):
+                    raise ProtocolError("membership names cut short")
+                (n,) = struct.unpack_from(">H", blob, pos)
+                if pos + 2 + n > len(blob):
+                    raise ProtocolError("membership names cut short")
+                try:
+                    name = blob[pos + 2:pos + 2 + n].decode()
+                except UnicodeDecodeError:
+                    raise ProtocolError("membership name is not UTF-8") from None
+                pos += 2 + n
+                if name:
+                    names.append((node, name))
+            if pos != len(blob):
+                raise ProtocolError(f"membership blob of {len(blob)} bytes")
+        voters, learners = frozenset(ids[:nv]), frozenset(ids[nv:])
+        if voters & learners or len(voters) + len(learners) != nv + nl:
+            raise ProtocolError("membership lists a node twice")
+        return cls(voters, learners, tuple(sorted(names)))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

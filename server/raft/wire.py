@@ -46,13 +46,20 @@ def _fill_membership(b, m: Membership) -> None:
     learners = b.init("learners", len(m.learners))
     for i, v in enumerate(sorted(m.learners)):
         learners[i] = v
+    ids, known = sorted(m.voters) + sorted(m.learners), dict(m.names)
+    names = b.init("names", len(ids))
+    for i, v in enumerate(ids):
+        names[i] = known.get(v, "")
 
 
 def _membership(r) -> Membership:
     voters, learners = frozenset(r.voters), frozenset(r.learners)
     if voters & learners:
         raise ProtocolError("a node is listed as both voter and learner")
-    return Membership(voters, learners)
+    ids, names = sorted(voters) + sorted(learners), list(r.names)
+    if names and len(names) != len(ids):
+        raise ProtocolError("membership names do not match its members")
+    return Membership(voters, learners, tuple(sorted((i, n) for i, n in zip(ids, names) if n)))
 
 
 def fill_snapshot(b, snap: Snapshot) -> None:
