@@ -3,11 +3,10 @@ linearizable queries sent to the node believed to lead, following
 ``notLeader`` hints, retried with backoff until a per-call deadline.
 
 Leader tracking: ``leader`` is the address of the node that last answered
-as leader (or the one a ``leaderHint`` named). A hint is a node id
-(``ringmath.node_id`` of the node's name) and is mapped back to an address
-through the configured node list and the ring members learnt since, so a
-cluster must be mounted with the same ``host:port`` names its nodes use; an
-unmappable hint only costs trying the next node in turn.
+as leader (or the one a notLeader answer named).  Answers carry the
+leader's address (``leaderAddr``, from the committed configuration: node
+ids are random, not derived from addresses); an answer without one only
+costs trying the next node in turn.
 
 Retry policy: a node that cannot be reached (or serves no Raft) is avoided
 for ``backoff_max_s`` and the next node is tried at once; a node that
@@ -137,11 +136,11 @@ class MetaClient:
         failed_at = self._failed_at.get(addr)
         return failed_at is not None and trio.current_time() - failed_at < self.backoff[1]
 
-    def _follow(self, addr: str, hint: int) -> bool:
+    def _follow(self, addr: str, hint: int, hint_addr: str = "") -> bool:
         """Take a notLeader answer; True when it named a new node to try.
         Followers keep naming a dead leader until their election timeout:
         a hint to a node that just failed us is not followed."""
-        hinted = self._addr_of_id.get(hint) if hint else None
+        hinted = hint_addr or (self._addr_of_id.get(hint) if hint else None)
         if hinted == addr or (hinted is not None and self._failed_recently(hinted)):
             hinted = None
         self.leader = hinted
@@ -190,7 +189,7 @@ class MetaClient:
             if reply.notLeader:
                 last = f"{addr} is not the leader"
                 redirects += 1
-                if not self._follow(addr, reply.leaderHint) or redirects % len(self.nodes) == 0:
+                if not self._follow(addr, reply.leaderHint, getattr(reply, "leaderAddr", "")) or redirects % len(self.nodes) == 0:
                     await pause.wait()  # no (new) leader known: an election runs
                 continue
             self.leader = addr

@@ -38,6 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     node = sub.add_parser("node", help="run a node: --config FILE.toml and/or --key-name VALUE flags")
     add_config_arguments(node)
+    node.add_argument("--init", action="store_true",
+                      help="found a new cluster with this node as its first voter if its data "
+                           "directory belongs to none yet (once, on one node; ignored afterwards)")
+    cluster = sub.add_parser("cluster", help="cluster-wide commands: `chordfs cluster init`")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True, parser_class=_Parser)
+    init = cluster_sub.add_parser("init", help="found a new cluster in this node's data directory "
+                                                "(run once, on one node, before starting it)")
+    add_config_arguments(init)
+    members = sub.add_parser(
+        "members", help="list or change the cluster's members: chordfs members ADDR[,ADDR...] "
+                        "[list | add NODE | remove NODE | replace OLD NEW]")
+    members.add_argument("addrs", help="any node(s) of the cluster, host:port[,host:port...]")
+    members.add_argument("action", nargs="?", default="list",
+                         choices=("list", "add", "remove", "replace"),
+                         help="add: promote learner NODE to voter; remove: drop NODE (refused if "
+                              "the voters left hold no live quorum); replace: promote NEW, remove OLD")
+    members.add_argument("nodes", nargs="*", help="members by address or hex id")
+    members.add_argument("--force", action="store_true",
+                         help="remove even if the voters left hold no live quorum")
+    members.add_argument("--timeout-s", type=float, default=3.0)
     sub.add_parser("example-config", help="print a node.toml with every key at its default")
     ping = sub.add_parser("ping", help="call Diag.ping on a node and print the round trip")
     ping.add_argument("addr", type=_addr)
@@ -69,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "node":
         return _run_node(args)
+    if args.command == "cluster":
+        return _cluster_init(args)
+    if args.command == "members":
+        return _members(args)
     if args.command == "mount":
         from fusefs.mount import mount_main
         return mount_main(args.rest)
@@ -87,7 +111,35 @@ def main(argv: list[str] | None = None) -> int:
     return demo.stop(args.dir)
 
 
+def _cluster_init(args) -> int:
+    from .admin import init_main
+    from .identity import IdentityError
+    try:
+        cfg = config_from_args(args)
+        return init_main(cfg)
+    except (ConfigError, IdentityError) as e:
+        print(f"chordfs: {e}", file=sys.stderr)
+        return 2
+
+
+def _members(args) -> int:
+    from .admin import members_main
+    try:
+        addrs = [_addr(a) for a in args.addrs.split(",") if a]
+    except argparse.ArgumentTypeError as e:
+        print(f"chordfs: {e}", file=sys.stderr)
+        return 2
+    wanted = {"list": 0, "add": 1, "remove": 1, "replace": 2}[args.action]
+    if len(args.nodes) != wanted:
+        print(f"chordfs: members {args.action} takes {wanted} node(s), got {len(args.nodes)}",
+              file=sys.stderr)
+        return 2
+    return trio.run(members_main, addrs, args.action, args.nodes, args.force, args.timeout_s)
+
+
 def _run_node(args) -> int:
+    from .identity import IdentityError
+    from .meta.service import JoinRefused
     from .node import Node
     try:
         cfg = config_from_args(args)
@@ -96,12 +148,14 @@ def _run_node(args) -> int:
         return 2
     configure(getattr(logging, cfg.log_level.upper()), node=cfg.node_name)
     try:
-        trio.run(Node(cfg).run)
+        trio.run(Node(cfg, init=args.init).run)
     except KeyboardInterrupt:
         log.info(kv("node.stopped", reason="interrupt"))
     except BaseException as e:  # noqa: BLE001 -- one plain sentence, not a traceback
         error = _leaf(e)
-        if isinstance(error, StoreError):
+        if isinstance(error, (IdentityError, JoinRefused)):
+            print(f"chordfs: {error}", file=sys.stderr)
+        elif isinstance(error, StoreError):
             print(f"chordfs: cannot open the chunk store: {error}", file=sys.stderr)
         elif isinstance(error, OSError):
             print(f"chordfs: cannot serve on {cfg.listen_addr}: {error.strerror or error}",

@@ -31,9 +31,12 @@ def run(directory: str, base_port: int) -> int:
     for i in range(NODES):
         log = open(base / f"node{i + 1}.log", "ab")
         # Node names stay their addresses: the ring sends to a member by name.
+        # Node 1 founds the cluster (a no-op once its directory has one); the
+        # others join through it and the leader promotes them to voters.
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "server.cli", "node", "--listen-port", str(base_port + i),
-             "--data-dir", str(base / f"node{i + 1}"), "--seeds", ",".join(addrs)],
+             "--data-dir", str(base / f"node{i + 1}"), "--seeds", ",".join(addrs)]
+            + (["--init"] if i == 0 else []),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs))
     if not _wait_ready(addrs, procs):

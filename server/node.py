@@ -26,7 +26,6 @@ from .meta.store import InitParams
 from .raft.config import RaftConfig
 from .raft.messages import RaftError, Role
 from .raft.server import RaftServer
-from .ring.ringmath import node_id as ring_node_id
 from .ring.service import RingPeerServer, RingService
 from .store.aiostore import AsyncChunkStore
 from .store.maintenance import Maintenance
@@ -52,18 +51,12 @@ class NodeServer(DiagServer, ChunkStoreServer, RingPeerServer, RaftServer, Metad
         self.raft_service = node.metadata.group.service if node.metadata else None
         self.raft_pool = node.pool
         self.raft_addr_of = node.metadata.group.addr_of if node.metadata else (lambda _: None)
-        self.raft_register = node.metadata.group.register if node.metadata else None
 
 
-def raft_voters(cfg: NodeConfig) -> list[str]:
-    """The first Raft voters: the seeds (up to voters_max), or this node
-    alone when it has none.  Every initial voter must compute the same list."""
-    return sorted(cfg.seeds)[: cfg.voters_max] if cfg.seeds else [cfg.node_name]
-
-
-def open_metadata(cfg: NodeConfig, pool, resolve=None) -> MetadataGroup:
-    """This node's metadata replica: an initial voter bootstraps the group,
-    any other node joins it as a learner (promoted later by the leader)."""
+def open_metadata(cfg: NodeConfig, pool, resolve=None, init: bool = False) -> MetadataGroup:
+    """This node's metadata replica: with ``init`` on a directory that
+    belongs to no cluster, the first voter of a new one; otherwise it joins
+    through its seeds as a learner (promoted later by the leader)."""
     # A lease keeps 30% of the election timeout in hand: rate drift between
     # the nodes' monotonic clocks is parts per million, so the margin is
     # really for scheduling jitter, and a stall beyond it expires the lease.
@@ -72,11 +65,12 @@ def open_metadata(cfg: NodeConfig, pool, resolve=None) -> MetadataGroup:
                           lease_reads=cfg.metadata_reads == "lease",
                           lease_margin_ticks=max(1, cfg.election_timeout_ticks * 3 // 10),
                           append_bytes_max=min(1 << 20, cfg.frame_bytes_max // 4))
-    return MetadataGroup(cfg.node_name, raft_voters(cfg), os.path.join(cfg.data_dir, "meta"), pool,
+    return MetadataGroup(cfg.node_name, list(cfg.seeds), os.path.join(cfg.data_dir, "meta"), pool,
                          tick_s=cfg.tick_ms / 1000, cfg=raft_cfg,
                          init=InitParams(now_ns=0, chunk_bytes=cfg.chunk_bytes_max),
                          voters_max=cfg.voters_max, resolve=resolve,
-                         frame_bytes_max=cfg.frame_bytes_max)
+                         frame_bytes_max=cfg.frame_bytes_max, bootstrap=init,
+                         identity_dir=cfg.data_dir)
 
 
 def rpc_limits(cfg: NodeConfig) -> rpc.Limits:
@@ -86,8 +80,9 @@ def rpc_limits(cfg: NodeConfig) -> rpc.Limits:
 
 
 class Node:
-    def __init__(self, config: NodeConfig):
+    def __init__(self, config: NodeConfig, *, init: bool = False):
         self.config = config
+        self.init = init
         self.listeners = []
         self.store: AsyncChunkStore | None = None
         self.store_service: StoreService | None = None
@@ -118,7 +113,7 @@ class Node:
                 pool = Pool(nursery, limits=rpc_limits(cfg), connect_timeout_s=1.0, backoff_max_s=1.0)
                 self.pool = pool
                 self.ring = RingService(cfg, pool, random.Random())
-                self.metadata = open_metadata(cfg, pool, resolve=self._resolve_member)
+                self.metadata = open_metadata(cfg, pool, init=self.init)
                 self.listeners = await nursery.start(
                     lambda task_status: rpc.serve_tcp(lambda: NodeServer(self), cfg.listen_port,
                                                       host=cfg.listen_host, limits=rpc_limits(cfg),
@@ -143,16 +138,6 @@ class Node:
                     nursery.cancel_scope.cancel()
                     break
         log.info(kv("node.stopped", node=cfg.node_name))
-
-    def _resolve_member(self, node_id: int) -> str | None:
-        """Address of a Raft member by id: names are addresses, ids their
-        ring hashes, and the ring's member table lists every name."""
-        if self.ring is None:
-            return None
-        for member in self.ring.members():
-            if ring_node_id(member.name) == node_id:
-                return member.name
-        return None
 
     async def _hand_over(self) -> None:
         """Graceful-leave hook: the services of later layers transfer what

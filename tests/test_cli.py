@@ -34,7 +34,7 @@ def test_ping_of_unreachable_node_fails_plainly(capsys):
 def test_node_process_answers_ping_and_stops_on_sigterm(tmp_path):
     port = free_ports(1)[0]
     addr = f"127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "server.cli", "node", "--listen-port", str(port),
+    argv = [sys.executable, "-m", "server.cli", "node", "--init", "--listen-port", str(port),
             "--data-dir", str(tmp_path / "n1"), "--node-name", "n1"]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
@@ -51,7 +51,9 @@ def test_node_process_answers_ping_and_stops_on_sigterm(tmp_path):
                                   text=True, timeout=30)
         assert same_dir.returncode == 1 and "in use" in same_dir.stderr
         assert same_dir.stderr.count("\n") == 1
-        busy = subprocess.run(argv[:-4] + ["--data-dir", str(tmp_path / "n2"), "--node-name", "n2"],
+        busy = subprocess.run([a for a in argv[:-4] if a != "--init"]
+                              + ["--data-dir", str(tmp_path / "n2"), "--node-name", "n2",
+                                 "--seeds", addr],
                               capture_output=True, text=True, timeout=30)
         assert busy.returncode == 1 and "cannot serve" in busy.stderr
         assert busy.stderr.count("\n") == 1

@@ -32,6 +32,12 @@ def _answers(addr):
                            "--timeout-s", "1"], capture_output=True).returncode == 0
 
 
+def _voters(addr) -> int:
+    out = subprocess.run([sys.executable, "-m", "server.cli", "members", addr],
+                         capture_output=True, text=True)
+    return out.stdout.count(" voter ") if out.returncode == 0 else -1
+
+
 def _applied(addr) -> int:
     out = subprocess.run([sys.executable, "-c", (
         "import sys, trio, rpc\n"
@@ -53,11 +59,12 @@ def test_three_nodes_mount_copy_kill_one(tmp_path):
             return subprocess.Popen(
                 [sys.executable, "-m", "server.cli", "node", "--listen-port", addrs[i].split(":")[1],
                  "--data-dir", str(tmp_path / f"n{i}"), "--seeds", ",".join(addrs),
-                 "--log-level", "warning"],
+                 "--log-level", "warning"] + (["--init"] if i == 0 else []),
                 stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"n{i}.log", "ab"))
 
         procs.extend(start(i) for i in range(3))
         _wait(lambda: all(_answers(a) for a in addrs), 20, "nodes")
+        _wait(lambda: _voters(addrs[0]) == 3, 30, "the joiners to be promoted")
         mounted = subprocess.run([sys.executable, "-m", "fusefs.mount", ",".join(addrs), str(mnt),
                                   "--log", str(tmp_path / "mount.log")],
                                  capture_output=True, text=True, timeout=60)

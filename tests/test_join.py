@@ -10,7 +10,6 @@ import trio
 
 import rpc
 from server.raft.wire import raft_capnp
-from server.ring.ringmath import node_id
 from tests.netutil import free_ports
 
 pytestmark = pytest.mark.integration
@@ -37,7 +36,7 @@ def test_joiners_become_learners_then_voters(tmp_path):
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "server.cli", "node", "--listen-port", addrs[i].split(":")[1],
              "--data-dir", str(tmp_path / f"n{i}"), "--seeds", seeds, "--voters-max", "4",
-             "--ring-tick-ms", "25", "--log-level", "warning"],
+             "--ring-tick-ms", "25", "--log-level", "warning"] + (["--init"] if i == 0 else []),
             stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"n{i}.log", "wb")))
 
     async def scenario():
@@ -50,14 +49,15 @@ def test_joiners_become_learners_then_voters(tmp_path):
                 except rpc.RpcError:
                     pass
                 await trio.sleep(0.1)
-            leader = next(a for a in addrs[:3] if node_id(a) == st.leader)
+            leader = st.leaderAddr
+            assert leader in addrs[:3]
             start(3)
             start(4)
-            joined = {node_id(addrs[3]), node_id(addrs[4])}
             while True:
                 st = await _status(leader)
-                members = set(st.voters) | set(st.learners)
-                if joined <= members and len(st.voters) == 4:
+                voters = {m.name for m in st.members if m.voter}
+                members = {m.name for m in st.members}
+                if set(addrs) <= members and len(voters) == 4:
                     break
                 await trio.sleep(0.2)
             assert len(st.learners) == 1  # voters_max=4: the fifth stays a learner

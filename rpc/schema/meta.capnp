@@ -178,7 +178,8 @@ struct Query {
 }
 
 interface Metadata {
-  query @0 (query :Query, forwarded :Bool) -> (reply :Data, notLeader :Bool, leaderHint :UInt64);
+  query @0 (query :Query, forwarded :Bool) -> (reply :Data, notLeader :Bool, leaderHint :UInt64,
+                                               leaderAddr :Text);
   # reply is the codec encoding of the query's reply type (EntryReply,
   # DirPage, BytesReply, NamesReply, StatFs, ManifestPage).  A follower
   # forwards a linearizable query once to the leader it knows; notLeader

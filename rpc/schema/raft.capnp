@@ -69,24 +69,49 @@ struct RaftMessage {
 }
 
 interface Raft {
-  step @0 (messages :List(RaftMessage)) -> (accepted :UInt32);
+  step @0 (messages :List(RaftMessage), clusterId :Text, fromAddr :Text) -> (accepted :UInt32);
   # Delivers a batch of messages in order.  The receiver queues them for its
   # core and answers at once; `accepted` counts those queued (a full queue
   # drops the rest: Raft tolerates loss, and the sender retries by protocol).
+  # A batch from another cluster, or addressed to another node id than the
+  # receiver's, is refused (a machine whose disk was replaced serves a new
+  # id at the old address: messages for the old id must not reach it).
 
   propose @1 (command :Data, forwarded :Bool) -> (index :UInt64, term :UInt64,
                                                  result :Data, leaderHint :UInt64,
-                                                 notLeader :Bool);
+                                                 notLeader :Bool, leaderAddr :Text);
   # Proposes a command and waits until it is applied, returning the state
   # machine's result.  A follower forwards once (forwarded=false) to the
   # leader it knows; otherwise notLeader with leaderHint (0 if unknown).
 
   status @2 () -> (id :UInt64, term :UInt64, leader :UInt64, role :Text,
                    commit :UInt64, applied :UInt64, lastIndex :UInt64,
-                   voters :List(UInt64), learners :List(UInt64));
-  # This node's view: leader 0 when unknown.
+                   voters :List(UInt64), learners :List(UInt64),
+                   clusterId :Text, leaderAddr :Text, members :List(Member));
+  # This node's view: leader 0 when unknown.  `members`: the configuration
+  # with addresses; on the leader also how far each member's log matches
+  # and whether it answered within an election timeout.
 
-  addLearner @3 (name :Text) -> (added :Bool, notLeader :Bool, leaderHint :UInt64);
-  # Asks the leader to add node `name` (its host:port) as a non-voting
-  # learner; the leader promotes caught-up learners to voters later.
+  addLearner @3 (name :Text, nodeId :UInt64, clusterId :Text)
+      -> (added :Bool, notLeader :Bool, leaderHint :UInt64, leaderAddr :Text,
+          clusterId :Text, refused :Text);
+  # Asks the leader to add node `nodeId`, served at `name` (host:port), as a
+  # non-voting learner; the leader promotes caught-up learners to voters
+  # later.  `clusterId` is the joiner's, "" if it has none yet; the answer
+  # carries the cluster's.  `refused` says in one sentence why the node may
+  # not join (another cluster; its address belongs to another member).
+
+  changeMember @4 (op :Text, nodeId :UInt64, force :Bool)
+      -> (done :Bool, notLeader :Bool, leaderAddr :Text, refused :Text);
+  # On the leader: op "remove" (refused when the voters left would have no
+  # live quorum, unless force) or "promote" (a learner becomes a voter).
+  # Answers once the change is committed.
+}
+
+struct Member {
+  id @0 :UInt64;
+  name @1 :Text;
+  voter @2 :Bool;
+  match @3 :UInt64;
+  live @4 :Bool;
 }

@@ -8,6 +8,7 @@ only committed transactions, never half of an apply batch.  A linearizable
 read first waits for ReadIndex, i.e. until this node has applied everything
 that was committed when the read arrived."""
 
+import dataclasses
 import logging
 import os
 
@@ -17,10 +18,11 @@ import rpc
 from rpc import schema
 from rpc.logfmt import kv
 
+from .. import identity
 from ..raft.group import RaftGroup, open_group
 from ..raft.config import RaftConfig
-from ..raft.messages import NotLeader
-from ..ring.ringmath import node_id as ring_node_id
+from ..raft.messages import Entry, EntryKind, HardState, Membership, NotLeader
+from ..raft.storage import LogStorage
 from . import codec
 from .raftsm import MetaStateMachine
 from .store import InitParams, MetaStore
@@ -47,6 +49,7 @@ class MetadataServer(rpc.Server, interfaces=[meta_capnp.Metadata]):
                 addr = md.group.addr_of(hint) if hint else None
                 if params.forwarded or addr is None:
                     results.notLeader, results.leaderHint = True, hint
+                    results.leaderAddr = addr or ""
                     return
                 await self._forward_query(addr, hint, q, results)
                 return
@@ -63,10 +66,11 @@ class MetadataServer(rpc.Server, interfaces=[meta_capnp.Metadata]):
                                                  timeout_s=READ_INDEX_TIMEOUT_S)
             reply = await cap.call("query", fill=fill, timeout_s=READ_INDEX_TIMEOUT_S)
         except rpc.ConnectionLost:
-            results.notLeader, results.leaderHint = True, leader
+            results.notLeader, results.leaderHint, results.leaderAddr = True, leader, addr
             return
         results.reply, results.notLeader, results.leaderHint = (
             reply.reply, reply.notLeader, reply.leaderHint)
+        results.leaderAddr = reply.leaderAddr
 
 
 def _run(reader: MetaStore, q):
@@ -92,29 +96,94 @@ def _run(reader: MetaStore, q):
     raise rpc.Unimplemented(f"query {which} is not known here")
 
 
+def found_cluster(identity_dir: str, raft_dir: str, node_name: str) -> identity.Identity:
+    """Make this node the first member of a new cluster (chordfs cluster
+    init, node --init): a cluster id, then the first configuration -- this
+    node, the only voter -- written to the Raft log as the core's bootstrap
+    does, then the member mark.  Each step is durable before the next, and a
+    crash between them is finished by the next call; a directory that joined
+    another cluster (not the founder) is left as it is."""
+    ident = identity.load_or_create(identity_dir)
+    if not ident.cluster_id:
+        ident = identity.init_cluster(identity_dir)
+    elif not ident.founder or ident.member:
+        log.info(kv("meta.init_skipped", node=node_name, cluster=ident.cluster_id,
+                    reason="this data directory already belongs to a cluster"))
+        return ident
+    if not LogStorage.has_state(raft_dir):
+        first = Membership(frozenset({ident.node_id}), names=((ident.node_id, node_name),))
+        storage = LogStorage(raft_dir)
+        try:
+            storage.save(HardState(term=1, vote=None, commit=1),
+                         [Entry(1, 1, EntryKind.CONFIG, first.encode())], None)
+        finally:
+            storage.close()
+    ident = dataclasses.replace(ident, member=True)
+    identity.save(identity_dir, ident)
+    log.info(kv("meta.cluster_founded", node=node_name, id=f"{ident.node_id:x}",
+                cluster=ident.cluster_id))
+    return ident
+
+
+class JoinRefused(Exception):
+    """The leader will not admit this node; str() is one sentence."""
+
+
 class MetadataGroup:
     """Owns the metadata database, its read-only twin and the Raft group.
 
-    An initial voter (a seed) bootstraps the group.  Any other node starts
-    with no membership and asks the leader, through a seed, to add it as a
-    learner; it then receives the log or a snapshot.  The leader promotes a
-    caught-up learner to voter while there are fewer than ``voters_max``."""
+    Only an explicit init bootstraps: ``init=True`` on a directory with no
+    cluster makes this node the single voter of a new cluster (``chordfs
+    cluster init`` / ``chordfs node --init``).  Every other node has seeds,
+    which are only contact points: it asks the leader, through them, to add
+    it as a learner under its own node id (``server/identity.py``), then
+    receives the log or a snapshot.  The leader promotes a caught-up learner
+    to voter while there are fewer than ``voters_max``; operators remove
+    voters (``chordfs members``)."""
 
-    def __init__(self, node_name: str, voters: list[str], data_dir: str, pool, *,
+    def __init__(self, node_name: str, seeds: list[str], data_dir: str, pool, *,
                  tick_s: float, cfg: RaftConfig, init: InitParams, voters_max: int = 5,
-                 resolve=None, frame_bytes_max: int = 16 << 20):
-        self.name, self.seeds, self.pool, self.voters_max = node_name, list(voters), pool, voters_max
-        ids = {ring_node_id(name): name for name in voters}
-        self.joining = ring_node_id(node_name) not in ids
-        ids[ring_node_id(node_name)] = node_name
+                 resolve=None, frame_bytes_max: int = 16 << 20, bootstrap: bool = False,
+                 identity_dir: str | None = None):
+        self.name, self.pool, self.voters_max = node_name, pool, voters_max
+        self.seeds = [s for s in seeds if s != node_name]
+        self.identity_dir = identity_dir or data_dir
         os.makedirs(data_dir, exist_ok=True)
+        raft_dir = os.path.join(data_dir, "raft")
+        ident = identity.load_or_create(self.identity_dir)
+        if bootstrap:
+            ident = found_cluster(self.identity_dir, raft_dir, node_name)
+        if not LogStorage.has_state(raft_dir):
+            identity.check_storage(ident, has_raft_state=False)
+        elif not ident.cluster_id:
+            raise identity.IdentityError(
+                f"{data_dir} holds Raft state but no cluster id (written by an older chordfs?): "
+                "start this node with an empty data directory to re-add it as a new member")
+        self.identity = ident
         self.store = MetaStore(os.path.join(data_dir, "meta.db"), init)
         self.reader = MetaStore(os.path.join(data_dir, "meta.db"))
         sm = MetaStateMachine(self.store, os.path.join(data_dir, "scratch"))
-        self.group: RaftGroup = open_group(ring_node_id(node_name), ids, os.path.join(data_dir, "raft"),
-                                           sm, pool, cfg=cfg, tick_s=tick_s,
-                                           bootstrap=not self.joining, resolve=resolve,
-                                           frame_bytes_max=frame_bytes_max)
+        self.group: RaftGroup = open_group(ident.node_id, {}, raft_dir, sm, pool, cfg=cfg,
+                                           tick_s=tick_s, bootstrap=False,
+                                           resolve=resolve, frame_bytes_max=frame_bytes_max)
+        self.group.service.cluster_id = self.group.transport.cluster_id = ident.cluster_id
+        self.group.transport.self_addr = node_name
+        if not self.group.fresh:
+            self._mark_member()
+        self.joining = not self._member()
+        self.join_refused: str | None = None
+        if self.joining and not self.seeds:
+            raise JoinRefused("this node belongs to no cluster and has no seeds: start the first "
+                              "node with --init (or run `chordfs cluster init`), the others with "
+                              "--seeds pointing at it")
+
+    @property
+    def node_id(self) -> int:
+        return self.identity.node_id
+
+    @property
+    def cluster_id(self) -> str:
+        return self.identity.cluster_id
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -124,7 +193,8 @@ class MetadataGroup:
                 nursery.start_soon(self._promote_learners)
                 if self.joining:
                     nursery.start_soon(self._join)
-                log.info(kv("meta.ready", node=self.group.node_id, joining=self.joining,
+                log.info(kv("meta.ready", node=self.name, id=f"{self.node_id:x}",
+                            cluster=self.cluster_id or "-", joining=self.joining,
                             applied=self.store.applied_index))
                 task_status.started(self)
         finally:
@@ -135,53 +205,92 @@ class MetadataGroup:
     def _member(self) -> bool:
         return self.group.node_id in self.group.service.core.status().membership.members()
 
+    def _mark_member(self) -> None:
+        if not self.identity.member:
+            self.identity = dataclasses.replace(self.identity, member=True)
+            identity.save(self.identity_dir, self.identity)
+
+    def _admitted(self, cluster_id: str) -> None:
+        if not self.identity.cluster_id:
+            self.identity = dataclasses.replace(self.identity, cluster_id=cluster_id)
+            identity.save(self.identity_dir, self.identity)
+        self.group.service.cluster_id = self.group.transport.cluster_id = cluster_id
+
+    async def _ask_to_join(self, addr: str):
+        """One addLearner call, following one leader redirect."""
+        from ..raft.wire import raft_capnp
+        for _ in range(2):
+            cap = await self.pool.bootstrap(addr, raft_capnp.Raft, timeout_s=2)
+            reply = await cap.addLearner(name=self.name, nodeId=self.node_id,
+                                         clusterId=self.cluster_id, timeout_s=2)
+            if not (reply.notLeader and reply.leaderAddr):
+                return reply
+            addr = reply.leaderAddr
+        return reply
+
     async def _join(self) -> None:
         """Ask the leader (found through the seeds) to add us as a learner,
-        until the membership we receive holds us."""
-        from ..raft.wire import raft_capnp
+        until the membership we receive holds us.  A refusal is final: the
+        operator has to act (see JoinRefused)."""
         while not self._member():
             for seed in self.seeds:
                 try:
-                    cap = await self.pool.bootstrap(seed, raft_capnp.Raft, timeout_s=2)
-                    reply = await cap.addLearner(name=self.name, timeout_s=2)
-                    if reply.notLeader and reply.leaderHint:
-                        leader = self.group.addr_of(reply.leaderHint)
-                        if leader:
-                            cap = await self.pool.bootstrap(leader, raft_capnp.Raft, timeout_s=2)
-                            reply = await cap.addLearner(name=self.name, timeout_s=2)
-                    if reply.added:
-                        log.info(kv("meta.join_requested", node=self.name, via=seed))
-                        break
+                    reply = await self._ask_to_join(seed)
                 except rpc.RpcError as e:
                     log.debug(kv("meta.join_retry", node=self.name, via=seed, error=str(e)[:120]))
+                    continue
+                if reply.refused:
+                    self.join_refused = reply.refused
+                    log.error(kv("meta.join_refused", node=self.name, id=f"{self.node_id:x}",
+                                 via=seed, reason=reply.refused))
+                    raise JoinRefused(f"the cluster refused this node: {reply.refused}")
+                if reply.added:
+                    self._admitted(reply.clusterId)
+                    log.info(kv("meta.join_requested", node=self.name, id=f"{self.node_id:x}",
+                                via=seed, cluster=reply.clusterId))
+                    break
             with trio.move_on_after(1.0):
                 while not self._member():
-                    await trio.sleep(0.1)
-        log.info(kv("meta.joined", node=self.name))
+                    await trio.sleep(0.05)
+        while self.group.storage.last_index() == 0 and self.group.storage.snapshot is None:
+            await trio.sleep(0.05)  # member once our own storage holds the cluster's log
+        self._mark_member()
+        log.info(kv("meta.joined", node=self.name, id=f"{self.node_id:x}", cluster=self.cluster_id))
+
+    def voters_wanted(self, members: int) -> int:
+        """How many voters a configuration of ``members`` nodes should have:
+        an odd number (an even one tolerates no more failures and needs a
+        larger quorum), at most voters_max."""
+        return max(1, min(self.voters_max, members if members % 2 else members - 1))
 
     async def _promote_learners(self) -> None:
-        """On the leader: one caught-up learner at a time becomes a voter,
-        up to voters_max (the core refuses overlapping changes)."""
+        """On the leader: one live, caught-up learner at a time becomes a
+        voter while there are fewer than voters_wanted (the core refuses
+        overlapping changes).  Learners stay learners otherwise: they are
+        the spares that replace a voter an operator removes."""
         from ..raft.config import ChangeOp, ConfChange
         from ..raft.messages import RaftError, Role
         service = self.group.service
         while True:
-            await trio.sleep(1.0)
+            await trio.sleep(max(0.05, service.tick_s * 5))
             core = service.core
             st = core.status()
             if st.role != Role.LEADER or not st.membership.learners:
                 continue
-            if len(st.membership.voters) >= self.voters_max:
+            wanted = self.voters_wanted(len(st.membership.members()))
+            if len(st.membership.voters) >= wanted:
                 continue
+            live = core.live_members()
             for learner in sorted(st.membership.learners):
                 progress = core.tracker.progress.get(learner) if core.tracker else None
-                if progress is None or progress.match + 16 < st.commit:
+                if learner not in live or progress is None or progress.match + 16 < st.commit:
                     continue  # not caught up: promoting it would slow commits
                 try:
                     core.propose_conf_change(ConfChange(ChangeOp.PROMOTE, learner))
                 except RaftError as e:
-                    log.debug(kv("meta.promote_later", learner=learner, reason=str(e)))
+                    log.debug(kv("meta.promote_later", learner=f"{learner:x}", reason=str(e)))
                     break
                 service.poke()
-                log.info(kv("meta.promoted", learner=learner, term=st.term))
+                log.info(kv("meta.promoted", node=f"{core.id:x}", learner=f"{learner:x}",
+                            term=st.term))
                 break

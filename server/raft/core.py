@@ -222,6 +222,35 @@ class RaftNode(ElectionMixin, ReplicationMixin):
         self.tracker.set_membership(new, proposed.index - 1)
         return proposed
 
+    def live_members(self) -> frozenset[NodeId]:
+        """On a leader: the members that answered within an election
+        timeout, itself included (empty on a follower)."""
+        if self.role != Role.LEADER or self.tracker is None:
+            return frozenset()
+        horizon = self.ticks - self.cfg.election_timeout_ticks
+        return frozenset(n for n, pr in self.tracker.progress.items()
+                         if n == self.id or pr.heard_tick >= max(0, horizon))
+
+    def removal_refusal(self, node: NodeId) -> str | None:
+        """Why removing ``node`` now would stop the cluster, or None.  The
+        voters left must hold a live quorum of their own, or the removal
+        (which commits under the new configuration) and everything after it
+        would wait for machines that are gone."""
+        membership = self.log.membership()
+        if node not in membership.members():
+            return f"node {node:x} is not a member"
+        if node == self.id:
+            return "this node is the leader: transfer leadership before removing it"
+        voters = membership.voters - {node}
+        if not voters:
+            return "cannot remove the last voter"
+        live = len(voters & self.live_members())
+        quorum = len(voters) // 2 + 1
+        if live < quorum:
+            return (f"after the removal {live} of {len(voters)} voters are live, "
+                    f"fewer than the quorum of {quorum}")
+        return None
+
     def _check_can_propose(self) -> None:
         if self.role != Role.LEADER:
             raise NotLeader(self.leader)

@@ -22,9 +22,11 @@ class RaftGroup:
     service: RaftService
     transport: RaftTransport
     addrs: dict[int, str]
+    fresh: bool = False  # the directory held no Raft state when opened
 
     def addr_of(self, node_id: int) -> str | None:
-        return self.addrs.get(node_id) or self.transport._resolve(node_id)
+        return (self.service.core.log.membership().name_of(node_id) or self.addrs.get(node_id)
+                or self.transport._resolve(node_id))
 
     def register(self, node_id: int, addr: str) -> None:
         """Remember where a member added later (a learner) is served."""
@@ -34,12 +36,15 @@ class RaftGroup:
 
 def open_group(node_id: int, addrs: dict[int, str], data_dir: str, state_machine, pool, *,
                cfg: RaftConfig = RaftConfig(), tick_s: float = 0.1, seed: int | None = None,
-               snapshot_entries: int = 10_000, bootstrap: bool = True,
+               snapshot_entries: int = 10_000, bootstrap: bool | Membership = True,
                resolve=None, frame_bytes_max: int = 16 << 20) -> RaftGroup:
-    """``addrs`` maps every initial voter's id (this node's included) to its
-    RPC address; on a brand-new directory they become the first voters,
-    unless ``bootstrap`` is False: a joining node starts with no membership
-    and learns it from the leader once it has been added as a learner.
+    """``addrs`` maps known members' ids to their RPC addresses.  On a
+    brand-new directory ``bootstrap`` decides the first configuration: True
+    makes every id of ``addrs`` a voter (tests and the standalone tool), a
+    Membership is used as given (chordfs cluster init: this node alone), and
+    False starts with none: a joining node learns it from the leader once it
+    has been added as a learner.  Addresses of later members come from the
+    configuration in the log.
     ``frame_bytes_max``: the peers' RPC frame limit, which step batches and
     snapshot parts stay well below."""
     storage = LogStorage(data_dir)
@@ -53,14 +58,19 @@ def open_group(node_id: int, addrs: dict[int, str], data_dir: str, state_machine
         # Storage does not write commit-only changes: whatever the state
         # machine applied was committed, so the commit index is at least that.
         hard_state = dataclasses.replace(hard_state, commit=min(applied, last))
+    if bootstrap is True:
+        bootstrap = Membership(frozenset(addrs), names=tuple(sorted(addrs.items())))
     core = RaftNode(node_id, cfg, random.Random(node_id if seed is None else seed),
                     hard_state=hard_state, snapshot=snapshot, entries=entries,
                     applied=min(applied, last) if applied > last else applied,
-                    bootstrap=Membership(frozenset(addrs)) if fresh and bootstrap else None)
-    transport = RaftTransport(pool, addrs, self_id=node_id, resolve=resolve,
+                    bootstrap=bootstrap if fresh and bootstrap else None)
+
+    def resolve_member(peer: int) -> str | None:
+        return core.log.membership().name_of(peer) or (resolve(peer) if resolve else None)
+    transport = RaftTransport(pool, addrs, self_id=node_id, resolve=resolve_member,
                               batch_bytes_max=frame_bytes_max // 2,
                               part_bytes=min(PART_BYTES, frame_bytes_max // 4))
     service = RaftService(core, storage, state_machine, transport, tick_s=tick_s,
                           snapshot_entries=snapshot_entries)
     transport.on_report(service.report)
-    return RaftGroup(node_id, storage, service, transport, dict(addrs))
+    return RaftGroup(node_id, storage, service, transport, dict(addrs), fresh)

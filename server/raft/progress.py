@@ -38,6 +38,7 @@ class Progress:
     probe_sent: bool = False
     pending_snapshot: int = 0
     recent_active: bool = False
+    heard_tick: int = -1       # leader's tick of this peer's last answer (-1: never)
     snapshot_stalled: int = 0  # heartbeat answers seen while in SNAPSHOT
     inflight: collections.deque = dataclasses.field(default_factory=collections.deque)
 

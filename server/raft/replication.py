@@ -93,7 +93,7 @@ class ReplicationMixin:
         pr = self.tracker.progress.get(m.frm)
         if pr is None:
             return  # a node removed from the membership
-        pr.recent_active = True
+        pr.recent_active, pr.heard_tick = True, self.ticks
         if not m.success:
             hint = m.hint_index
             if m.hint_term > 0:
@@ -124,7 +124,7 @@ class ReplicationMixin:
         pr = self.tracker.progress.get(m.frm)
         if pr is None:
             return
-        pr.recent_active = True
+        pr.recent_active, pr.heard_tick = True, self.ticks
         pr.probe_sent = False
         if pr.state == ProgressState.SNAPSHOT:
             # The follower is alive but never acked the snapshot: the driver

@@ -5,16 +5,22 @@ connection reader.  ``propose`` waits for the command to apply; on a
 follower it is forwarded once to the leader the core knows, so a client may
 talk to any node (the answer still carries the leader hint for next time)."""
 
-import rpc
+import logging
 
-from ..ring.ringmath import node_id as ring_node_id
+import trio
+
+import rpc
+from rpc.logfmt import kv
+
 from .config import ChangeOp, ConfChange
-from .messages import NotLeader, ProposalDropped, ProtocolError, Role
+from .messages import Compacted, NotLeader, ProposalDropped, ProtocolError, Role, Unavailable
 from .service import ProposalFailed
 from .snapparts import Joiner
 from .wire import SnapshotPart, message_from, raft_capnp
 
 PROPOSE_TIMEOUT_S = 10.0
+CHANGE_TIMEOUT_S = 10.0
+log = logging.getLogger("chordfs.raft")
 
 
 class NoReplica(rpc.Unimplemented):
@@ -23,10 +29,9 @@ class NoReplica(rpc.Unimplemented):
 
 class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
     """Mixin: the serving object provides ``raft_service`` (a RaftService,
-    or None on a node without a replica), ``raft_pool`` (an rpc Pool),
-    ``raft_addr_of(node_id)`` and ``raft_register(node_id, addr)``."""
-
-    raft_register = None
+    or None on a node without a replica), ``raft_pool`` (an rpc Pool) and
+    ``raft_addr_of(node_id)``.  The service's ``cluster_id`` ("" for a test
+    group or a node not admitted yet) is checked on every step batch."""
 
     def _raft(self):
         if self.raft_service is None:
@@ -36,10 +41,19 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
     @rpc.inline
     async def step(self, params, results):
         service = self._raft()
+        ours, theirs = service.cluster_id, params.clusterId
+        if ours != theirs and (ours or service.core.log.last_index()):
+            # Empty on both sides only for test groups; a member always has one.
+            _refuse_step(service, f"Raft traffic of cluster {theirs or '(none)'} reached "
+                                  f"cluster {ours or '(not admitted yet)'}")
         messages = []
         try:
             for r in params.messages:
                 m = message_from(r)
+                if m.to != service.core.id:
+                    _refuse_step(service, f"Raft message for node {m.to:x} reached node "
+                                          f"{service.core.id:x} (a replaced machine at the "
+                                          "old address?)")
                 if type(m) is SnapshotPart:
                     # One joiner per connection: a sender's parts come in
                     # order on its connection (server objects are per connection).
@@ -51,17 +65,31 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
                 messages.append(m)
         except ProtocolError as e:
             raise rpc.Failed(f"bad Raft message: {e}") from None
+        if messages and params.fromAddr:
+            try:
+                rpc.split_addr(params.fromAddr)
+            except ValueError:
+                raise rpc.Failed(f"bad sender address {params.fromAddr!r}") from None
+            service.transport.learn_address(messages[0].frm, params.fromAddr)
         results.accepted = service.deliver(messages)
 
     async def propose(self, params, results):
         command = params.command
         service = self._raft()
+        # A command apply would refuse anyway never enters the log: the
+        # state machine's answer goes back at once, with index and term 0.
+        validate = getattr(service.sm, "validate", None)
+        refused = validate(command) if validate is not None else None
+        if refused is not None:
+            results.index, results.term, results.result = 0, 0, refused
+            return
         try:
             index, term, result = await service.propose(command, timeout_s=PROPOSE_TIMEOUT_S)
         except NotLeader as e:
             hint = e.leader_hint or 0
             if params.forwarded or not hint or self.raft_addr_of(hint) is None:
                 results.notLeader, results.leaderHint = True, hint
+                results.leaderAddr = (self.raft_addr_of(hint) or "") if hint else ""
                 return
             await self._forward(command, hint, results)
             return
@@ -71,35 +99,98 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
 
     @rpc.inline
     async def status(self, params, results):
-        st = self._raft().core.status()
+        service = self._raft()
+        core = service.core
+        st = core.status()
         results.id, results.term, results.leader = st.id, st.term, st.leader or 0
         results.role, results.commit = st.role.name.lower(), st.commit
-        results.applied, results.lastIndex = self.raft_service.applied, st.last_index
+        results.applied, results.lastIndex = service.applied, st.last_index
+        results.clusterId = service.cluster_id
+        results.leaderAddr = (st.membership.name_of(st.leader) or "") if st.leader else ""
         for field, ids in (("voters", st.membership.voters), ("learners", st.membership.learners)):
             out = results.init(field, len(ids))
             for i, node in enumerate(sorted(ids)):
                 out[i] = node
+        live = core.live_members()
+        progress = core.tracker.progress if core.tracker is not None and live else {}
+        ids = sorted(st.membership.voters) + sorted(st.membership.learners)
+        out = results.init("members", len(ids))
+        for i, node in enumerate(ids):
+            m = out[i]
+            m.id, m.name = node, st.membership.name_of(node) or ""
+            m.voter = node in st.membership.voters
+            m.live = node in live
+            m.match = progress[node].match if node in progress else 0
+
+    def _not_leader(self, core, results) -> bool:
+        if core.role == Role.LEADER:
+            return False
+        results.notLeader = True
+        hint = core.leader or 0
+        if hasattr(results, "leaderHint"):
+            results.leaderHint = hint
+        results.leaderAddr = (core.log.membership().name_of(hint) or "") if hint else ""
+        return True
 
     @rpc.inline
     async def add_learner(self, params, results):
         service = self._raft()
         core = service.core
-        if core.role != Role.LEADER:
-            results.notLeader, results.leaderHint = True, core.leader or 0
+        if self._not_leader(core, results):
             return
-        if self.raft_register is None:
-            raise rpc.Unimplemented("this server does not take new members")
-        name = params.name
+        name, joiner = params.name, params.nodeId
         rpc.split_addr(name)  # ValueError -> Failed: names are host:port
-        joiner = ring_node_id(name)
-        self.raft_register(joiner, name)
-        if joiner not in core.status().membership.members():
+        results.clusterId = service.cluster_id
+        refusal = join_refusal(core.log.membership(), service.cluster_id, name, joiner,
+                               params.clusterId)
+        if refusal:
+            log.warning(kv("raft.join_refused", node=core.id, term=core.term, joiner=f"{joiner:x}",
+                           addr=name, reason=refusal))
+            results.refused = refusal
+            return
+        if joiner not in core.log.membership().members():
             try:
-                core.propose_conf_change(ConfChange(ChangeOp.ADD_LEARNER, joiner))
+                core.propose_conf_change(ConfChange(ChangeOp.ADD_LEARNER, joiner, name))
             except ProposalDropped as e:
                 raise rpc.Overloaded(f"cannot add {name} now: {e}") from None
             service.poke()
+            log.info(kv("raft.learner_added", node=core.id, term=core.term, joiner=f"{joiner:x}",
+                        addr=name))
         results.added = True
+
+    async def change_member(self, params, results):
+        service = self._raft()
+        core = service.core
+        if self._not_leader(core, results):
+            return
+        node, op = params.nodeId, params.op
+        if op == "remove":
+            refusal = core.removal_refusal(node)
+            if refusal and not (params.force and node in core.log.membership().members()
+                                and node != core.id):
+                results.refused = f"not removing node {node:x}: {refusal}"
+                return
+            change = ConfChange(ChangeOp.REMOVE, node)
+        elif op == "promote":
+            change = ConfChange(ChangeOp.PROMOTE, node)
+        else:
+            results.refused = f"unknown membership operation {op!r} (remove or promote)"
+            return
+        try:
+            proposed = core.propose_conf_change(change)
+        except ProposalDropped as e:
+            results.refused = f"cannot {op} node {node:x} now: {e}"
+            return
+        service.poke()
+        log.info(kv("raft.member_change", node=core.id, term=core.term, op=op, target=f"{node:x}",
+                    index=proposed.index, forced=bool(params.force)))
+        with trio.move_on_after(CHANGE_TIMEOUT_S):
+            while core.log.committed < proposed.index and core.role == Role.LEADER:
+                await trio.sleep(0.01)
+        results.done = (core.log.committed >= proposed.index
+                        and _term_at(core, proposed.index) in (proposed.term, -1))
+        if not results.done:
+            results.refused = f"the {op} of node {node:x} was not committed in time"
 
     async def _forward(self, command: bytes, leader: int, results) -> None:
         try:
@@ -112,3 +203,39 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
             return
         results.index, results.term, results.result = reply.index, reply.term, reply.result
         results.notLeader, results.leaderHint = reply.notLeader, reply.leaderHint or leader
+        results.leaderAddr = reply.leaderAddr
+
+
+def _term_at(core, index: int) -> int:
+    try:
+        return core.log.term(index)
+    except Compacted:
+        return -1  # below the snapshot: committed, so it stands
+    except Unavailable:
+        return 0
+
+
+def _refuse_step(service, reason: str) -> None:
+    service.refused_steps = getattr(service, "refused_steps", 0) + 1
+    if service.refused_steps in (1, 10) or service.refused_steps % 1000 == 0:
+        log.warning(kv("raft.step_refused", node=f"{service.core.id:x}", term=service.core.term,
+                       reason=reason, refused=service.refused_steps))
+    raise rpc.Failed(reason)
+
+
+def join_refusal(membership, cluster_id: str, name: str, joiner: int, theirs: str) -> str:
+    """Why node ``joiner`` at ``name`` may not join, in one sentence; "" if it may."""
+    if not joiner:
+        return "the joining node sent no node id (an older chordfs?)"
+    if theirs and cluster_id and theirs != cluster_id:
+        return f"the node belongs to cluster {theirs}, this is cluster {cluster_id}"
+    known = membership.name_of(joiner)
+    if known is not None and known != name:
+        return f"node {joiner:x} is a member at {known}, not at {name}"
+    holder = membership.id_named(name)
+    if holder is not None and holder != joiner:
+        role = "voter" if holder in membership.voters else "learner"
+        return (f"{name} is the address of member {holder:x} (a {role}); if that machine lost its "
+                f"storage, remove it first with `chordfs members ANY_NODE remove {holder:x}`, "
+                "then start this node again to join as a new member")
+    return ""

@@ -66,6 +66,11 @@ class RaftService:
         self._snapshot_entries = snapshot_entries
         self.applied = state_machine.applied_index()
         self.dropped_messages = 0
+        self.refused_steps = 0
+        # The cluster this replica belongs to ("" for test groups and for a
+        # joining node until the leader admits it); the transport stamps it
+        # on what it sends, the server refuses steps that carry another.
+        self.cluster_id = ""
 
     # ---------------------------------------------------------------- inputs
 

@@ -115,6 +115,17 @@ class LogStorage:
         self._recover_segments()
         self._open_active()
 
+    @staticmethod
+    def has_state(directory: str) -> bool:
+        """Whether ``directory`` holds anything Raft wrote (without opening
+        it): the test a node uses to tell a lost disk from a new one."""
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return False
+        return any((n in ("hardstate", "snapshot") or (n.startswith("log-") and n.endswith(".seg")))
+                   and os.path.getsize(os.path.join(directory, n)) > 0 for n in names)
+
     # ------------------------------------------------------------ reading
     def entries(self) -> list[Entry]:
         """Entries after the snapshot, in order (what RaftNode wants)."""

@@ -61,6 +61,10 @@ class RaftTransport:
         self._timeout_s = call_timeout_s
         self._backoff_s = backoff_s
         self._nursery = None
+        # Stamped on every step call; receivers refuse another cluster's
+        # traffic ("" until a joining node has been admitted).
+        self.cluster_id = ""
+        self.self_addr = ""  # stamped too: where peers answer us
         # Members added after start (learners) are found by id through the
         # node's member list: names are addresses and ids are their hashes.
         self._resolve = resolve or (lambda node_id: None)
@@ -77,6 +81,12 @@ class RaftTransport:
         peer = self._peers.get(node_id)
         if peer is not None:
             peer.addr = addr
+
+    def learn_address(self, node_id: int, addr: str) -> None:
+        """Where a peer that wrote to us serves, for ids no configuration
+        we hold names yet; never overrides a known address."""
+        if node_id != self._self_id and node_id not in self._addrs and self._resolve(node_id) is None:
+            self.set_address(node_id, addr)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -145,7 +155,10 @@ class RaftTransport:
         return True
 
     async def _step(self, cap, messages) -> None:
-        await cap.call("step", fill=lambda p: wire.fill_batch(p, messages), timeout_s=self._timeout_s)
+        def fill(p):
+            wire.fill_batch(p, messages)
+            p.clusterId, p.fromAddr = self.cluster_id, self.self_addr
+        await cap.call("step", fill=fill, timeout_s=self._timeout_s)
 
     async def _send_parts(self, cap, node_id: int, m: InstallSnapshot) -> None:
         started = trio.current_time()

@@ -100,11 +100,14 @@ class Cluster:
     def leader(self) -> Node | None:
         return next((n for n in self.live() if n.role == Role.LEADER), None)
 
-    async def wait_leader(self, deadline_s: float = LEADER_DEADLINE_S) -> Node:
+    async def wait_leader(self, deadline_s: float = LEADER_DEADLINE_S, voters: int = 0) -> Node:
+        """A leader every live node knows (and, with ``voters``, a
+        configuration of that many voters: the joiners were promoted)."""
         with trio.fail_after(deadline_s):
             while True:
                 leader = self.leader()
-                if leader is not None and all(n.md.group.service.core.leader for n in self.live()):
+                if (leader is not None and all(n.md.group.service.core.leader for n in self.live())
+                        and len(leader.md.group.service.core.log.membership().voters) >= voters):
                     return leader
                 await trio.sleep(0.01)
 
@@ -126,8 +129,10 @@ async def _run_node(name: str, names: list[str], data_dir: str, node_box: list,
                 astore = await AsyncChunkStore.open(os.path.join(data_dir, "chunks"),
                                                     fsync_enabled=False)
                 try:
+                    # The first name founds the cluster; the others join it.
                     md = MetadataGroup(name, names, os.path.join(data_dir, "meta"), pool,
-                                       tick_s=TICK_S, cfg=RAFT, init=InitParams(now_ns=0, chunk_bytes=chunk_bytes))
+                                       tick_s=TICK_S, cfg=RAFT, init=InitParams(now_ns=0, chunk_bytes=chunk_bytes),
+                                       bootstrap=name == names[0])
                     await nursery.start(md.run)
                     service = StoreService(astore)
                     await nursery.start(lambda task_status: rpc.serve_tcp(
@@ -141,6 +146,10 @@ async def _run_node(name: str, names: list[str], data_dir: str, node_box: list,
                     astore.close()
     finally:
         stopped.set()
+
+
+def voters_wanted(members: int) -> int:
+    return members if members % 2 else members - 1
 
 
 @contextlib.asynccontextmanager
@@ -158,10 +167,14 @@ async def run_cluster(base_dir, ports: list[int], chunk_bytes: int = CHUNK_BYTES
                                 chunk_bytes, table)
         cluster = Cluster(nodes, table)
         if only is None:
-            await cluster.wait_leader()
+            await cluster.wait_leader(voters=voters_wanted(len(names)))
         else:
+            # Ready once this node knows a leader and a configuration with
+            # every voter promoted (tests kill the leader next).
+            core = nodes[0].md.group.service.core
             with trio.fail_after(LEADER_DEADLINE_S):
-                while not nodes[0].md.group.service.core.leader:
+                while not (core.leader and len(core.log.membership().voters)
+                           >= voters_wanted(len(names))):
                     await trio.sleep(0.01)
         try:
             yield cluster

@@ -50,12 +50,12 @@ def ring_alive(addr: str, timeout_s: float = 1.0) -> set[str] | None:
 
 
 def raft_status(addr: str, timeout_s: float = 1.0):
-    """(id, leader, role) of one node, or None if it does not answer."""
+    """(id, leader, role, voters) of one node, or None if it does not answer."""
     try:
         st = trio.run(_raft_status, addr, timeout_s)
     except (rpc.RpcError, trio.TooSlowError, OSError):
         return None
-    return st.id, st.leader, str(st.role)
+    return st.id, st.leader, str(st.role), len(st.voters)
 
 
 @dataclasses.dataclass
@@ -71,17 +71,20 @@ class Cluster:
     def alive(self) -> list[int]:
         return [i for i, p in enumerate(self.procs) if p.poll() is None]
 
-    def leader_index(self) -> int | None:
-        """Index of the node whose Raft status says it leads, if one does."""
+    def leader_index(self, voters: int = 0) -> int | None:
+        """Index of the node whose Raft status says it leads (over at least
+        ``voters`` voters), if one does."""
         for i in self.alive():
             st = raft_status(self.addrs[i])
-            if st is not None and st[2].lower() == "leader":
+            if st is not None and st[2].lower() == "leader" and st[3] >= voters:
                 return i
         return None
 
-    def wait_leader(self, timeout_s: float = READY_DEADLINE_S) -> int:
+    def wait_leader(self, timeout_s: float = READY_DEADLINE_S, voters: int = 0) -> int:
+        """A leader; with ``voters``, once that many were promoted (the
+        first node founds the cluster, the others join as learners)."""
         deadline = time.monotonic() + timeout_s
-        while (index := self.leader_index()) is None:
+        while (index := self.leader_index(voters)) is None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no Raft leader within {timeout_s} s:\n{self.logs()}")
             time.sleep(0.1)
@@ -124,9 +127,10 @@ def start_cluster(base: pathlib.Path, n: int = 3) -> Cluster:
                 cluster.procs.append(subprocess.Popen(
                     [sys.executable, "-m", "server.cli", "node", "--listen-port",
                      addr.split(":")[1], "--data-dir", str(base / f"n{i}"),
-                     "--seeds", cluster.spec, "--log-level", "warning"],
+                     "--seeds", cluster.spec, "--log-level", "warning"]
+                    + (["--init"] if i == 0 else []),
                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err))
-        cluster.wait_leader()
+        cluster.wait_leader(voters=n if n % 2 else n - 1)
         cluster.wait_ring()
     except BaseException:
         cluster.stop()

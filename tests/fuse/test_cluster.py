@@ -438,8 +438,7 @@ def _exercise_fresh_mount(tmp_path: pathlib.Path, mnt: pathlib.Path, src: pathli
 
 
 def _leader_name(names: list[str]) -> str:
-    """The leader as the surviving nodes see it (Raft.status)."""
-    by_id = {node_id(name): name for name in names}
+    """The leader as the surviving nodes see it (Raft.status names it)."""
 
     async def ask() -> str | None:
         for name in names:
@@ -450,8 +449,8 @@ def _leader_name(names: list[str]) -> str:
                         status = await raft.status(timeout_s=2)
                 except rpc.RpcError:
                     continue
-                if status.leader in by_id:
-                    return by_id[status.leader]
+                if status.leaderAddr in names:
+                    return status.leaderAddr
         return None
 
     leader = trio.run(ask)

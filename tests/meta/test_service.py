@@ -38,14 +38,16 @@ async def test_writes_through_any_node_reads_linearizable_everywhere(tmp_path):
             pool = Pool(nursery, connect_timeout_s=0.5, backoff_max_s=0.2)
             md = MetadataGroup(name, names, str(tmp_path / str(port)), pool, tick_s=0.02,
                                cfg=RaftConfig(election_timeout_ticks=10, heartbeat_interval_ticks=2),
-                               init=InitParams(now_ns=0))
+                               init=InitParams(now_ns=0), bootstrap=name == names[0])
             await nursery.start(md.run)
             await nursery.start(lambda task_status, md=md, pool=pool: rpc.serve_tcp(
                 lambda: Server(md, pool), port, task_status=task_status))
             groups.append(md)
         with trio.fail_after(10):
             while not (any(g.group.service.core.role == Role.LEADER for g in groups)
-                       and all(g.group.service.core.leader for g in groups)):
+                       and all(g.group.service.core.leader for g in groups)
+                       and all(len(g.group.service.core.log.membership().voters) == 3
+                               for g in groups)):
                 await trio.sleep(0.01)
         follower = next(n for n, g in zip(names, groups) if g.group.service.core.role != Role.LEADER)
         async with rpc.connect(follower) as conn:

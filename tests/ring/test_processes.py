@@ -49,7 +49,7 @@ class Cluster:
         log = open(self.tmp / f"node{i}.{self.starts[i]}.log", "w")
         argv = [sys.executable, "-m", "server.cli", "node", "--listen-port", port,
                 "--data-dir", str(self.tmp / f"n{i}"), "--seeds", ",".join(self.addrs[:3]),
-                "--ring-tick-ms", str(RING_TICK_MS)]
+                "--ring-tick-ms", str(RING_TICK_MS)] + (["--init"] if i == 0 else [])
         self.procs[i] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
 
