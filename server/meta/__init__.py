@@ -2,9 +2,10 @@
 
 Modules: ``types`` (commands, results), ``schema`` (SQLite layout and row
 helpers), ``namespace``/``rename``/``attrs`` (command handlers), ``chunks``
-(manifests, refcounts, gc), ``apply`` (transactions and the applied index),
-``queries`` (reads): all pure cores working on a sqlite3 connection they are
-handed. ``codec`` (Cap'n Proto, rpc/schema/meta.capnp) and ``store`` (the
+(manifests, refcounts, gc), ``validate`` (static checks of a command, run
+before proposing and again in apply), ``apply`` (transactions, the applied
+index, and turning a handler's exception into an EIO result), ``queries``
+(reads): all pure cores working on a sqlite3 connection they are handed. ``codec`` (Cap'n Proto, rpc/schema/meta.capnp) and ``store`` (the
 file-backed ``MetaStore`` with snapshots) do I/O.
 
 Entry points:

@@ -8,24 +8,47 @@ returns ``AlreadyApplied`` (results are not stored; after a restart nobody
 waits for them). Gaps are allowed: Raft entries that are not metadata
 commands (no-ops, configuration changes) never reach this module.
 
-A command that fails with an errno has changed nothing (asserted through the
-connection's change counter); an exception is a bug, rolls the whole call
-back and propagates, because swallowing it would let replicas diverge.
+Apply is total: every committed command gets a result and advances the
+applied index, whatever it holds, and every replica records the same one.
+Each command runs inside its own SAVEPOINT of the batch's transaction:
+1. ``validate.check`` refuses what no handler may see (inode numbers outside
+   1..2**63-1, bad names, oversized values...). The result is that errno:
+   EINVAL for ranges and types, ENAMETOOLONG, ERANGE, E2BIG or EFBIG where
+   Linux answers those (validate's docstring lists them). Nothing changes.
+2. The handler runs. A command that fails with an errno has changed nothing
+   (asserted through the connection's change counter).
+3. A handler that raises an ``Exception`` (a bug: sqlite's OverflowError on
+   a value it cannot store, a failed assertion, a constraint) is rolled back
+   to the savepoint and answered EIO; ``on_fault`` hears of it (the store
+   logs a warning). The same code on the same state raises the same way on
+   every replica, so recording EIO keeps them identical, where re-raising
+   would stop every replica on the same entry after every restart.
+
+Not turned into results: failures of this node's environment (SQLite's
+disk full, I/O error, busy, corrupt...; ``MemoryError``, ``OSError``) and
+``BaseException`` (cancellation). Another replica applies the same entry
+fine, so recording a failure here would make the replicas diverge: the whole
+batch rolls back and the exception propagates; Raft re-delivers the entries
+after the node restarts.
 """
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from collections.abc import Callable, Iterable
 
-from . import attrs, namespace, rename
-from .types import (AlreadyApplied, CommitWrite, Create, ForgetChunks, Link,
-                    Mkdir, Mknod, ReleaseOrphan, RemoveXattr, Rename, Result,
-                    Rmdir, SetAttr, SetXattr, Symlink, Unlink)
+from . import attrs, namespace, rename, validate
+from .types import (COMMANDS, AlreadyApplied, CommitWrite, Create,
+                    ForgetChunks, Link, Mkdir, Mknod, ReleaseOrphan,
+                    RemoveXattr, Rename, Result, Rmdir, SetAttr, SetXattr,
+                    Symlink, Unlink)
 
 PURE_CORE = True
 
 Handler = Callable[[sqlite3.Connection, int, object], Result]
+# (index, command, exception) of a command answered EIO.
+FaultHook = Callable[[int, object, Exception], None]
 
 _HANDLERS: dict[type, Handler] = {
     Create: lambda c, i, cmd: namespace.create(c, cmd),
@@ -43,43 +66,79 @@ _HANDLERS: dict[type, Handler] = {
     ReleaseOrphan: attrs.release_orphan,
     ForgetChunks: lambda c, i, cmd: attrs.forget_chunks(c, cmd),
 }
+assert set(_HANDLERS) == set(COMMANDS), "every command needs a handler"
+
+# SQLite primary result codes that describe this node's disk, memory or
+# file rather than the command: SQLITE_BUSY, LOCKED, NOMEM, READONLY,
+# INTERRUPT, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOLFS, AUTH, NOTADB.
+_LOCAL_SQLITE_CODES = frozenset({5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 22, 23, 26})
+
+
+def is_local_failure(exc: BaseException) -> bool:
+    """True for an exception another replica would not see on the same entry."""
+    if not isinstance(exc, Exception) or isinstance(exc, (MemoryError, OSError)):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _LOCAL_SQLITE_CODES
 
 
 def applied_index(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT applied_index FROM state WHERE id = 0").fetchone()[0]
 
 
-def _apply_one(conn: sqlite3.Connection, index: int, cmd: object, applied: int) -> Result:
-    if index <= applied:
-        return AlreadyApplied(index, applied)
-    handler = _HANDLERS.get(type(cmd))
-    if handler is None:
-        raise TypeError(f"not a metadata command: {type(cmd).__name__}")
+def _run(conn: sqlite3.Connection, index: int, cmd: object) -> Result:
+    err = validate.check(cmd)
+    if err:
+        return validate.error_result(cmd, err)
     before = conn.total_changes
-    result = handler(conn, index, cmd)
+    result = _HANDLERS[type(cmd)](conn, index, cmd)
     assert result.err == 0 or conn.total_changes == before, (
         f"{type(cmd).__name__} changed state before failing with {result.err}")
+    return result
+
+
+def _apply_one(conn: sqlite3.Connection, index: int, cmd: object, applied: int,
+               on_fault: FaultHook | None) -> Result:
+    if index <= applied:
+        return AlreadyApplied(index, applied)
+    conn.execute("SAVEPOINT command")
+    try:
+        result = _run(conn, index, cmd)
+    except Exception as exc:
+        if is_local_failure(exc):
+            raise
+        conn.execute("ROLLBACK TO command")
+        result = validate.error_result(cmd, errno.EIO)
+        if on_fault is not None:
+            on_fault(index, cmd, exc)
+    conn.execute("RELEASE command")
     conn.execute("UPDATE state SET applied_index = ? WHERE id = 0", (index,))
     return result
 
 
-def apply_batch(conn: sqlite3.Connection, entries: Iterable[tuple[int, object]]) -> list[Result]:
+def apply_batch(conn: sqlite3.Connection, entries: Iterable[tuple[int, object]],
+                on_fault: FaultHook | None = None) -> list[Result]:
     """Apply ``(index, command)`` pairs in order inside one transaction;
-    indexes must increase. The whole batch commits or none of it does."""
+    indexes must increase. The whole batch commits or, on a local failure
+    (module docstring), none of it does."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         applied = applied_index(conn)
         results = []
         for index, cmd in entries:
-            result = _apply_one(conn, index, cmd, applied)
+            result = _apply_one(conn, index, cmd, applied, on_fault)
             applied = max(applied, index)
             results.append(result)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite ends the transaction itself on some errors (disk full, I/O):
+        # a second ROLLBACK would hide the original exception.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     return results
 
 
-def apply_command(conn: sqlite3.Connection, index: int, cmd: object) -> Result:
-    return apply_batch(conn, [(index, cmd)])[0]
+def apply_command(conn: sqlite3.Connection, index: int, cmd: object,
+                  on_fault: FaultHook | None = None) -> Result:
+    return apply_batch(conn, [(index, cmd)], on_fault)[0]

@@ -142,6 +142,9 @@ def _encode_union(root, obj) -> bytes:
         _fill(message.init(_member(type(obj))), obj)
     except capnp.KjException as exc:
         raise ValueError(f"cannot encode {obj!r}: {exc.description}") from exc
+    except (OverflowError, TypeError) as exc:
+        # pycapnp raises these itself for an int past 2**64 or a wrong type.
+        raise ValueError(f"cannot encode {obj!r}: {exc}") from exc
     return message.to_bytes_packed()
 
 

@@ -16,19 +16,11 @@ import stat
 from . import chunks
 from .schema import (INODE_COLUMNS, Inode, add_counters, allocate_ino,
                      dir_is_empty, load, lookup_entry)
-from .types import (LINK_MAX, NAME_BYTES_MAX, SYMLINK_BYTES_MAX, Create,
-                    EntryReply, Link, Mkdir, Mknod, RemoveReply, Rmdir,
-                    Symlink, Unlink)
+from .types import (LINK_MAX, SYMLINK_BYTES_MAX, Create, EntryReply, Link,
+                    Mkdir, Mknod, RemoveReply, Rmdir, Symlink, Unlink)
+from .validate import check_name
 
 PURE_CORE = True
-
-
-def check_name(name: bytes) -> int:
-    if len(name) > NAME_BYTES_MAX:
-        return errno.ENAMETOOLONG
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        return errno.EINVAL
-    return 0
 
 
 def parent_dir(conn: sqlite3.Connection, ino: int) -> tuple[int, Inode | None]:

@@ -3,14 +3,18 @@
 Raft hands over committed entries as bytes; results go back to proposers as
 bytes (codec.encode_result).  An entry that does not decode as a Command is
 answered EINVAL on every replica alike and changes nothing, so one bad
-proposal can neither stop the service nor make replicas diverge.  Snapshots
-are the store's consistent file copies, moved as bytes inside Raft's
+proposal can neither stop the service nor make replicas diverge; one that
+decodes is checked and applied by ``apply`` (server/meta/apply.py), which
+answers bad values and handler faults with errno results alike on every
+replica.  ``validate`` runs the same check before a command is proposed, so
+a proposer hears the refusal without a trip through the log.  Snapshots are
+the store's consistent file copies, moved as bytes inside Raft's
 InstallSnapshot."""
 
 import errno
 import os
 
-from . import codec
+from . import codec, validate
 from .store import MetaStore
 from .types import Status
 
@@ -23,6 +27,17 @@ class MetaStateMachine:
 
     def applied_index(self) -> int:
         return self.store.applied_index
+
+    def validate(self, data: bytes) -> bytes | None:
+        """The encoded result apply would answer without looking at the
+        database (bytes that do not decode, values out of range), or None
+        if the command needs the log. Pure: safe to call from any task."""
+        try:
+            cmd = codec.decode_command(data)
+        except ValueError:
+            return codec.encode_result(Status(errno.EINVAL))
+        err = validate.check(cmd)
+        return codec.encode_result(validate.error_result(cmd, err)) if err else None
 
     def apply(self, index: int, data: bytes) -> bytes:
         return self.apply_batch([(index, data)])[0]

@@ -20,13 +20,18 @@ so replicas fed the same log produce byte-identical files.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sqlite3
+
+from rpc.logfmt import kv
 
 from . import apply as apply_mod
 from . import chunks, codec, queries, schema
 from .types import (CHUNK_BYTES_DEFAULT, MANIFEST_PAGE_MAX, READDIR_PAGE_MAX,
                     Command, Result)
+
+log = logging.getLogger("chordfs.meta")
 
 CACHE_KIB = 64 << 10
 SNAPSHOT_SCHEMA_COOKIE = 1000
@@ -71,6 +76,7 @@ class MetaStore:
             schema.init_db(self._conn, now_ns=init.now_ns, uid=init.uid, gid=init.gid,
                            root_mode=init.root_mode, chunk_bytes=init.chunk_bytes)
         self._check_version(self._conn, path)
+        self.apply_faults = 0  # commands answered EIO since this process opened the file
 
     @staticmethod
     def _check_version(conn: sqlite3.Connection, path: str) -> None:
@@ -97,15 +103,22 @@ class MetaStore:
     def apply(self, index: int, command_bytes: bytes) -> Result:
         """Decode and apply one Raft entry. ValueError for bytes that are no
         Command (a protocol violation: nothing changes, not even the index)."""
-        return apply_mod.apply_command(self._conn, index, codec.decode_command(command_bytes))
+        return self.apply_command(index, codec.decode_command(command_bytes))
 
     def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[Result]:
         """Several committed entries in one transaction (one fsync-free commit)."""
         decoded = [(index, codec.decode_command(data)) for index, data in entries]
-        return apply_mod.apply_batch(self._conn, decoded)
+        return apply_mod.apply_batch(self._conn, decoded, self._fault)
 
     def apply_command(self, index: int, cmd: Command) -> Result:
-        return apply_mod.apply_command(self._conn, index, cmd)
+        return apply_mod.apply_command(self._conn, index, cmd, self._fault)
+
+    def _fault(self, index: int, cmd: object, exc: Exception) -> None:
+        # A bug in a handler: every replica answers EIO alike and keeps
+        # running (apply's docstring); the traceback is for whoever fixes it.
+        self.apply_faults += 1
+        log.warning(kv("meta.apply_fault", index=index, command=type(cmd).__name__,
+                       error=f"{type(exc).__name__}: {exc}"[:200]), exc_info=exc)
 
     def checkpoint(self) -> int:
         """Make every applied index durable; returns the highest one."""

@@ -80,16 +80,22 @@ def test_missing_database_needs_init(tmp_path):
         MetaStore(str(tmp_path / "none.db"))
 
 
-def test_failures_change_nothing_not_even_the_index(tmp_path):
+def test_failures_change_nothing_not_even_the_index(tmp_path, monkeypatch):
     d = Driver(path=str(tmp_path / "m.db"))
     d.mkdir(ROOT, b"a")
     with pytest.raises(ValueError):
         d.store.apply(2, b"\x00\x01 not capnp")
     assert d.store.applied_index == 1
     good = codec.encode_command(t.Mkdir(ROOT, b"b", 0o755, 0, 0, T0_NS))
-    with pytest.raises(TypeError):
-        from server.meta import apply
-        apply.apply_batch(d.store.conn, [(2, codec.decode_command(good)), (3, object())])
+
+    def disk_gone(conn, index, cmd):
+        raise OSError(errno.EIO, "disk gone")  # local to this node: not a result
+    from server.meta import apply
+    monkeypatch.setitem(apply._HANDLERS, t.Rmdir, disk_gone)
+    with pytest.raises(OSError):
+        apply.apply_batch(d.store.conn, [(2, codec.decode_command(good)),
+                                         (3, t.Rmdir(ROOT, b"a", T0_NS))])
+    monkeypatch.undo()
     assert d.store.applied_index == 1 and d.store.lookup(ROOT, b"b").err == errno.ENOENT
     results = d.store.apply_batch([(2, good), (3, good)])
     assert [r.err for r in results] == [0, errno.EEXIST] and d.store.applied_index == 3
