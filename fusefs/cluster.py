@@ -48,6 +48,7 @@ from rpc.pool import Pool
 from server.meta.types import (READDIR_PAGE_MAX, BytesReply, Command, DirPage,
                                EntryReply, ManifestPage, NamesReply, Result, StatFs)
 from rpc.schema import load as load_schema
+from server.raft.wire import raft_capnp
 from server.ring.ringmath import VIRTUAL_IDS_DEFAULT, Ring
 from server.store.errors import StoreError
 from server.store.replication import (ChunkUnavailable, ReplicatedStore,
@@ -81,7 +82,9 @@ class ClusterConfig:
     chunk_timeout_s: float = 10.0
     chunk_deadline_s: float = 30.0
     ring_refresh_s: float = 5.0  # 0: keep the mount-time node list
-    virtual_ids: int = VIRTUAL_IDS_DEFAULT  # must equal the nodes' setting
+    # Until the cluster's committed settings are read (refresh_map), which
+    # then replace these two and the write quorum floor.
+    virtual_ids: int = VIRTUAL_IDS_DEFAULT
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -129,6 +132,8 @@ class ClusterBackend(Backend):
                                backoff_initial_s=cfg.backoff_initial_s,
                                backoff_max_s=cfg.backoff_max_s)
         self.ring = Ring(cfg.nodes, cfg.virtual_ids)
+        self.virtual_ids = cfg.virtual_ids
+        self.map_epoch = 0  # index of the committed configuration the settings came from
         self.chunks = ReplicatedStore(
             self.pool, lambda: self.ring, lambda name: name,
             R=cfg.replicas, W=cfg.write_acks,
@@ -216,15 +221,53 @@ class ClusterBackend(Backend):
     async def refresh_ring_forever(self) -> None:
         while True:
             await trio.sleep(self.cfg.ring_refresh_s)
+            await self.refresh_map()
             await self.refresh_ring()
+
+    def _sources(self) -> list[str]:
+        leader = self.meta.leader
+        return ([leader] if leader else []) + [n for n in self.cfg.nodes if n != leader]
+
+    async def refresh_map(self) -> bool:
+        """Take the placement settings (virtual ids, replication factor,
+        write quorum) from the committed cluster configuration, as the nodes
+        do: a mount must place chunks where the nodes repair and collect
+        them.  Checked again whenever the ring is refreshed; the settings
+        change only with the configuration's index (the map epoch)."""
+        timeout_s = self.cfg.attempt_timeout_s
+        for addr in self._sources():
+            try:
+                with trio.fail_after(timeout_s):
+                    cap = await self.pool.bootstrap(addr, raft_capnp.Raft, timeout_s=timeout_s)
+                    st = await cap.status(timeout_s=timeout_s)
+            except (rpc.RpcError, trio.TooSlowError) as exc:
+                log.debug(kv("cluster.map_failed", node=addr, kind=type(exc).__name__))
+                continue
+            params = dict(zip(st.paramKeys, st.paramValues))
+            if not params or st.configIndex <= self.map_epoch:
+                return bool(params)
+            self._take_map(st.configIndex, params, addr)
+            return True
+        return False
+
+    def _take_map(self, epoch: int, params: dict, source: str) -> None:
+        vids = params.get("virtual_ids_per_node", self.virtual_ids)
+        replicas = params.get("replication_factor", self.chunks.R)
+        quorum = params.get("write_quorum_min", self.chunks.W_min)
+        if (vids, replicas, quorum) != (self.virtual_ids, self.chunks.R, self.chunks.W_min):
+            log.info(kv("cluster.map", source=source, epoch=epoch, virtual_ids=vids,
+                        replicas=replicas, write_quorum_min=quorum))
+        if vids != self.virtual_ids:
+            self.virtual_ids = vids
+            self.ring = Ring(self.ring.names, vids)
+        self.chunks.R, self.chunks.W_min = replicas, quorum
+        self.map_epoch = epoch
 
     async def refresh_ring(self) -> bool:
         """Take the placed members one node reports as the ring view; False
         (view unchanged) when no node answered with any."""
-        leader = self.meta.leader
-        sources = ([leader] if leader else []) + [n for n in self.cfg.nodes if n != leader]
         timeout_s = self.cfg.attempt_timeout_s
-        for addr in sources:
+        for addr in self._sources():
             try:
                 with trio.fail_after(timeout_s):
                     cap = await self.pool.bootstrap(addr, ring_capnp.RingPeer, timeout_s=timeout_s)
@@ -236,7 +279,7 @@ class ClusterBackend(Backend):
                 continue
             if not names:
                 continue
-            ring = Ring(names, self.cfg.virtual_ids)
+            ring = Ring(names, self.virtual_ids)
             self.meta.learn(names)
             if ring != self.ring:
                 log.info(kv("cluster.ring_view", source=addr, members=",".join(names)))
@@ -310,6 +353,7 @@ async def open_cluster(cfg: ClusterConfig, *, check: bool = True) -> AsyncIterat
                 root = await backend.getattr(ROOT_INO)
                 if root.err:
                     raise BackendError(f"the cluster has no root directory (errno {root.err})")
+            await backend.refresh_map()
             if cfg.ring_refresh_s > 0:
                 from_ring = await backend.refresh_ring()
                 nursery.start_soon(backend.refresh_ring_forever)

@@ -18,7 +18,7 @@ import rpc
 from rpc.logfmt import kv
 from rpc.pool import Pool
 
-from . import sdnotify
+from . import clusterparams, sdnotify
 from .config import NodeConfig
 from .diag import DiagServer
 from .meta.service import MetadataGroup, MetadataServer
@@ -45,12 +45,19 @@ class NodeServer(DiagServer, ChunkStoreServer, RingPeerServer, RaftServer, Metad
     def __init__(self, node: "Node"):
         DiagServer.__init__(self, node.config.node_name)
         ChunkStoreServer.__init__(self, node.store_service)
-        RingPeerServer.__init__(self, node.ring)
         self.node = node
         self.metadata = node.metadata
         self.raft_service = node.metadata.group.service if node.metadata else None
         self.raft_pool = node.pool
         self.raft_addr_of = node.metadata.group.addr_of if node.metadata else (lambda _: None)
+
+    @property
+    def ring_service(self) -> RingService:
+        # A joining node serves Raft before it has the cluster's map, so its
+        # ring starts later than its listener.
+        if self.node.ring is None:
+            raise rpc.Unimplemented("this node has not joined the ring yet")
+        return self.node.ring
 
 
 def open_metadata(cfg: NodeConfig, pool, resolve=None, init: bool = False) -> MetadataGroup:
@@ -70,7 +77,7 @@ def open_metadata(cfg: NodeConfig, pool, resolve=None, init: bool = False) -> Me
                          init=InitParams(now_ns=0, chunk_bytes=cfg.chunk_bytes_max),
                          voters_max=cfg.voters_max, resolve=resolve,
                          frame_bytes_max=cfg.frame_bytes_max, bootstrap=init,
-                         identity_dir=cfg.data_dir)
+                         identity_dir=cfg.data_dir, params=clusterparams.params_of(cfg))
 
 
 def rpc_limits(cfg: NodeConfig) -> rpc.Limits:
@@ -90,6 +97,7 @@ class Node:
         self.metadata: MetadataGroup | None = None
         self.pool: Pool | None = None
         self.maintenance: Maintenance | None = None
+        self.effective: NodeConfig = config  # with the cluster's settings once known
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -107,20 +115,26 @@ class Node:
         cfg = self.config
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                # Built before the listener so every NodeServer has its ring;
-                # peers' deliveries queue until it starts. A short backoff
-                # cap: a restarted peer is redialled within about a second.
+                # A short backoff cap: a restarted peer is redialled within
+                # about a second.
                 pool = Pool(nursery, limits=rpc_limits(cfg), connect_timeout_s=1.0, backoff_max_s=1.0)
                 self.pool = pool
-                self.ring = RingService(cfg, pool, random.Random())
                 self.metadata = open_metadata(cfg, pool, init=self.init)
                 self.listeners = await nursery.start(
                     lambda task_status: rpc.serve_tcp(lambda: NodeServer(self), cfg.listen_port,
                                                       host=cfg.listen_host, limits=rpc_limits(cfg),
                                                       task_status=task_status))
+                await nursery.start(self.metadata.run)
+                # Placement comes from the committed configuration: a joiner
+                # has it once admitted (its ring waits for that).
+                if not await self._wait_joined(signals):
+                    nursery.cancel_scope.cancel()
+                    return
+                cfg = self.effective = clusterparams.effective(cfg, self.metadata.config().params)
+                self.store.store.chunk_bytes_max = max(self.store.store.chunk_bytes_max,
+                                                       cfg.chunk_bytes_max)
+                self.ring = RingService(cfg, pool, random.Random())
                 await nursery.start(self.ring.run)
-                if self.metadata is not None:
-                    await nursery.start(self.metadata.run)
                 # After the ring and metadata: repair reads the ring's view
                 # and GC proposes through the metadata group.
                 self.maintenance = Maintenance(cfg, self.store, self.ring, pool, self.metadata)
@@ -138,6 +152,28 @@ class Node:
                     nursery.cancel_scope.cancel()
                     break
         log.info(kv("node.stopped", node=cfg.node_name))
+
+    async def _wait_joined(self, signals) -> bool:
+        """Until the metadata replica holds the cluster's configuration;
+        False if SIGTERM/SIGINT came first (a node refused or waiting for
+        its leader can still be stopped)."""
+        if self.metadata.joined.is_set():
+            return True
+        log.info(kv("node.waiting_to_join", node=self.config.node_name,
+                    seeds=",".join(self.config.seeds)))
+        stopped = False
+        async with trio.open_nursery() as nursery:
+            async def watch():
+                nonlocal stopped
+                async for _ in signals:
+                    stopped = True
+                    nursery.cancel_scope.cancel()
+            nursery.start_soon(watch)
+            await self.metadata.joined.wait()
+            nursery.cancel_scope.cancel()
+        if stopped:
+            log.info(kv("node.stopped", node=self.config.node_name, reason="signal before joining"))
+        return not stopped
 
     async def _hand_over(self) -> None:
         """Graceful-leave hook: the services of later layers transfer what

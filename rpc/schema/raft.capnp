@@ -14,6 +14,8 @@ struct Membership {
   voters @0 :List(UInt64);
   learners @1 :List(UInt64);
   names @2 :List(Text);    # addresses, one per id of voters then learners ("" unknown)
+  paramKeys @3 :List(Text);     # cluster-wide settings: placement, chunk size
+  paramValues @4 :List(Int64);
 }
 
 struct Snapshot {
@@ -87,18 +89,22 @@ interface Raft {
   status @2 () -> (id :UInt64, term :UInt64, leader :UInt64, role :Text,
                    commit :UInt64, applied :UInt64, lastIndex :UInt64,
                    voters :List(UInt64), learners :List(UInt64),
-                   clusterId :Text, leaderAddr :Text, members :List(Member));
+                   clusterId :Text, leaderAddr :Text, members :List(Member),
+                   paramKeys :List(Text), paramValues :List(Int64), configIndex :UInt64);
   # This node's view: leader 0 when unknown.  `members`: the configuration
   # with addresses; on the leader also how far each member's log matches
-  # and whether it answered within an election timeout.
+  # and whether it answered within an election timeout.  `param*`: the
+  # cluster-wide settings (placement, chunk size) of that configuration,
+  # whose log index `configIndex` is the map epoch.
 
   addLearner @3 (name :Text, nodeId :UInt64, clusterId :Text)
       -> (added :Bool, notLeader :Bool, leaderHint :UInt64, leaderAddr :Text,
-          clusterId :Text, refused :Text);
+          clusterId :Text, refused :Text, config :Data);
   # Asks the leader to add node `nodeId`, served at `name` (host:port), as a
   # non-voting learner; the leader promotes caught-up learners to voters
   # later.  `clusterId` is the joiner's, "" if it has none yet; the answer
-  # carries the cluster's.  `refused` says in one sentence why the node may
+  # carries the cluster's, and `config` its configuration (the encoded
+  # Membership: settings included).  `refused` says in one sentence why the node may
   # not join (another cluster; its address belongs to another member).
 
   changeMember @4 (op :Text, nodeId :UInt64, force :Bool)

@@ -96,11 +96,12 @@ def _run(reader: MetaStore, q):
     raise rpc.Unimplemented(f"query {which} is not known here")
 
 
-def found_cluster(identity_dir: str, raft_dir: str, node_name: str) -> identity.Identity:
+def found_cluster(identity_dir: str, raft_dir: str, node_name: str,
+                  params: tuple[tuple[str, int], ...] = ()) -> identity.Identity:
     """Make this node the first member of a new cluster (chordfs cluster
     init, node --init): a cluster id, then the first configuration -- this
-    node, the only voter -- written to the Raft log as the core's bootstrap
-    does, then the member mark.  Each step is durable before the next, and a
+    node, the only voter, and the cluster-wide settings ``params`` -- written
+    to the Raft log as the core's bootstrap does, then the member mark.  Each step is durable before the next, and a
     crash between them is finished by the next call; a directory that joined
     another cluster (not the founder) is left as it is."""
     ident = identity.load_or_create(identity_dir)
@@ -111,7 +112,8 @@ def found_cluster(identity_dir: str, raft_dir: str, node_name: str) -> identity.
                     reason="this data directory already belongs to a cluster"))
         return ident
     if not LogStorage.has_state(raft_dir):
-        first = Membership(frozenset({ident.node_id}), names=((ident.node_id, node_name),))
+        first = Membership(frozenset({ident.node_id}), names=((ident.node_id, node_name),),
+                           params=params)
         storage = LogStorage(raft_dir)
         try:
             storage.save(HardState(term=1, vote=None, commit=1),
@@ -144,7 +146,7 @@ class MetadataGroup:
     def __init__(self, node_name: str, seeds: list[str], data_dir: str, pool, *,
                  tick_s: float, cfg: RaftConfig, init: InitParams, voters_max: int = 5,
                  resolve=None, frame_bytes_max: int = 16 << 20, bootstrap: bool = False,
-                 identity_dir: str | None = None):
+                 identity_dir: str | None = None, params: tuple[tuple[str, int], ...] = ()):
         self.name, self.pool, self.voters_max = node_name, pool, voters_max
         self.seeds = [s for s in seeds if s != node_name]
         self.identity_dir = identity_dir or data_dir
@@ -152,7 +154,8 @@ class MetadataGroup:
         raft_dir = os.path.join(data_dir, "raft")
         ident = identity.load_or_create(self.identity_dir)
         if bootstrap:
-            ident = found_cluster(self.identity_dir, raft_dir, node_name)
+            ident = found_cluster(self.identity_dir, raft_dir, node_name,
+                                  params or (("chunk_bytes_max", init.chunk_bytes),))
         if not LogStorage.has_state(raft_dir):
             identity.check_storage(ident, has_raft_state=False)
         elif not ident.cluster_id:
@@ -172,6 +175,9 @@ class MetadataGroup:
             self._mark_member()
         self.joining = not self._member()
         self.join_refused: str | None = None
+        self.joined = trio.Event()  # set once this replica holds the cluster's configuration
+        if not self.joining:
+            self.joined.set()
         if self.joining and not self.seeds:
             raise JoinRefused("this node belongs to no cluster and has no seeds: start the first "
                               "node with --init (or run `chordfs cluster init`), the others with "
@@ -210,7 +216,19 @@ class MetadataGroup:
             self.identity = dataclasses.replace(self.identity, member=True)
             identity.save(self.identity_dir, self.identity)
 
-    def _admitted(self, cluster_id: str) -> None:
+    def config(self) -> Membership:
+        """The cluster configuration this replica holds (settings included)."""
+        return self.group.service.core.log.membership()
+
+    def _admitted(self, cluster_id: str, config: bytes) -> None:
+        chunk_bytes = Membership.decode(config).param("chunk_bytes_max") if config else None
+        if chunk_bytes and self.store.applied_index == 0:
+            # The database was created with this node's own chunk size; the
+            # cluster's must be in place before the first entry applies, or
+            # truncates would cut at other offsets than on the other replicas.
+            with self.store.conn:
+                self.store.conn.execute("UPDATE state SET chunk_bytes = ? WHERE id = 0",
+                                        (chunk_bytes,))
         if not self.identity.cluster_id:
             self.identity = dataclasses.replace(self.identity, cluster_id=cluster_id)
             identity.save(self.identity_dir, self.identity)
@@ -245,7 +263,7 @@ class MetadataGroup:
                                  via=seed, reason=reply.refused))
                     raise JoinRefused(f"the cluster refused this node: {reply.refused}")
                 if reply.added:
-                    self._admitted(reply.clusterId)
+                    self._admitted(reply.clusterId, reply.config)
                     log.info(kv("meta.join_requested", node=self.name, id=f"{self.node_id:x}",
                                 via=seed, cluster=reply.clusterId))
                     break
@@ -255,6 +273,7 @@ class MetadataGroup:
         while self.group.storage.last_index() == 0 and self.group.storage.snapshot is None:
             await trio.sleep(0.05)  # member once our own storage holds the cluster's log
         self._mark_member()
+        self.joined.set()
         log.info(kv("meta.joined", node=self.name, id=f"{self.node_id:x}", cluster=self.cluster_id))
 
     def voters_wanted(self, members: int) -> int:

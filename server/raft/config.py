@@ -11,6 +11,7 @@ Allowed steps from membership M:
   ADD_LEARNER n     n not in M              -> learners + n
   PROMOTE n         n a learner of M        -> voters + n
   REMOVE n          n a member of M         -> without n (at least one voter left)
+  SET_PARAMS p      any M                   -> same members, settings updated by p
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class ChangeOp(enum.Enum):
     ADD_LEARNER = "add_learner"
     PROMOTE = "promote"
     REMOVE = "remove"
+    SET_PARAMS = "set_params"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,7 @@ class ConfChange:
     op: ChangeOp
     node: NodeId
     name: str = ""  # ADD_LEARNER: the address the new member is served at
+    params: tuple[tuple[str, int], ...] = ()  # SET_PARAMS: the settings that change
 
 
 def apply_change(current: Membership, change: ConfChange) -> Membership:
@@ -84,15 +87,21 @@ def apply_change(current: Membership, change: ConfChange) -> Membership:
             raise ProposalDropped(f"{change.name} is already the address of node "
                                   f"{current.id_named(change.name)}")
         return Membership(current.voters, current.learners | {n},
-                          current.with_name(n, change.name or current.name_of(n)))
+                          current.with_name(n, change.name or current.name_of(n)), current.params)
     if change.op == ChangeOp.PROMOTE:
         if n not in current.learners:
             raise ProposalDropped(f"node {n} is not a learner")
-        return Membership(current.voters | {n}, current.learners - {n}, current.names)
+        return Membership(current.voters | {n}, current.learners - {n}, current.names,
+                          current.params)
     if change.op == ChangeOp.REMOVE:
         if n not in current.members():
             raise ProposalDropped(f"node {n} is not a member")
         if current.voters == {n}:
             raise ProposalDropped("cannot remove the last voter")
-        return Membership(current.voters - {n}, current.learners - {n}, current.with_name(n, None))
+        return Membership(current.voters - {n}, current.learners - {n}, current.with_name(n, None),
+                          current.params)
+    if change.op == ChangeOp.SET_PARAMS:
+        merged = dict(current.params) | dict(change.params)
+        return Membership(current.voters, current.learners, current.names,
+                          tuple(sorted(merged.items())))
     raise AssertionError(change.op)

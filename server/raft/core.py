@@ -222,20 +222,25 @@ class RaftNode(ElectionMixin, ReplicationMixin):
         self.tracker.set_membership(new, proposed.index - 1)
         return proposed
 
-    def live_members(self) -> frozenset[NodeId]:
-        """On a leader: the members that answered within an election
-        timeout, itself included (empty on a follower)."""
+    def live_members(self, heard_after: int | None = None) -> frozenset[NodeId]:
+        """On a leader: the members that answered after tick ``heard_after``
+        (default: within an election timeout), itself included; empty on a
+        follower."""
         if self.role != Role.LEADER or self.tracker is None:
             return frozenset()
-        horizon = self.ticks - self.cfg.election_timeout_ticks
+        if heard_after is None:
+            heard_after = max(0, self.ticks - self.cfg.election_timeout_ticks) - 1
         return frozenset(n for n, pr in self.tracker.progress.items()
-                         if n == self.id or pr.heard_tick >= max(0, horizon))
+                         if n == self.id or pr.heard_tick > heard_after)
 
-    def removal_refusal(self, node: NodeId) -> str | None:
+    def removal_refusal(self, node: NodeId, heard_after: int | None = None) -> str | None:
         """Why removing ``node`` now would stop the cluster, or None.  The
         voters left must hold a live quorum of their own, or the removal
-        (which commits under the new configuration) and everything after it
-        would wait for machines that are gone."""
+        (which takes effect when appended and commits under the new
+        configuration) and everything after it would wait for machines that
+        are gone.  A driver passes ``heard_after`` = the tick the request
+        came in at, after letting a few heartbeats go out, so a voter that
+        died a moment ago does not count as live."""
         membership = self.log.membership()
         if node not in membership.members():
             return f"node {node:x} is not a member"
@@ -244,7 +249,7 @@ class RaftNode(ElectionMixin, ReplicationMixin):
         voters = membership.voters - {node}
         if not voters:
             return "cannot remove the last voter"
-        live = len(voters & self.live_members())
+        live = len(voters & self.live_members(heard_after))
         quorum = len(voters) // 2 + 1
         if live < quorum:
             return (f"after the removal {live} of {len(voters)} voters are live, "

@@ -61,6 +61,10 @@ class Membership:
     voters: frozenset[NodeId] = frozenset()
     learners: frozenset[NodeId] = frozenset()
     names: tuple[tuple[NodeId, str], ...] = ()
+    # Cluster-wide settings (placement: virtual ids, replication factor,
+    # write quorum, chunk size), sorted (key, value) pairs: opaque to Raft,
+    # changed only by a SET_PARAMS configuration entry.
+    params: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         assert not (self.voters & self.learners), "a node is voter or learner"
@@ -73,6 +77,12 @@ class Membership:
     def quorum(self) -> int:
         # floor(n/2)+1 of the configured voters: never of the live ones.
         return len(self.voters) // 2 + 1
+
+    def param(self, key: str, default: int | None = None) -> int | None:
+        for k, v in self.params:
+            if k == key:
+                return v
+        return default
 
     def name_of(self, node: NodeId) -> str | None:
         for i, name in self.names:
@@ -100,6 +110,10 @@ class Membership:
         names = dict(self.names)
         tail = b"".join(struct.pack(">H", len(b)) + b
                         for b in (names.get(i, "").encode() for i in voters + learners))
+        if self.params:
+            tail += struct.pack(">H", len(self.params)) + b"".join(
+                struct.pack(">B", len(k.encode())) + k.encode() + struct.pack(">q", v)
+                for k, v in self.params)
         return head + tail
 
     @classmethod
@@ -126,12 +140,36 @@ class Membership:
                 pos += 2 + n
                 if name:
                     names.append((node, name))
-            if pos != len(blob):
-                raise ProtocolError(f"membership blob of {len(blob)} bytes")
+        params, pos = _decode_params(blob, pos)
         voters, learners = frozenset(ids[:nv]), frozenset(ids[nv:])
         if voters & learners or len(voters) + len(learners) != nv + nl:
             raise ProtocolError("membership lists a node twice")
-        return cls(voters, learners, tuple(sorted(names)))
+        return cls(voters, learners, tuple(sorted(names)), params)
+
+
+def _decode_params(blob: bytes, pos: int) -> tuple[tuple[tuple[str, int], ...], int]:
+    if pos == len(blob):
+        return (), pos
+    if pos + 2 > len(blob):
+        raise ProtocolError("membership params cut short")
+    (count,) = struct.unpack_from(">H", blob, pos)
+    pos += 2
+    params = {}
+    for _ in range(count):
+        if pos + 1 > len(blob):
+            raise ProtocolError("membership params cut short")
+        n = blob[pos]
+        if pos + 1 + n + 8 > len(blob):
+            raise ProtocolError("membership params cut short")
+        try:
+            key = blob[pos + 1:pos + 1 + n].decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("membership param name is not UTF-8") from None
+        (params[key],) = struct.unpack_from(">q", blob, pos + 1 + n)
+        pos += 1 + n + 8
+    if pos != len(blob):
+        raise ProtocolError(f"membership blob of {len(blob)} bytes")
+    return tuple(sorted(params.items())), pos
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

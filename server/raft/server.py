@@ -42,16 +42,18 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
     async def step(self, params, results):
         service = self._raft()
         ours, theirs = service.cluster_id, params.clusterId
-        if ours != theirs and (ours or service.core.log.last_index()):
-            # Empty on both sides only for test groups; a member always has one.
+        if ours != theirs:
+            # Empty on both sides only for test groups; a member always has
+            # one, and a joiner takes its cluster's traffic once admitted.
             _refuse_step(service, f"Raft traffic of cluster {theirs or '(none)'} reached "
                                   f"cluster {ours or '(not admitted yet)'}")
         messages = []
         try:
             for r in params.messages:
                 m = message_from(r)
-                if m.to != service.core.id:
-                    _refuse_step(service, f"Raft message for node {m.to:x} reached node "
+                to = m.message.to if type(m) is SnapshotPart else m.to
+                if to != service.core.id:
+                    _refuse_step(service, f"Raft message for node {to:x} reached node "
                                           f"{service.core.id:x} (a replaced machine at the "
                                           "old address?)")
                 if type(m) is SnapshotPart:
@@ -111,6 +113,11 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
             out = results.init(field, len(ids))
             for i, node in enumerate(sorted(ids)):
                 out[i] = node
+        params = st.membership.params
+        keys, values = results.init("paramKeys", len(params)), results.init("paramValues", len(params))
+        for i, (k, v) in enumerate(params):
+            keys[i], values[i] = k, v
+        results.configIndex = core.log.config_index()
         live = core.live_members()
         progress = core.tracker.progress if core.tracker is not None and live else {}
         ids = sorted(st.membership.voters) + sorted(st.membership.learners)
@@ -157,6 +164,7 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
             log.info(kv("raft.learner_added", node=core.id, term=core.term, joiner=f"{joiner:x}",
                         addr=name))
         results.added = True
+        results.config = core.log.membership().encode()
 
     async def change_member(self, params, results):
         service = self._raft()
@@ -165,7 +173,15 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
             return
         node, op = params.nodeId, params.op
         if op == "remove":
-            refusal = core.removal_refusal(node)
+            # Liveness from answers to heartbeats sent after this request:
+            # a voter that died a moment ago must not count.
+            asked_at, beats = core.ticks, core.cfg.heartbeat_interval_ticks
+            with trio.move_on_after(CHANGE_TIMEOUT_S):
+                while core.role == Role.LEADER and core.ticks <= asked_at + 3 * beats + 1:
+                    await trio.sleep(service.tick_s)
+            if self._not_leader(core, results):
+                return
+            refusal = core.removal_refusal(node, heard_after=asked_at)
             if refusal and not (params.force and node in core.log.membership().members()
                                 and node != core.id):
                 results.refused = f"not removing node {node:x}: {refusal}"

@@ -50,6 +50,9 @@ def _fill_membership(b, m: Membership) -> None:
     names = b.init("names", len(ids))
     for i, v in enumerate(ids):
         names[i] = known.get(v, "")
+    keys, values = b.init("paramKeys", len(m.params)), b.init("paramValues", len(m.params))
+    for i, (k, v) in enumerate(m.params):
+        keys[i], values[i] = k, v
 
 
 def _membership(r) -> Membership:
@@ -59,7 +62,11 @@ def _membership(r) -> Membership:
     ids, names = sorted(voters) + sorted(learners), list(r.names)
     if names and len(names) != len(ids):
         raise ProtocolError("membership names do not match its members")
-    return Membership(voters, learners, tuple(sorted((i, n) for i, n in zip(ids, names) if n)))
+    keys, values = list(r.paramKeys), list(r.paramValues)
+    if len(keys) != len(values) or len(set(keys)) != len(keys):
+        raise ProtocolError("membership params do not pair up")
+    return Membership(voters, learners, tuple(sorted((i, n) for i, n in zip(ids, names) if n)),
+                      tuple(sorted(zip(keys, values))))
 
 
 def fill_snapshot(b, snap: Snapshot) -> None:

@@ -133,6 +133,9 @@ class ReplicatedStore:
         self._ring_view = ring_view
         self._addr_of = addr_of
         self.R, self.W, self.timeout_s = R, W, timeout_s
+        # With W None: the fewest fsynced copies a put needs (the cluster's
+        # write_quorum_min), below which "every live replica" is not enough.
+        self.W_min = 2
         # Extra successors tried on reads only: after a ring change the old
         # replica set still holds the chunk until repair moved it.
         self.read_extra_replicas = read_extra_replicas
@@ -184,7 +187,7 @@ class ReplicatedStore:
         uploaded = tuple(n for n in names if outcomes[n][0] == "stored")
         failed = {n: outcomes[n][1] for n in names if n not in acked}
         refused = [n for n in names if outcomes[n][0] == "refused"]
-        needed = self.W if self.W is not None else min(2, len(names))
+        needed = self.W if self.W is not None else min(self.W_min, len(names))
         if len(acked) < needed or (self.W is None and refused):
             if self.W is None:
                 needed = max(needed, len(acked) + len(refused))
