@@ -3,14 +3,25 @@
 One `random.Random(seed)` drives everything: message loss, duplication,
 reordering (random delays), symmetric and asymmetric partitions, crashes at
 any point of the driver cycle (losing whatever was not persisted yet),
-restarts, proposals, reads, membership changes and leadership transfers.
-After every step the checker asserts election safety, log matching, leader
-completeness and state-machine safety; after the faults stop and the
-network heals, every acknowledged proposal must be applied on every live
-member (liveness).
+restarts, lost disks, proposals, reads, membership changes and leadership
+transfers.  After every step the checker asserts election safety, log
+matching, leader completeness and state-machine safety; after the faults
+stop and the network heals, every acknowledged proposal must be applied on
+every live member and every lost machine must be replaced (liveness).
+
+A lost disk (log, hard state, snapshot and state machine) is modelled as in
+production: the machine comes back under a fresh node id with empty storage
+and never bootstraps; the simulation's operator has the leader remove the
+old id once a quorum of the remaining voters is up (until then it is a dead
+voter), add the new id as a learner at the machine's address, and promote it
+if it replaced a voter.  A wipe that would make dead ids half or more of a
+configuration's voters is refused: no protocol survives that.  The flag
+`amnesia_keeps_id` is the broken model (same id, empty disk) the checker
+must catch.
 
     python -m tests.raft.simulation --seeds 5000          # many seeds
     python -m tests.raft.simulation --seed 1234 --nodes 5 # replay one
+    python -m tests.raft.simulation --amnesia-keeps-id    # the broken model
 """
 
 from __future__ import annotations
@@ -31,6 +42,10 @@ from server.raft.messages import (
 
 # Once faults stop, a healthy cluster must converge well within this.
 QUIESCE_STEPS_MAX = 2000
+# The operator never lets a configuration hold more members than this (dead
+# ids awaiting removal included), nor promotes past VOTERS_MAX at random.
+MEMBERS_MAX = 7
+VOTERS_MAX = 5
 
 
 class SafetyViolation(AssertionError):
@@ -63,8 +78,10 @@ class Disk:
 
 
 class SimNode:
-    def __init__(self, cluster: "Cluster", node_id: int, bootstrap: Membership | None) -> None:
-        self.cluster, self.id = cluster, node_id
+    def __init__(self, cluster: "Cluster", node_id: int, bootstrap: Membership | None,
+                 name: str) -> None:
+        # `name` is the machine's address: it outlives a lost disk, the id does not.
+        self.cluster, self.id, self.name = cluster, node_id, name
         self.disk = Disk()
         self.restarts = 0
         self.alive = True
@@ -142,19 +159,31 @@ class Faults:
     conf_change: float = 0.02
     transfer: float = 0.01
     read: float = 0.05
+    wipe: float = 0.004     # per step: one machine loses its whole disk
+    replace: float = 0.2    # per step: the operator's next replacement change
 
 
 class Cluster:
     def __init__(self, seed: int, nodes: int = 3, spares: int = 2,
-                 faults: Faults | None = None, cfg: RaftConfig | None = None) -> None:
+                 faults: Faults | None = None, cfg: RaftConfig | None = None,
+                 amnesia_keeps_id: bool = False) -> None:
         self.seed, self.rng = seed, random.Random(seed)
+        self.amnesia_keeps_id = amnesia_keeps_id
         self.faults = faults or Faults()
         self.cfg = cfg or self._random_config()
         self.compact_every = self.rng.choice([5, 20, 1000])
-        voters = Membership(frozenset(range(1, nodes + 1)))
-        self.nodes = {i: SimNode(self, i, voters) for i in range(1, nodes + 1)}
-        for i in range(nodes + 1, nodes + spares + 1):
-            self.nodes[i] = SimNode(self, i, None)
+        ids = range(1, nodes + spares + 1)
+        voters = Membership(voters=frozenset(ids[:nodes]),
+                            names=tuple((i, self._address(i)) for i in ids[:nodes]))
+        # Current machines by their current id; a wiped machine's old id
+        # moves to `gone` and its new id to `to_add` (value: replaces a voter).
+        self.nodes = {i: SimNode(self, i, voters if i <= nodes else None, self._address(i))
+                      for i in ids}
+        self.gone: set[int] = set()
+        self.to_remove: set[int] = set()
+        self.to_add: dict[int, bool] = {}
+        self.next_id = nodes + spares + 1
+        self.committed_config: tuple[int, Membership] = (1, voters)
         self.now = 0
         self.in_flight: list[tuple[int, int, object]] = []
         self.msg_seq = 0
@@ -164,12 +193,18 @@ class Cluster:
         self.committed_seen_term: dict[int, int] = {}      # index -> term it was seen committed
         self.proposals: dict[bytes, tuple[int, int]] = {}  # data -> (term, index)
         self.acked: dict[int, bytes] = {}                  # index -> data
+        self.ack_tick: dict[int, int] = {}                 # index -> step first seen acked
         self.next_cmd = 0
         self.faults_on = True
         self.clients_on = True
         self.reads_served = 0
-        self.stats = dict(crashes=0, partitions=0, conf_changes=0, transfers=0,
+        self.stats = dict(crashes=0, partitions=0, wipes=0, wipes_refused=0,
+                          conf_changes=0, replace_changes=0, transfers=0,
                           elections=0, snapshots_installed=0)
+
+    @staticmethod
+    def _address(machine: int) -> str:
+        return f"10.0.0.{machine}:7600"
 
     def _random_config(self) -> RaftConfig:
         r = self.rng
@@ -201,17 +236,18 @@ class Cluster:
             self._deliver(m)
 
     def _deliver(self, m) -> None:
-        target = self.nodes[m.to]
+        target = self.nodes.get(m.to)  # None: a wiped machine's old id
         lost = self.faults_on and self.rng.random() < self.faults.loss
-        if lost or (m.frm, m.to) in self.blocked or not target.alive:
+        if lost or (m.frm, m.to) in self.blocked or target is None or not target.alive:
             self._report_drop(m)
             return
         try:
             target.core.step(m)
         except RaftError as e:
             self.fail(f"node {m.to} rejected {m!r}: {e!r}")
-        sender = self.nodes[m.frm]
-        if isinstance(m, InstallSnapshot) and sender.alive and sender.core.term == m.term:
+        sender = self.nodes.get(m.frm)
+        if (isinstance(m, InstallSnapshot) and sender is not None and sender.alive
+                and sender.core.term == m.term):
             sender.core.report_snapshot(m.to, True)
             self.stats["snapshots_installed"] += 1
 
@@ -227,12 +263,13 @@ class Cluster:
         self.in_flight.remove(pick)
         self._deliver(pick[2])
         if node.core.role == Role.LEADER and self.rng.random() < 0.5:
-            self._propose(node)
+            self.propose(node)
 
     def _report_drop(self, m) -> None:
         # A real transport learns that an InstallSnapshot call failed.
-        sender = self.nodes[m.frm]
-        if isinstance(m, InstallSnapshot) and sender.alive and sender.core.term == m.term:
+        sender = self.nodes.get(m.frm)
+        if (isinstance(m, InstallSnapshot) and sender is not None and sender.alive
+                and sender.core.term == m.term):
             sender.core.report_snapshot(m.to, False)
 
     # -------------------------------------------------------------- faults
@@ -261,6 +298,63 @@ class Cluster:
                 self.blocked |= {tuple(r.sample(ids, 2)) for _ in range(r.randint(1, 3))}
         if r.random() < f.heal:
             self.blocked = set()
+        if r.random() < f.wipe:
+            self.wipe(r.choice(ids))
+
+    def wipe(self, node_id: int) -> bool:
+        """Machine `node_id` loses its whole disk and goes down.  It comes
+        back under a fresh id with empty storage (production: a new node-id
+        file), or under the same id in the broken `amnesia_keeps_id` model.
+        Refused (False) if the dead ids could stop every election for good
+        (see `_live_majority_without`)."""
+        node = self.nodes[node_id]
+        if self.amnesia_keeps_id:
+            node.crash()
+            node.disk = Disk()
+            self.stats["wipes"] += 1
+            return True
+        in_play = self._memberships_in_play()
+        if not all(self._live_majority_without(old, new, self.gone | {node_id})
+                   for old in in_play for new in in_play if new.voters <= old.voters):
+            self.stats["wipes_refused"] += 1
+            return False
+        node.crash()
+        del self.nodes[node_id]
+        self.gone.add(node_id)
+        new_id, self.next_id = self.next_id, self.next_id + 1
+        fresh = SimNode(self, new_id, None, node.name)  # no bootstrap: it must be added
+        fresh.crash()  # down until a restart, like any crashed machine
+        self.nodes[new_id] = fresh
+        if node_id in self.to_add:  # a replacement replaced in turn
+            self.to_add[new_id] = self.to_add.pop(node_id)
+        elif any(node_id in m.members() for m in in_play):
+            self.to_add[new_id] = node_id in self.committed_config[1].voters
+        self.to_remove.add(node_id)
+        self.stats["wipes"] += 1
+        return True
+
+    @staticmethod
+    def _live_majority_without(old: Membership, new: Membership, dead: set[int]) -> bool:
+        """Whether the voters of `new` that are not dead are a quorum of
+        `old`, where `new` is `old` or `old` minus some voters.  A node whose
+        log holds its own removal never campaigns (it is no voter in its
+        latest config), yet a node still on `old` needs its vote if the dead
+        ids leave no `old` majority without it; and a removed node holding
+        the longest log refuses that vote: no leader, for good.  (Applied to
+        a promotion's pair it only refuses more than needed.)"""
+        return len(new.voters - dead) >= old.quorum()
+
+    def _memberships_in_play(self) -> set[Membership]:
+        """Every configuration a current or future leader may be using: the
+        last committed one, and the latest and committed ones in the log of
+        each of its members (which holds any newer config; a log outside it
+        is stale for good and cannot make a config commit)."""
+        committed = self.committed_config[1]
+        found = {committed}
+        for node_id in committed.members() & self.nodes.keys():
+            log = self.nodes[node_id].core.log
+            found |= {log.membership(), log.membership_at(log.committed)}
+        return {m for m in found if m.voters}  # a new member's empty log has none
 
     def _random_client_ops(self) -> None:
         f, r = self.faults, self.rng
@@ -270,9 +364,11 @@ class Cluster:
         leader = r.choice(leaders)
         if r.random() < f.propose:
             for _ in range(r.randint(1, 3)):  # several proposals, one fsync
-                self._propose(leader)
+                self.propose(leader)
         if self.faults_on and r.random() < f.conf_change:
             self._conf_change(leader)
+        if (self.to_remove or self.to_add) and r.random() < f.replace:
+            self._replace_members(leader)
         if self.faults_on and r.random() < f.transfer:
             target = r.choice(sorted(self.nodes))
             try:
@@ -286,31 +382,88 @@ class Cluster:
             except RaftError:
                 pass
 
-    def _propose(self, leader: SimNode) -> None:
+    def propose(self, leader: SimNode) -> bytes | None:
+        """A client write; it is acknowledged (self.acked) once applied
+        where it landed.  None if `leader` refused it."""
         self.next_cmd += 1
         data = b"cmd-%d" % self.next_cmd
         try:
             p = leader.core.propose(data)
         except RaftError:
-            return
+            return None
         self.proposals[data] = (p.term, p.index)
+        return data
 
     def _conf_change(self, leader: SimNode) -> None:
         r, m = self.rng, leader.core.log.membership()
-        outsiders = sorted(set(self.nodes) - m.members())
-        options = [ConfChange(ChangeOp.ADD_LEARNER, n) for n in outsiders]
+        options = []
+        if len(m.members()) < MEMBERS_MAX:
+            outsiders = sorted(set(self.nodes) - m.members())
+            options += [ConfChange(ChangeOp.ADD_LEARNER, n, name=self.nodes[n].name)
+                        for n in outsiders]
         options += [ConfChange(ChangeOp.PROMOTE, n) for n in sorted(m.learners)
-                    if len(m.voters) < 5]
+                    if len(m.voters) < VOTERS_MAX and n in self.nodes]
         options += [ConfChange(ChangeOp.REMOVE, n) for n in sorted(m.learners)]
         # Without pre-vote and check-quorum a removed voter that never heard
         # of its removal disrupts the cluster forever (thesis §4.2.3).
         if len(m.voters) > 2 and (self.cfg.pre_vote or self.cfg.check_quorum):
-            options += [ConfChange(ChangeOp.REMOVE, n) for n in sorted(m.voters)]
+            options += [ConfChange(ChangeOp.REMOVE, n) for n in sorted(m.voters)
+                        if self._live_majority_without(m, self._without(m, n), self.gone)]
         if not options:
             return
         try:
             leader.core.propose_conf_change(r.choice(options))
             self.stats["conf_changes"] += 1
+        except RaftError:
+            pass
+
+    @staticmethod
+    def _without(m: Membership, node: int) -> Membership:
+        return Membership(voters=m.voters - {node}, learners=m.learners - {node})
+
+    def _replacements_left(self) -> bool:
+        """Forget finished work: an old id no configuration in play holds
+        (a stale leader's commit index may be old, so ask the logs), a new
+        id the last committed configuration holds as it should."""
+        if self.to_remove:
+            in_play = set().union(*(m.members() for m in self._memberships_in_play()))
+            self.to_remove &= in_play
+        done = self.committed_config[1]
+        self.to_add = {n: voter for n, voter in self.to_add.items()
+                       if n not in (done.voters if voter else done.members())}
+        return bool(self.to_remove or self.to_add)
+
+    def _replace_members(self, leader: SimNode) -> None:
+        """The operator's side of a lost disk, one change at a time through
+        the leader: remove the old id once the voters left that are up are
+        a majority of the current configuration (the quorum-safety check of
+        `chordfs members remove`, see `_live_majority_without`), add the new
+        id as a learner (the core refuses an address still in use, so after
+        the removal), promote it once caught up if it replaced a voter."""
+        log = leader.core.log
+        m = log.membership()
+        if not self._replacements_left():
+            return
+        options = []
+        for old in sorted(self.to_remove & m.members()):
+            after = self._without(m, old)
+            down = {v for v in m.voters if v not in self.nodes or not self.nodes[v].alive}
+            if after.voters and self._live_majority_without(m, after, down):
+                options.append(ConfChange(ChangeOp.REMOVE, old))
+        for new, voter in sorted(self.to_add.items()):
+            node = self.nodes[new]
+            # The core refuses an address in use: the old id goes first.
+            if (new not in m.members() and node.alive and len(m.members()) < MEMBERS_MAX
+                    and m.id_named(node.name) is None):
+                options.append(ConfChange(ChangeOp.ADD_LEARNER, new, name=node.name))
+            caught_up = node.applied + 10 >= log.committed or self.rng.random() < 0.2
+            if voter and new in m.learners and caught_up:
+                options.append(ConfChange(ChangeOp.PROMOTE, new))
+        if not options:
+            return
+        try:
+            leader.core.propose_conf_change(self.rng.choice(options))
+            self.stats["replace_changes"] += 1
         except RaftError:
             pass
 
@@ -324,6 +477,7 @@ class Cluster:
         if known is None:
             self.committed[e.index] = mine
             self.committed_seen_term[e.index] = node.core.term
+            self._note_committed_config(e)
         if e.kind == EntryKind.COMMAND and self.proposals.get(e.data) == (e.term, e.index):
             self.acked[e.index] = e.data
 
@@ -347,6 +501,7 @@ class Cluster:
         live = [n for n in self.nodes.values() if n.alive]
         for n in live:
             n.core.log.check()
+            assert len(n.core.log.membership().members()) <= MEMBERS_MAX, n.core.log.membership()
             if n.core.role == Role.LEADER:
                 seen = self.leaders.setdefault(n.core.term, n.id)
                 if seen != n.id:
@@ -365,9 +520,14 @@ class Cluster:
                 self.committed_seen_term.setdefault(i, n.core.term)
                 if known != mine:
                     self.fail(f"node {n.id} committed {mine} at {i}, others {known}")
+                self._note_committed_config(e)
                 if e.kind == EntryKind.COMMAND and self.proposals.get(e.data) == (e.term, i):
                     if i not in self.ack_tick:
                         self.ack_tick[i] = self.now
+
+    def _note_committed_config(self, e: Entry) -> None:
+        if e.kind == EntryKind.CONFIG and e.index > self.committed_config[0]:
+            self.committed_config = (e.index, Membership.decode(e.data))
 
     def _check_log_matching(self, live) -> None:
         for a_i, a in enumerate(live):
@@ -408,6 +568,11 @@ class Cluster:
         self._deliver_due()
         if self.clients_on:
             self._random_client_ops()
+        elif (self.to_remove or self.to_add) and self.rng.random() < self.faults.replace:
+            # The operator keeps replacing lost machines while clients pause.
+            leaders = [n for n in self.nodes.values() if n.alive and n.core.role == Role.LEADER]
+            if leaders:
+                self._replace_members(self.rng.choice(leaders))
         for node in self.nodes.values():
             node.drive()
         self.check()
@@ -424,6 +589,8 @@ class Cluster:
         if len(leaders) != 1:
             return False
         log = leaders[0].core.log
+        if self._replacements_left():
+            return False
         return log.committed == log.last_index() and all(
             self.nodes[i].applied == log.committed for i in log.membership().members())
 
@@ -433,6 +600,9 @@ class Cluster:
             self.fail("liveness: no leader after heal")
         leader = max(leaders, key=lambda n: n.core.term)
         members = leader.core.log.membership().members()
+        if self.to_remove or self.to_add or members & self.gone:
+            self.fail(f"liveness: lost machines not replaced: remove {sorted(self.to_remove)}, "
+                      f"add {sorted(self.to_add)}, members {sorted(members)}")
         for node_id in sorted(members):
             node = self.nodes[node_id]
             for index, data in self.acked.items():
@@ -442,9 +612,9 @@ class Cluster:
                               f"(applied {node.applied}, leader {leader.id})")
 
 
-def run(seed: int, nodes: int = 3, steps: int = 300, heal_steps: int = 200) -> Cluster:
-    c = Cluster(seed, nodes)
-    c.ack_tick = {}
+def run(seed: int, nodes: int = 3, steps: int = 300, heal_steps: int = 200,
+        amnesia_keeps_id: bool = False, faults: Faults | None = None) -> Cluster:
+    c = Cluster(seed, nodes, faults=faults, amnesia_keeps_id=amnesia_keeps_id)
     for _ in range(steps):
         c.step()
     c.heal()
@@ -459,9 +629,12 @@ def run(seed: int, nodes: int = 3, steps: int = 300, heal_steps: int = 200) -> C
     return c
 
 
-def replay_command(seed: int, nodes: int, steps: int = 300, heal_steps: int = 200) -> str:
+def replay_command(seed: int, nodes: int, steps: int = 300, heal_steps: int = 200,
+                   amnesia_keeps_id: bool = False, wipe: float | None = None) -> str:
+    extra = " --amnesia-keeps-id" if amnesia_keeps_id else ""
+    extra += f" --wipe {wipe}" if wipe is not None else ""
     return (f"python -m tests.raft.simulation --seed {seed} --nodes {nodes} "
-            f"--steps {steps} --heal-steps {heal_steps}")
+            f"--steps {steps} --heal-steps {heal_steps}{extra}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -472,21 +645,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=0, help="3 or 5 (default: alternate)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--heal-steps", type=int, default=200)
+    p.add_argument("--wipe", type=float, default=None,
+                   help=f"chance per step that a disk is lost (default {Faults.wipe})")
+    p.add_argument("--amnesia-keeps-id", action="store_true",
+                   help="broken model: a wiped node returns with its old id (must fail)")
     args = p.parse_args(argv)
+    faults = Faults() if args.wipe is None else Faults(wipe=args.wipe)
     seeds = [args.seed] if args.seed is not None else range(args.first_seed,
                                                             args.first_seed + args.seeds)
     failures, started, totals = 0, time.monotonic(), {}
     for seed in seeds:
         nodes = args.nodes or (3 if seed % 2 == 0 else 5)
         try:
-            c = run(seed, nodes, args.steps, args.heal_steps)
+            c = run(seed, nodes, args.steps, args.heal_steps, args.amnesia_keeps_id, faults)
         except AssertionError as e:
             failures += 1
-            print(f"FAIL seed={seed} nodes={nodes}: {e}\n  replay: {replay_command(seed, nodes, args.steps, args.heal_steps)}")
+            replay = replay_command(seed, nodes, args.steps, args.heal_steps,
+                                    args.amnesia_keeps_id, args.wipe)
+            print(f"FAIL seed={seed} nodes={nodes}: {e}\n  replay: {replay}", flush=True)
             continue
         c.stats["elections"] = len(c.leaders)
         for k, v in c.stats.items():
             totals[k] = totals.get(k, 0) + v
+        totals["seeds_with_wipes"] = totals.get("seeds_with_wipes", 0) + bool(c.stats["wipes"])
         totals["acked"] = totals.get("acked", 0) + len(c.acked)
         totals["reads"] = totals.get("reads", 0) + c.reads_served
     n = len(seeds)

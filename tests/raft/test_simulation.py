@@ -1,5 +1,6 @@
-"""Seeded cluster simulations under faults (see simulation.py).  A failure
-message names the seed and the replay command."""
+"""Seeded cluster simulations under faults, lost disks included (see
+simulation.py; test_simulation_amnesia.py has the directed lost-disk cases).
+A failure message names the seed and the replay command."""
 
 import pytest
 
