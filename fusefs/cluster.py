@@ -280,7 +280,6 @@ class ClusterBackend(Backend):
             if not names:
                 continue
             ring = Ring(names, self.virtual_ids)
-            self.meta.learn(names)
             if ring != self.ring:
                 log.info(kv("cluster.ring_view", source=addr, members=",".join(names)))
                 self.ring = ring

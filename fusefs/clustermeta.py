@@ -63,7 +63,6 @@ from server.meta.types import (RENAME_EXCHANGE, AlreadyApplied, Command, Create,
                                EntryReply, Link, Mkdir, Mknod, ReleaseOrphan,
                                RemoveReply, RemoveXattr, Rename, Result, Rmdir,
                                Status, Symlink, Unlink)
-from server.ring.ringmath import node_id
 
 from .backend import BackendError, Unavailable
 
@@ -105,7 +104,6 @@ class MetaClient:
         assert nodes and deadline_s > 0 and attempt_timeout_s > 0
         self.pool = pool
         self.nodes = tuple(nodes)
-        self._addr_of_id = {node_id(name): name for name in self.nodes}
         self.deadline_s = deadline_s
         self.attempt_timeout_s = attempt_timeout_s
         self.backoff = (backoff_initial_s, backoff_max_s)
@@ -115,10 +113,6 @@ class MetaClient:
         self._rids = itertools.count(1)
         self.retries = 0
         self.resolved = 0
-
-    def learn(self, names: Sequence[str]) -> None:
-        """Node names seen in the ring, so hints naming them can be followed."""
-        self._addr_of_id.update((node_id(name), name) for name in names)
 
     # ------------------------------------------------------------ targets
 
@@ -136,15 +130,14 @@ class MetaClient:
         failed_at = self._failed_at.get(addr)
         return failed_at is not None and trio.current_time() - failed_at < self.backoff[1]
 
-    def _follow(self, addr: str, hint: int, hint_addr: str = "") -> bool:
+    def _follow(self, addr: str, hinted: str) -> bool:
         """Take a notLeader answer; True when it named a new node to try.
         Followers keep naming a dead leader until their election timeout:
         a hint to a node that just failed us is not followed."""
-        hinted = hint_addr or (self._addr_of_id.get(hint) if hint else None)
-        if hinted == addr or (hinted is not None and self._failed_recently(hinted)):
-            hinted = None
-        self.leader = hinted
-        return hinted is not None
+        if hinted == addr or (hinted and self._failed_recently(hinted)):
+            hinted = ""
+        self.leader = hinted or None
+        return bool(hinted)
 
     # ------------------------------------------------------------ the loop
 
@@ -189,7 +182,7 @@ class MetaClient:
             if reply.notLeader:
                 last = f"{addr} is not the leader"
                 redirects += 1
-                if not self._follow(addr, reply.leaderHint, getattr(reply, "leaderAddr", "")) or redirects % len(self.nodes) == 0:
+                if not self._follow(addr, reply.leaderAddr) or redirects % len(self.nodes) == 0:
                     await pause.wait()  # no (new) leader known: an election runs
                 continue
             self.leader = addr

@@ -28,11 +28,6 @@ class RaftGroup:
         return (self.service.core.log.membership().name_of(node_id) or self.addrs.get(node_id)
                 or self.transport._resolve(node_id))
 
-    def register(self, node_id: int, addr: str) -> None:
-        """Remember where a member added later (a learner) is served."""
-        self.addrs[node_id] = addr
-        self.transport.set_address(node_id, addr)
-
 
 def open_group(node_id: int, addrs: dict[int, str], data_dir: str, state_machine, pool, *,
                cfg: RaftConfig = RaftConfig(), tick_s: float = 0.1, seed: int | None = None,

@@ -232,7 +232,7 @@ def _term_at(core, index: int) -> int:
 
 
 def _refuse_step(service, reason: str) -> None:
-    service.refused_steps = getattr(service, "refused_steps", 0) + 1
+    service.refused_steps += 1
     if service.refused_steps in (1, 10) or service.refused_steps % 1000 == 0:
         log.warning(kv("raft.step_refused", node=f"{service.core.id:x}", term=service.core.term,
                        reason=reason, refused=service.refused_steps))

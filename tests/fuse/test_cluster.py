@@ -28,7 +28,6 @@ from server.meta import codec
 from server.meta.types import (RENAME_EXCHANGE, Attr, ChunkRef, CommitWrite, Create, Link,
                                EntryReply, Mkdir, Rename, Rmdir, SetXattr, Symlink, Unlink)
 from server.raft.wire import raft_capnp
-from server.ring.ringmath import node_id
 
 from tests.netutil import free_ports
 
@@ -286,7 +285,7 @@ class _ScriptedCap:
         assert forwarded, "proposals go to the chosen node only"
         if self.addr != script.leader:
             hint = script.hints.get(self.addr)
-            return types.SimpleNamespace(notLeader=True, leaderHint=node_id(hint) if hint else 0)
+            return types.SimpleNamespace(notLeader=True, leaderHint=0, leaderAddr=hint or "")
         if script.busy:
             script.busy -= 1
             raise rpc.Overloaded("proposal not committed: busy")
