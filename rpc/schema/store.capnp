@@ -52,12 +52,15 @@ interface ChunkStore {
   has @0 (ids :List(Data)) -> (status :Status, message :Text, present :List(Bool));
   # present[i] tells whether ids[i] is stored; at most idsPerCallMax ids.
 
-  put @1 (id :Data, data :Data) -> (status :Status, message :Text, stored :Bool);
+  put @1 (id :Data, data :Data, afterIndex :UInt64)
+      -> (status :Status, message :Text, stored :Bool, stamp :UInt64);
   # Store a whole chunk, fsynced before the reply; stored is false when the
   # chunk was already here (dedup), which is still a durable success.
+  # stamp: the copy's stamp afterwards, max(its old stamp, afterIndex, this
+  # node's applied metadata index); see server/meta/blocks.py for why.
 
-  putBegin @2 (id :Data, sizeBytes :UInt64)
-      -> (status :Status, message :Text, writeId :UInt64, present :Bool);
+  putBegin @2 (id :Data, sizeBytes :UInt64, afterIndex :UInt64)
+      -> (status :Status, message :Text, writeId :UInt64, present :Bool, stamp :UInt64);
   # Open a piecewise write of sizeBytes bytes. present = true means the chunk
   # is already stored: no handle is opened (writeId 0) and nothing need be sent.
 
@@ -65,7 +68,7 @@ interface ChunkStore {
   # Append a piece; offset must equal the bytes received so far. An error
   # other than `overloaded` aborts the write.
 
-  putCommit @4 (writeId :UInt64) -> (status :Status, message :Text, stored :Bool);
+  putCommit @4 (writeId :UInt64) -> (status :Status, message :Text, stored :Bool, stamp :UInt64);
   # Verify, fsync and publish; the handle is gone afterwards whatever the outcome.
 
   putAbort @5 (writeId :UInt64) -> ();
@@ -82,7 +85,10 @@ interface ChunkStore {
   verify @7 (id :Data) -> (status :Status, message :Text, sizeBytes :UInt64);
   # Re-hash the stored copy; `corrupt` means it was quarantined.
 
-  delete @8 (id :Data) -> (status :Status, message :Text, existed :Bool);
+  delete @8 (id :Data, mark :UInt64) -> (status :Status, message :Text, existed :Bool, kept :Bool);
+  # mark > 0: delete only a copy whose stamp is below mark (a GC of a block
+  # that died at log index mark); kept = true when a newer copy stayed.
+  # mark 0 deletes unconditionally (hand-off of a copy confirmed elsewhere).
 
   stats @9 () -> (status :Status, message :Text, stats :Stats);
 
