@@ -104,12 +104,14 @@ class Backend(abc.ABC):
     async def statfs(self) -> FsStat: ...
 
     @abc.abstractmethod
-    async def manifest(self, ino: int, start_idx: int = 0,
+    async def manifest(self, ino: int, start: int = 0,
                        limit: int | None = None) -> ManifestPage: ...
 
     @abc.abstractmethod
-    async def put_chunks(self, chunks: Sequence[tuple[bytes, bytes]]) -> None:
-        """Store ``(chunk_id, data)`` pairs durably (all replicas acked)."""
+    async def put_chunks(self, chunks: Sequence[tuple[bytes, bytes]],
+                         after_index: int = 0) -> int:
+        """Store ``(chunk_id, data)`` pairs durably (a write quorum acked);
+        returns the least stamp the stored copies got (CommitWrite.observed)."""
 
     @abc.abstractmethod
     async def get_chunk(self, chunk_id: bytes) -> bytes:
@@ -218,19 +220,23 @@ class LocalBackend(Backend):
                       free_bytes=vfs.f_bavail * vfs.f_frsize,
                       name_bytes_max=meta.name_bytes_max)
 
-    async def manifest(self, ino: int, start_idx: int = 0,
+    async def manifest(self, ino: int, start: int = 0,
                        limit: int | None = None) -> ManifestPage:
         if limit is None:
-            return self.meta.manifest(ino, start_idx)
-        return self.meta.manifest(ino, start_idx, limit)
+            return self.meta.manifest(ino, start)
+        return self.meta.manifest(ino, start, limit)
 
-    async def put_chunks(self, chunks: Sequence[tuple[bytes, bytes]]) -> None:
+    async def put_chunks(self, chunks: Sequence[tuple[bytes, bytes]],
+                         after_index: int = 0) -> int:
+        # One process owns both stores and nothing sweeps or collects here,
+        # so the applied index is as good a stamp as any.
         try:
             async with trio.open_nursery() as nursery:
                 for chunk_id, data in chunks:
                     nursery.start_soon(self.store.put, chunk_id, data)
         except StoreError as exc:
             raise BackendError(str(exc)) from exc
+        return max(after_index, self.meta.applied_index)
 
     async def get_chunk(self, chunk_id: bytes) -> bytes:
         try:

@@ -65,18 +65,39 @@ struct SetAttr {
 struct SetXattr    { ino @0 :UInt64; name @1 :Data; value @2 :Data; flags @3 :UInt32; nowNs @4 :Int64; }
 struct RemoveXattr { ino @0 :UInt64; name @1 :Data; nowNs @2 :Int64; }
 
-struct ChunkRef { idx @0 :UInt64; chunkId @1 :Data; length @2 :UInt64; }
+struct Slice {
+  # File bytes [off, off+length): bytes [blockOff, +length) of a block, or
+  # `data` itself when blockId is empty (server/meta/types.py Slice).
+  off @0 :UInt64;
+  length @1 :UInt64;
+  blockId @2 :Data;
+  blockOff @3 :UInt64;
+  blockSize @4 :UInt64;
+  data @5 :Data;
+  fresh @6 :Bool;
+}
 
 struct CommitWrite {
   ino @0 :UInt64;
   size @1 :UInt64;
   nowNs @2 :Int64;
-  chunks @3 :List(ChunkRef);
-  inline @4 :OptData;
+  slices @3 :List(Slice);
+  observed @4 :UInt64;
 }
 
+struct Compact {
+  ino @0 :UInt64;
+  off @1 :UInt64;
+  length @2 :UInt64;
+  expect @3 :Data;
+  slices @4 :List(Slice);
+  observed @5 :UInt64;
+}
+
+struct Tick { nowNs @0 :Int64; }
+
 struct ReleaseOrphan { ino @0 :UInt64; nowNs @1 :Int64; }
-struct ForgetChunks  { chunkIds @0 :List(Data); }
+struct ForgetChunks  { chunkIds @0 :List(Data); marks @1 :List(UInt64); }
 
 struct Command {
   # One Raft log entry of the metadata state machine.
@@ -95,6 +116,8 @@ struct Command {
     commitWrite @11 :CommitWrite;
     releaseOrphan @12 :ReleaseOrphan;
     forgetChunks @13 :ForgetChunks;
+    compact @14 :Compact;
+    tick @15 :Tick;
   }
 }
 
@@ -143,10 +166,9 @@ struct ManifestPage {
   err @0 :UInt32;
   size @1 :UInt64;
   chunkBytes @2 :UInt64;
-  inline @3 :OptData;
-  chunks @4 :List(ChunkRef);
-  nextIdx @5 :UInt64;
-  done @6 :Bool;
+  slices @3 :List(Slice);
+  nextOff @4 :UInt64;
+  done @5 :Bool;
 }
 
 struct StatFs {
@@ -173,7 +195,7 @@ struct Query {
     getxattr :group { xattrIno @9 :UInt64; xattrName @10 :Data; }
     listxattr :group { listIno @11 :UInt64; }
     statfs @12 :Void;
-    manifest :group { fileIno @13 :UInt64; startIdx @14 :UInt64; pageLimit @15 :UInt32; }
+    manifest :group { fileIno @13 :UInt64; startOff @14 :UInt64; pageLimit @15 :UInt32; }
   }
 }
 

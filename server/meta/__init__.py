@@ -1,8 +1,8 @@
 """Metadata state machine applied by Raft.
 
 Modules: ``types`` (commands, results), ``schema`` (SQLite layout and row
-helpers), ``namespace``/``rename``/``attrs`` (command handlers), ``chunks``
-(manifests, refcounts, gc), ``validate`` (static checks of a command, run
+helpers), ``namespace``/``rename``/``attrs`` (command handlers), ``blocks``
+(byte-range extents, block refcounts, the block lifecycle and log time), ``validate`` (static checks of a command, run
 before proposing and again in apply), ``apply`` (transactions, the applied
 index, and turning a handler's exception into an EIO result), ``queries``
 (reads): all pure cores working on a sqlite3 connection they are handed. ``codec`` (Cap'n Proto, rpc/schema/meta.capnp) and ``store`` (the
@@ -11,7 +11,9 @@ file-backed ``MetaStore`` with snapshots) do I/O.
 Entry points:
 - Raft service: ``MetaStore(path, InitParams(...))``, ``apply(index, bytes)``,
   ``apply_batch([(index, bytes)])``, ``applied_index``, ``checkpoint()``,
-  ``snapshot_to(path)``, ``restore_from(path)``, ``gc_candidates(now, grace)``.
+  ``snapshot_to(path)``, ``restore_from(path)``; for GC, the sweeper and the
+  compactor ``gc_candidates``, ``block_state``, ``log_time_ns``/``log_time_at``,
+  ``fragmented_files``, ``sparse_blocks``, ``extents_in``, ``range_digest``.
 - Proposers: ``codec.encode_command(types.Create(...))`` stamps nothing
   itself; the proposer fills ``now_ns``. Results travel back with
   ``codec.encode_result``/``decode_result``.

@@ -39,8 +39,8 @@ import sqlite3
 from collections.abc import Callable, Iterable
 
 from . import attrs, namespace, rename, validate
-from .types import (COMMANDS, AlreadyApplied, CommitWrite, Create,
-                    ForgetChunks, Link, Mkdir, Mknod, ReleaseOrphan,
+from .types import (COMMANDS, AlreadyApplied, CommitWrite, Compact, Create,
+                    ForgetChunks, Tick, Link, Mkdir, Mknod, ReleaseOrphan,
                     RemoveXattr, Rename, Result, Rmdir, SetAttr, SetXattr,
                     Symlink, Unlink)
 
@@ -65,6 +65,8 @@ _HANDLERS: dict[type, Handler] = {
     CommitWrite: attrs.commit_write,
     ReleaseOrphan: attrs.release_orphan,
     ForgetChunks: lambda c, i, cmd: attrs.forget_chunks(c, cmd),
+    Compact: attrs.compact,
+    Tick: attrs.tick,
 }
 assert set(_HANDLERS) == set(COMMANDS), "every command needs a handler"
 

@@ -1,5 +1,6 @@
 """Commands that change one inode in place: setattr (mode, owner, size,
-times), extended attributes, commit_write, release_orphan, forget_chunks.
+times), extended attributes, commit_write, compact, release_orphan,
+forget_chunks, tick.
 
 Every change sets ctime to the command's ``now_ns``. Permission checks are
 the kernel's (the mount uses default_permissions), and so is clearing
@@ -13,13 +14,13 @@ import errno
 import sqlite3
 import stat
 
-from . import chunks
+from . import blocks
 from .namespace import free_inode
 from .schema import Inode, add_counters, chunk_bytes, load
 from .types import (INLINE_BYTES_MAX, XATTR_CREATE, XATTR_NAME_BYTES_MAX,
-                    XATTR_REPLACE, XATTR_VALUE_BYTES_MAX, CommitWrite,
+                    XATTR_REPLACE, XATTR_VALUE_BYTES_MAX, CommitWrite, Compact,
                     EntryReply, ForgetChunks, ReleaseOrphan, RemoveXattr,
-                    SetAttr, SetXattr, Status, Utime)
+                    SetAttr, SetXattr, Status, Tick, Utime)
 
 PURE_CORE = True
 
@@ -34,12 +35,7 @@ def _time(value: int | Utime, current: int, now_ns: int) -> int:
 
 def _resize(conn: sqlite3.Connection, node: Inode, size: int, index: int, now_ns: int) -> None:
     if size < node.size:
-        chunks.truncate_chunks(conn, node.ino, size, chunk_bytes(conn), index, now_ns)
-        conn.execute(
-            "UPDATE inode SET inline = substr(inline, 1, ?)"
-            " WHERE ino = ? AND length(inline) > ?",
-            (size, node.ino, size),
-        )
+        blocks.truncate(conn, node.ino, size, index)
     add_counters(conn, bytes_=size - node.size)
     node.size = size
 
@@ -119,41 +115,54 @@ def removexattr(conn: sqlite3.Connection, cmd: RemoveXattr) -> Status:
     return Status(0)
 
 
-def _check_commit(conn: sqlite3.Connection, cmd: CommitWrite, node: Inode | None) -> int:
+def _check_file(node: Inode | None) -> int:
     if node is None:
         return errno.ENOENT
     if node.is_dir:
         return errno.EISDIR
-    if not node.is_reg or cmd.size < 0:
-        return errno.EINVAL
-    if cmd.inline is not None:
-        if len(cmd.inline) > INLINE_BYTES_MAX or cmd.chunks:
-            return errno.EINVAL
-        return 0
-    if not chunks.validate_chunks(cmd.chunks, chunk_bytes(conn), cmd.size):
+    if not node.is_reg:
         return errno.EINVAL
     return 0
 
 
 def commit_write(conn: sqlite3.Connection, index: int, cmd: CommitWrite) -> EntryReply:
     node = load(conn, cmd.ino)
-    err = _check_commit(conn, cmd, node)
+    err = _check_file(node) or blocks.validate_slices(cmd.slices)
     if err:
         return EntryReply(err)
-    if cmd.inline is not None:
-        chunks.drop_all_chunks(conn, node.ino, index, cmd.now_ns)
-        conn.execute("UPDATE inode SET inline = ? WHERE ino = ?", (cmd.inline, node.ino))
-        size = len(cmd.inline)
-    else:
-        chunks.put_chunks(conn, node.ino, cmd.chunks, index, cmd.now_ns)
-        if cmd.chunks:
-            conn.execute("UPDATE inode SET inline = NULL WHERE ino = ?", (node.ino,))
-        size = max(node.size, cmd.size)
+    if blocks.check_blocks(conn, cmd.slices, cmd.observed):
+        return EntryReply(errno.ESTALE)
+    blocks.write_slices(conn, node.ino, cmd.slices, index)
+    end = max((s.off + s.length for s in cmd.slices), default=0)
+    size = max(node.size, cmd.size, end)
     add_counters(conn, bytes_=size - node.size)
     node.size = size
     node.mtime = node.ctime = cmd.now_ns
     node.save(conn)
     return EntryReply(0, node.attr())
+
+
+def compact(conn: sqlite3.Connection, index: int, cmd: Compact) -> Status:
+    """The compactor's rewrite of a range, only if nobody changed it since
+    the compactor read it; the new slices stay inside the range and the
+    file's size."""
+    node = load(conn, cmd.ino)
+    err = _check_file(node) or blocks.validate_slices(cmd.slices, inline_allowed=False)
+    if err:
+        return Status(err)
+    if cmd.off < 0 or cmd.length <= 0 or any(
+            s.off < cmd.off or s.off + s.length > min(cmd.off + cmd.length, node.size)
+            for s in cmd.slices):
+        return Status(errno.EINVAL)
+    if blocks.range_digest(conn, node.ino, cmd.off, cmd.length) != cmd.expect:
+        return Status(errno.EAGAIN)
+    if blocks.check_blocks(conn, cmd.slices, cmd.observed):
+        return Status(errno.ESTALE)
+    deltas = blocks.Deltas()
+    blocks.cut(conn, node.ino, cmd.off, cmd.off + cmd.length, deltas)
+    blocks.settle(conn, deltas, index)
+    blocks.write_slices(conn, node.ino, cmd.slices, index)
+    return Status(0)
 
 
 def release_orphan(conn: sqlite3.Connection, index: int, cmd: ReleaseOrphan) -> Status:
@@ -169,5 +178,12 @@ def release_orphan(conn: sqlite3.Connection, index: int, cmd: ReleaseOrphan) -> 
 
 
 def forget_chunks(conn: sqlite3.Connection, cmd: ForgetChunks) -> Status:
-    chunks.forget_chunks(conn, cmd.chunk_ids)
+    if len(cmd.chunk_ids) != len(cmd.marks):
+        return Status(errno.EINVAL)
+    blocks.forget(conn, cmd.chunk_ids, cmd.marks)
+    return Status(0)
+
+
+def tick(conn: sqlite3.Connection, index: int, cmd: Tick) -> Status:
+    blocks.tick(conn, index, cmd.now_ns)
     return Status(0)

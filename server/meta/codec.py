@@ -5,7 +5,7 @@ dataclasses of ``server.meta.types`` and only this module knows the wire.
 The conversion is generic, by field name (snake_case <-> camelCase), with the
 field's Python type choosing the shape: plain scalars and bytes, ``X | None``
 as an OptU64/OptData union (or an absent pointer for structs),
-``int | Utime`` as TimeSet, lists of bytes or of dataclasses.
+``int | Utime`` as TimeSet, lists of bytes, ints or dataclasses.
 
 Entries are packed encodings of one ``Command`` (or ``Result``) message.
 Decoding rejects unknown union members and oversized messages with
@@ -92,7 +92,7 @@ def _fill(builder, obj) -> None:
         else:
             items = builder.init(cname, len(value))
             for i, item in enumerate(value):
-                if inner is bytes:
+                if inner in (bytes, int):
                     items[i] = item
                 else:
                     _fill(items[i], item)
@@ -116,7 +116,7 @@ def _read(reader, cls: type):
             value = _read(getattr(reader, cname), inner) if reader._has(cname) else None
         else:
             items = getattr(reader, cname)
-            value = [bytes(x) if inner is bytes else _read(x, inner) for x in items]
+            value = [inner(x) if inner in (bytes, int) else _read(x, inner) for x in items]
         kwargs[name] = value
     return cls(**kwargs)
 

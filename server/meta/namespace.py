@@ -13,7 +13,7 @@ import errno
 import sqlite3
 import stat
 
-from . import chunks
+from . import blocks
 from .schema import (INODE_COLUMNS, Inode, add_counters, allocate_ino,
                      dir_is_empty, load, lookup_entry)
 from .types import (LINK_MAX, SYMLINK_BYTES_MAX, Create, EntryReply, Link,
@@ -151,7 +151,7 @@ def link(conn: sqlite3.Connection, cmd: Link) -> EntryReply:
 
 
 def free_inode(conn: sqlite3.Connection, node: Inode, index: int, now_ns: int) -> None:
-    chunks.drop_all_chunks(conn, node.ino, index, now_ns)
+    blocks.drop_all(conn, node.ino, index)
     conn.execute("DELETE FROM xattr WHERE ino = ?", (node.ino,))
     conn.execute("DELETE FROM inode WHERE ino = ?", (node.ino,))
     add_counters(conn, inodes=-1, bytes_=-node.size if node.is_reg else 0)

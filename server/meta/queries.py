@@ -14,7 +14,7 @@ import sqlite3
 
 from .namespace import check_name
 from .schema import INODE_COLUMNS, Inode, chunk_bytes, load, read_state
-from .types import (MANIFEST_PAGE_MAX, READDIR_PAGE_MAX, BytesReply, ChunkRef,
+from .types import (MANIFEST_PAGE_MAX, READDIR_PAGE_MAX, BytesReply, Slice,
                     DirEntry, DirPage, EntryReply, ManifestPage, NamesReply,
                     StatFs)
 
@@ -116,9 +116,13 @@ def statfs(conn: sqlite3.Connection) -> StatFs:
                   next_ino=s["next_ino"], applied_index=s["applied_index"])
 
 
-def manifest(conn: sqlite3.Connection, ino: int, start_idx: int = 0,
+MANIFEST_INLINE_BYTES_MAX = 1 << 20
+
+
+def manifest(conn: sqlite3.Connection, ino: int, start: int = 0,
              limit: int = MANIFEST_PAGE_MAX) -> ManifestPage:
-    """Chunks with idx >= start_idx, at most ``limit``; holes are absent."""
+    """Extents with off >= start in offset order, at most ``limit`` of them
+    and about MANIFEST_INLINE_BYTES_MAX inline bytes; holes are absent."""
     node = load(conn, ino)
     if node is None:
         return ManifestPage(errno.ENOENT)
@@ -127,16 +131,24 @@ def manifest(conn: sqlite3.Connection, ino: int, start_idx: int = 0,
     if not node.is_reg:
         return ManifestPage(errno.EINVAL)
     limit = max(1, min(limit, MANIFEST_PAGE_MAX))
-    rows = conn.execute(
-        "SELECT idx, chunk_id, length FROM chunk_map WHERE ino = ? AND idx >= ?"
-        " ORDER BY idx LIMIT ?",
-        (ino, start_idx, limit + 1),
-    ).fetchall()
-    done = len(rows) <= limit
-    refs = [ChunkRef(idx, cid, length) for idx, cid, length in rows[:limit]]
-    next_idx = refs[-1].idx + 1 if refs else start_idx
-    (inline,) = conn.execute("SELECT inline FROM inode WHERE ino = ?", (ino,)).fetchone()
-    return ManifestPage(0, node.size, chunk_bytes(conn), inline, refs, next_idx, done)
+    slices: list[Slice] = []
+    inline = 0
+    done = True
+    for off, length, block_id, block_off, data in conn.execute(
+            "SELECT off, length, block_id, block_off, data FROM extent"
+            " WHERE ino = ? AND off >= ? ORDER BY off", (ino, start)):
+        if len(slices) >= limit or inline > MANIFEST_INLINE_BYTES_MAX:
+            done = False
+            break
+        if block_id:
+            size = conn.execute("SELECT size FROM block WHERE block_id = ?",
+                                (block_id,)).fetchone()[0]
+            slices.append(Slice(off, length, bytes(block_id), block_off, size))
+        else:
+            slices.append(Slice(off, length, data=bytes(data)))
+            inline += length
+    next_off = slices[-1].off + slices[-1].length if slices else start
+    return ManifestPage(0, node.size, chunk_bytes(conn), slices, next_off, done)
 
 
 def orphans(conn: sqlite3.Connection, after_ino: int = 0, limit: int = 1000) -> list[int]:

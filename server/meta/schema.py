@@ -8,8 +8,10 @@ Invariants (checked by tests and, where cheap, asserted):
 - A directory has exactly one entry naming it (except the root, which has
   none) and ``inode.parent`` is that entry's directory; ``nlink`` of a
   directory is 2 + its subdirectories.
-- ``chunk_ref.refs`` equals the number of ``chunk_map`` rows naming the chunk;
-  a chunk with no references has a ``gc`` row instead.
+- A file's extents never overlap; ``block.refs`` equals the number of
+  extents naming the block and ``block.live`` the bytes they cover;
+  ``inode.nextents``/``inline_bytes`` count the file's extents and inline
+  bytes (``blocks.py``: the block lifecycle and why deletion is safe).
 - ``dentry.kind`` is the S_IFMT bits of the inode it names (for readdir
   without touching inodes); types never change, so it never goes stale.
 - Names are BLOBs, so ordering is bytewise and identical on every replica.
@@ -24,7 +26,7 @@ from .types import CHUNK_BYTES_DEFAULT, ROOT_INO, Attr
 
 PURE_CORE = True
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 DDL = """
 CREATE TABLE state(
@@ -35,7 +37,8 @@ CREATE TABLE state(
     inodes INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
     chunks INTEGER NOT NULL,
-    chunk_bytes INTEGER NOT NULL
+    chunk_bytes INTEGER NOT NULL,
+    log_ns INTEGER NOT NULL
 );
 CREATE TABLE inode(
     ino INTEGER PRIMARY KEY,
@@ -51,9 +54,11 @@ CREATE TABLE inode(
     parent INTEGER NOT NULL,
     orphan INTEGER NOT NULL,
     target BLOB,
-    inline BLOB
+    nextents INTEGER NOT NULL DEFAULT 0,
+    inline_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX inode_orphan ON inode(ino) WHERE orphan = 1;
+CREATE INDEX inode_fragmented ON inode(ino) WHERE FRAGMENTED;
 CREATE TABLE dentry(
     parent INTEGER NOT NULL,
     name BLOB NOT NULL,
@@ -67,24 +72,39 @@ CREATE TABLE xattr(
     value BLOB NOT NULL,
     PRIMARY KEY (ino, name)
 ) WITHOUT ROWID;
-CREATE TABLE chunk_map(
+CREATE TABLE extent(
     ino INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    chunk_id BLOB NOT NULL,
+    off INTEGER NOT NULL,
     length INTEGER NOT NULL,
-    PRIMARY KEY (ino, idx)
+    block_id BLOB NOT NULL,
+    block_off INTEGER NOT NULL,
+    data BLOB,
+    PRIMARY KEY (ino, off)
 ) WITHOUT ROWID;
-CREATE TABLE chunk_ref(
-    chunk_id BLOB PRIMARY KEY,
-    refs INTEGER NOT NULL
+CREATE INDEX extent_block ON extent(block_id, ino, off) WHERE length(block_id) > 0;
+CREATE TABLE block(
+    block_id BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    refs INTEGER NOT NULL,
+    live INTEGER NOT NULL,
+    mark INTEGER,
+    gone_ns INTEGER
 ) WITHOUT ROWID;
-CREATE TABLE gc(
-    chunk_id BLOB PRIMARY KEY,
-    zero_index INTEGER NOT NULL,
-    zero_ns INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX gc_by_time ON gc(zero_ns, chunk_id);
+CREATE INDEX block_dying ON block(mark) WHERE refs = 0 AND gone_ns IS NULL;
+CREATE INDEX block_gone ON block(gone_ns) WHERE gone_ns IS NOT NULL;
+CREATE INDEX block_sparse ON block(block_id) WHERE SPARSE;
+CREATE TABLE clock(
+    idx INTEGER PRIMARY KEY,
+    ns INTEGER NOT NULL
+);
 """
+
+# A file the compactor should look at: more extents than its size explains
+# (regions of 4 MiB), or inline bytes in a file too big to be inline.
+FRAGMENTED = "nextents > 8 + 2 * (size >> 22) OR (inline_bytes > 0 AND size > 65536)"
+# A referenced block most of whose bytes no extent uses any more.
+SPARSE = "refs > 0 AND live * 10 < size * 9"
+DDL = DDL.replace("FRAGMENTED", FRAGMENTED).replace("SPARSE", SPARSE)
 
 INODE_COLUMNS = (
     "ino, mode, uid, gid, size, nlink, rdev, atime, mtime, ctime, parent, orphan"
@@ -102,7 +122,7 @@ def init_db(conn: sqlite3.Connection, *, now_ns: int, uid: int = 0, gid: int = 0
             if statement.strip():
                 conn.execute(statement)
         conn.execute(
-            "INSERT INTO state VALUES (0, ?, 0, ?, 1, 0, 0, ?)",
+            "INSERT INTO state VALUES (0, ?, 0, ?, 1, 0, 0, ?, 0)",
             (SCHEMA_VERSION, ROOT_INO + 1, chunk_bytes),
         )
         conn.execute(
@@ -110,6 +130,7 @@ def init_db(conn: sqlite3.Connection, *, now_ns: int, uid: int = 0, gid: int = 0
             (ROOT_INO, stat.S_IFDIR | (root_mode & 0o7777), uid, gid,
              now_ns, now_ns, now_ns, ROOT_INO),
         )
+        conn.execute("INSERT INTO clock VALUES (0, 0)")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -125,7 +146,8 @@ def is_initialized(conn: sqlite3.Connection) -> bool:
 
 class Inode:
     """One inode row, mutable while a command works on it; ``save`` writes
-    back the attributes (not target/inline, which have their own writers)."""
+    back the attributes (not target or the extent counters, which have
+    their own writers)."""
 
     __slots__ = ("ino", "mode", "uid", "gid", "size", "nlink", "rdev",
                  "atime", "mtime", "ctime", "parent", "orphan")

@@ -11,6 +11,7 @@ that was committed when the read arrived."""
 import dataclasses
 import logging
 import os
+import time
 
 import trio
 
@@ -26,10 +27,12 @@ from ..raft.storage import LogStorage
 from . import codec
 from .raftsm import MetaStateMachine
 from .store import InitParams, MetaStore
+from .types import Tick
 
 log = logging.getLogger("chordfs.meta")
 meta_capnp = schema.load("meta")
 READ_INDEX_TIMEOUT_S = 5.0
+TICK_INTERVAL_S = 1.0
 
 
 class MetadataServer(rpc.Server, interfaces=[meta_capnp.Metadata]):
@@ -92,7 +95,7 @@ def _run(reader: MetaStore, q):
         return reader.statfs()
     if which == "manifest":
         g = q.manifest
-        return reader.manifest(g.fileIno, g.startIdx, g.pageLimit or 1024)
+        return reader.manifest(g.fileIno, g.startOff, g.pageLimit or 1024)
     raise rpc.Unimplemented(f"query {which} is not known here")
 
 
@@ -197,6 +200,7 @@ class MetadataGroup:
                 await nursery.start(self.group.transport.run)
                 await nursery.start(self.group.service.run)
                 nursery.start_soon(self._promote_learners)
+                nursery.start_soon(self._tick_clock)
                 if self.joining:
                     nursery.start_soon(self._join)
                 log.info(kv("meta.ready", node=self.name, id=f"{self.node_id:x}",
@@ -281,6 +285,22 @@ class MetadataGroup:
         an odd number (an even one tolerates no more failures and needs a
         larger quorum), at most voters_max."""
         return max(1, min(self.voters_max, members if members % 2 else members - 1))
+
+    async def _tick_clock(self) -> None:
+        """On the leader: a Tick entry every TICK_INTERVAL_S, the log time
+        upload windows and tombstones are measured in (blocks.py). A clock
+        that jumps back is harmless: apply keeps the maximum."""
+        from ..raft.messages import Role
+        service = self.group.service
+        while True:
+            await trio.sleep(TICK_INTERVAL_S)
+            if service.core.status().role != Role.LEADER:
+                continue
+            try:
+                await service.propose(codec.encode_command(Tick(time.time_ns())),
+                                      timeout_s=TICK_INTERVAL_S * 5)
+            except Exception as e:  # noqa: BLE001 - the next tick tries again
+                log.info(kv("meta.tick_failed", node=self.name, error=f"{type(e).__name__}: {e}"))
 
     async def _promote_learners(self) -> None:
         """On the leader: one live, caught-up learner at a time becomes a

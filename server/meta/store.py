@@ -27,8 +27,8 @@ import sqlite3
 from rpc.logfmt import kv
 
 from . import apply as apply_mod
-from . import chunks, codec, queries, schema
-from .types import (CHUNK_BYTES_DEFAULT, MANIFEST_PAGE_MAX, READDIR_PAGE_MAX,
+from . import blocks, codec, queries, schema
+from .types import (CHUNK_BYTES_DEFAULT, UPLOAD_WINDOW_NS, MANIFEST_PAGE_MAX, READDIR_PAGE_MAX,
                     Command, Result)
 
 log = logging.getLogger("chordfs.meta")
@@ -155,14 +155,44 @@ class MetaStore:
     def statfs(self):
         return queries.statfs(self._conn)
 
-    def manifest(self, ino: int, start_idx: int = 0, limit: int = MANIFEST_PAGE_MAX):
-        return queries.manifest(self._conn, ino, start_idx, limit)
+    def manifest(self, ino: int, start: int = 0, limit: int = MANIFEST_PAGE_MAX):
+        return queries.manifest(self._conn, ino, start, limit)
 
     def orphans(self, after_ino: int = 0, limit: int = 1000) -> list[int]:
         return queries.orphans(self._conn, after_ino, limit)
 
-    def gc_candidates(self, now_ns: int, grace_ns: int, limit: int = 1000) -> list[bytes]:
-        return chunks.gc_candidates(self._conn, now_ns, grace_ns, limit)
+    # The block lifecycle (blocks.py) as the GC deleter, the sweeper of
+    # uncommitted uploads and the compactor see it.
+
+    def gc_candidates(self, limit: int = 1000) -> list[tuple[bytes, int]]:
+        return blocks.gc_candidates(self._conn, limit)
+
+    def block_state(self, block_id: bytes) -> tuple[str, int]:
+        return blocks.block_state(self._conn, block_id)
+
+    def block_refs(self, block_id: bytes) -> int:
+        return blocks.block_refs(self._conn, block_id)
+
+    def log_time_ns(self) -> int:
+        return blocks.log_time_ns(self._conn)
+
+    def log_time_at(self, index: int) -> int | None:
+        return blocks.log_time_at(self._conn, index)
+
+    def upload_window_ns(self) -> int:
+        return UPLOAD_WINDOW_NS
+
+    def fragmented_files(self, limit: int = 64) -> list[int]:
+        return blocks.fragmented_files(self._conn, limit)
+
+    def sparse_blocks(self, limit: int = 64) -> list[tuple[int, int]]:
+        return blocks.sparse_block_ranges(self._conn, limit)
+
+    def extents_in(self, ino: int, start: int, end: int) -> list[tuple]:
+        return blocks.extents_in(self._conn, ino, start, end)
+
+    def range_digest(self, ino: int, off: int, length: int) -> bytes:
+        return blocks.range_digest(self._conn, ino, off, length)
 
     # ------------------------------------------------------------- snapshots
 

@@ -31,6 +31,13 @@ INLINE_BYTES_MAX = 65536
 READDIR_PAGE_MAX = 1024
 MANIFEST_PAGE_MAX = 4096
 CHUNK_BYTES_DEFAULT = 4 << 20
+# One CommitWrite carries at most this many slices and inline bytes, so a
+# Raft entry stays well under a step batch.
+COMMIT_SLICES_MAX = 8192
+COMMIT_INLINE_BYTES_MAX = 1 << 20
+# How long (log time) an uploaded block may wait for the commit that uses
+# it; older uncommitted copies are swept (server/meta/blocks.py).
+UPLOAD_WINDOW_NS = 30 * 10**9
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -162,29 +169,60 @@ class RemoveXattr:
 
 
 @dataclass(frozen=True)
-class ChunkRef:
-    """Chunk ``idx`` of a file covers bytes [idx*chunk_bytes, +length); bytes
-    of a chunk past ``length`` and chunks missing below the size read as zeros."""
+class Slice:
+    """Bytes [off, off+length) of a file. They are bytes [block_off,
+    block_off+length) of block ``block_id`` (``block_size`` bytes in all),
+    or, with an empty ``block_id``, exactly ``data`` (inline: kept in the
+    metadata itself). In a CommitWrite, ``fresh`` says the writer stored the
+    block itself (stamped at least ``observed``) rather than finding it
+    there already; see ``server/meta/blocks.py`` for why that matters."""
 
-    idx: int
-    chunk_id: bytes
+    off: int
     length: int
+    block_id: bytes = b""
+    block_off: int = 0
+    block_size: int = 0
+    data: bytes = b""
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
 class CommitWrite:
-    """A writer's flushed data. With ``inline`` set, the file's content is
-    exactly ``inline`` (size = its length) and every chunk is dropped. Without
-    it, ``chunks`` replace the same indexes, inline data is dropped (the
-    writer folds it into chunk 0), and size grows to ``size`` if larger:
-    shrinking is setattr's job, so concurrent writers never cut each other.
+    """A writer's flushed ranges, applied in order, each replacing what the
+    file held there; bytes nobody wrote here are untouched, so two mounts
+    writing different ranges both keep theirs and a stale writer never cuts
+    another's append. The size grows to ``size`` (the end this writer's
+    writes reached) if larger: shrinking is setattr's job. ``observed`` is
+    the smallest stamp the block stores returned for the fresh blocks.
     ``now_ns`` becomes mtime and ctime."""
 
     ino: int
     size: int
     now_ns: int
-    chunks: list[ChunkRef] = field(default_factory=list)
-    inline: bytes | None = None
+    slices: list[Slice] = field(default_factory=list)
+    observed: int = 0
+
+
+@dataclass(frozen=True)
+class Compact:
+    """Rewrite [off, off+length) of a file into ``slices`` (fresh blocks,
+    holes stay holes) if its extents there still hash to ``expect``
+    (``blocks.range_digest``); EAGAIN otherwise. Times and size unchanged."""
+
+    ino: int
+    off: int
+    length: int
+    expect: bytes
+    slices: list[Slice] = field(default_factory=list)
+    observed: int = 0
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The leader's clock, once a second: the only time the state machine
+    trusts for windows (log time never goes back, whoever leads)."""
+
+    now_ns: int
 
 
 @dataclass(frozen=True)
@@ -195,18 +233,21 @@ class ReleaseOrphan:
 
 @dataclass(frozen=True)
 class ForgetChunks:
-    """The chunk store deleted these zero-reference chunks; drop their gc rows."""
+    """Every copy of these dying blocks stamped below their mark is deleted:
+    each becomes a tombstone if it is still dying with that same mark."""
 
     chunk_ids: list[bytes] = field(default_factory=list)
+    marks: list[int] = field(default_factory=list)
 
 
 COMMANDS = (
     Create, Mkdir, Mknod, Symlink, Link, Unlink, Rmdir, Rename, SetAttr,
-    SetXattr, RemoveXattr, CommitWrite, ReleaseOrphan, ForgetChunks,
+    SetXattr, RemoveXattr, CommitWrite, ReleaseOrphan, ForgetChunks, Compact, Tick,
 )
 Command = (
     Create | Mkdir | Mknod | Symlink | Link | Unlink | Rmdir | Rename | SetAttr
     | SetXattr | RemoveXattr | CommitWrite | ReleaseOrphan | ForgetChunks
+    | Compact | Tick
 )
 
 
@@ -302,12 +343,14 @@ class NamesReply:
 
 @dataclass(frozen=True)
 class ManifestPage:
+    """The file's extents starting at or after ``start``, in offset order,
+    never overlapping; gaps below ``size`` are holes (zeros)."""
+
     err: int = 0
     size: int = 0
     chunk_bytes: int = 0
-    inline: bytes | None = None
-    chunks: list[ChunkRef] = field(default_factory=list)
-    next_idx: int = 0
+    slices: list[Slice] = field(default_factory=list)
+    next_off: int = 0
     done: bool = True
 
 

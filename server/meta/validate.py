@@ -17,8 +17,9 @@ carries UInt64):
   ``..`` (EINVAL); symlink targets 1..4095 bytes (ENOENT when empty,
   ENAMETOOLONG when long), no NUL;
 - xattr names 1..255 bytes without NUL (ERANGE), values up to 64 KiB (E2BIG);
-- inline data up to ``INLINE_BYTES_MAX``; chunk lists up to
-  ``CHUNK_REFS_MAX`` entries, chunk ids 1..``CHUNK_ID_BYTES_MAX`` bytes.
+- slices (``blocks.validate_slices``): at most ``COMMIT_SLICES_MAX`` and
+  ``COMMIT_INLINE_BYTES_MAX`` inline bytes per command, 16-byte block ids,
+  each within its block; ForgetChunks lists up to ``CHUNK_REFS_MAX``.
 Everything else is EINVAL, including a field of the wrong Python type.
 
 Where a handler makes the same check, this module asks in the same order
@@ -31,13 +32,14 @@ from __future__ import annotations
 import errno
 import stat
 
-from .types import (COMMANDS, INLINE_BYTES_MAX, NAME_BYTES_MAX,
+from . import blocks
+from .types import (COMMANDS, NAME_BYTES_MAX,
                     RENAME_EXCHANGE, RENAME_NOREPLACE, SYMLINK_BYTES_MAX,
                     XATTR_CREATE, XATTR_NAME_BYTES_MAX, XATTR_REPLACE,
-                    XATTR_VALUE_BYTES_MAX, ChunkRef, CommitWrite, Create, EntryReply, ForgetChunks,
+                    XATTR_VALUE_BYTES_MAX, CommitWrite, Compact, Create, EntryReply, ForgetChunks,
                     Link, Mkdir, Mknod, ReleaseOrphan, RemoveReply,
                     RemoveXattr, Rename, Result, Rmdir, SetAttr, SetXattr,
-                    Status, Symlink, Unlink, Utime)
+                    Slice, Status, Symlink, Tick, Unlink, Utime)
 
 PURE_CORE = True
 
@@ -199,26 +201,36 @@ def _chunk_id(value: object) -> bool:
     return isinstance(value, bytes) and 0 < len(value) <= CHUNK_ID_BYTES_MAX
 
 
-def _chunk_ref(ref: object) -> bool:
-    """Only the ranges: distinct indexes and lengths within a chunk need
-    the database's chunk size (chunks.validate_chunks in the handler)."""
-    return (isinstance(ref, ChunkRef) and _in(ref.idx, 0, INT64_MAX)
-            and _in(ref.length, 1, INT64_MAX) and _chunk_id(ref.chunk_id))
+def _slices(slices: object, *, inline_allowed: bool = True) -> int:
+    """Ranges and types here; overlap rules and block states are apply's."""
+    if not isinstance(slices, list):
+        return errno.EINVAL
+    for s in slices:
+        if not (isinstance(s, Slice) and _in(s.off, 0, INT64_MAX)
+                and _in(s.length, 1, INT64_MAX - s.off)
+                and _in(s.block_off, 0, INT64_MAX) and _in(s.block_size, 0, INT64_MAX)
+                and isinstance(s.block_id, bytes) and isinstance(s.data, bytes)
+                and isinstance(s.fresh, bool)):
+            return errno.EINVAL
+    return blocks.validate_slices(slices, inline_allowed=inline_allowed)
 
 
 def _commit_write(cmd: CommitWrite) -> int:
-    err = _ranges(_ino(cmd.ino), _time(cmd.now_ns)) or _size(cmd.size)
-    if err:
-        return err
-    chunks, inline = cmd.chunks, cmd.inline
-    if not isinstance(chunks, list) or len(chunks) > CHUNK_REFS_MAX:
+    return (_ranges(_ino(cmd.ino), _time(cmd.now_ns)) or _size(cmd.size)
+            or (0 if _in(cmd.observed, 0, INT64_MAX) else errno.EINVAL)
+            or _slices(cmd.slices))
+
+
+def _compact(cmd: Compact) -> int:
+    if not (_in(cmd.off, 0, INT64_MAX) and _in(cmd.length, 1, INT64_MAX - cmd.off)
+            and _in(cmd.observed, 0, INT64_MAX) and isinstance(cmd.expect, bytes)
+            and len(cmd.expect) <= 32):
         return errno.EINVAL
-    if not all(_chunk_ref(ref) for ref in chunks):
-        return errno.EINVAL
-    if inline is not None and (not isinstance(inline, bytes) or chunks
-                               or len(inline) > INLINE_BYTES_MAX):
-        return errno.EINVAL
-    return 0
+    return _ranges(_ino(cmd.ino)) or _slices(cmd.slices, inline_allowed=False)
+
+
+def _tick(cmd: Tick) -> int:
+    return _ranges(_time(cmd.now_ns))
 
 
 def _release_orphan(cmd: ReleaseOrphan) -> int:
@@ -226,8 +238,11 @@ def _release_orphan(cmd: ReleaseOrphan) -> int:
 
 
 def _forget_chunks(cmd: ForgetChunks) -> int:
-    ids = cmd.chunk_ids
-    if not isinstance(ids, list) or len(ids) > CHUNK_REFS_MAX:
+    ids, marks = cmd.chunk_ids, cmd.marks
+    if (not isinstance(ids, list) or not isinstance(marks, list)
+            or len(ids) > CHUNK_REFS_MAX or len(ids) != len(marks)):
+        return errno.EINVAL
+    if not all(_in(m, 0, INT64_MAX) for m in marks):
         return errno.EINVAL
     return 0 if all(_chunk_id(i) for i in ids) else errno.EINVAL
 
@@ -237,7 +252,7 @@ _CHECKS = {
     Link: _link, Unlink: _remove, Rmdir: _remove, Rename: _rename,
     SetAttr: _setattr, SetXattr: _setxattr, RemoveXattr: _removexattr,
     CommitWrite: _commit_write, ReleaseOrphan: _release_orphan,
-    ForgetChunks: _forget_chunks,
+    ForgetChunks: _forget_chunks, Compact: _compact, Tick: _tick,
 }
 assert set(_CHECKS) == set(COMMANDS), "every command needs a check"
 
