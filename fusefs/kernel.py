@@ -23,7 +23,11 @@ kernel until related requests finish, so calling them from a handler (on the
 trio thread that must answer that request) can deadlock. ``Invalidator``
 queues them (bounded; a full queue drops the request, logged: the timeouts
 bound the staleness anyway) for one thread. ``stop`` returns before
-pyfuse3.close() destroys the session.
+pyfuse3.close() destroys the session. ``drop_all`` (drop-cache) is the one
+caller that waits for its invalidations: it hands the thread one item and
+awaits, without blocking the trio thread, an event the thread sets after
+the last one, so requests the kernel sends meanwhile (writeback of dirty
+pages, reads holding page locks) are still answered.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import stat
 import threading
 
 import pyfuse3
+import trio
 
 from rpc.logfmt import kv
 from server.meta.types import Attr, DirEntry
@@ -56,6 +61,8 @@ CURSORS_MAX = 8192
 DOT, DOTDOT, FIRST_ENTRY = 1, 2, 3
 INVALIDATIONS_MAX = 4096
 STOP_DEADLINE_S = 5.0
+DROP_ALL_DEADLINE_S = 30.0
+QUEUE_RETRY_S = 0.01
 
 @dataclasses.dataclass(frozen=True)
 class Timeouts:
@@ -243,6 +250,23 @@ class Invalidator:
             if exc.errno != errno.ENOENT:
                 log.warning(kv("invalidation_failed", kind="attr_now", ino=ino, err=exc.errno))
 
+    async def drop_all(self, inodes: list[int]) -> None:
+        """Drops the kernel's cached attributes and pages of ``inodes`` and
+        returns once it has (TooSlowError after ``DROP_ALL_DEADLINE_S``)."""
+        if self._thread is None:
+            return
+        done = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        item = ("all", list(inodes), lambda: token.run_sync_soon(done.set))
+        with trio.fail_after(DROP_ALL_DEADLINE_S):
+            while True:  # never dropped, unlike the best-effort kinds
+                try:
+                    self._queue.put_nowait(item)
+                    break
+                except queue.Full:
+                    await trio.sleep(QUEUE_RETRY_S)
+            await done.wait()
+
     def _put(self, item: tuple) -> None:
         if self._thread is None:
             return
@@ -259,6 +283,10 @@ class Invalidator:
             if item is None:
                 return
             kind, a, b = item
+            if kind == "all":
+                self._drop_all(a)
+                b()
+                continue
             try:
                 if kind == "inode":
                     pyfuse3.invalidate_inode(a, attr_only=b)
@@ -270,3 +298,14 @@ class Invalidator:
                     log.warning(kv("invalidation_failed", kind=kind, ino=a, err=exc.errno))
             except Exception:  # noqa: BLE001 - this thread must not die
                 log.exception(kv("invalidation_bug", kind=kind, ino=a))
+
+    @staticmethod
+    def _drop_all(inodes: list[int]) -> None:
+        for ino in inodes:
+            try:
+                pyfuse3.invalidate_inode(ino, attr_only=False)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.warning(kv("invalidation_failed", kind="all", ino=ino, err=exc.errno))
+            except Exception:  # noqa: BLE001 - this thread must not die
+                log.exception(kv("invalidation_bug", kind="all", ino=ino))

@@ -14,8 +14,10 @@ Mount options (``-o a,b=c``): FUSE's own (``ro``, ``nosuid``, ``nodev``,
 ``noexec``, ``noatime``, ...) pass through; ``attr_timeout``,
 ``entry_timeout`` (seconds), ``read_ahead_kb``, ``cache_mib``, ``chunk_kib``
 (new data directories only), ``deadline`` (seconds a cluster metadata call
-may take with its retries before EIO, default 15) and ``noallow_other`` are
-chordfs's; fstab words
+may take with its retries before EIO, default 15), ``writeback`` /
+``nowriteback`` (the kernel's writeback cache: writes are buffered in the
+page cache and sent at writeback, fsync and close; default off) and
+``noallow_other`` are chordfs's; fstab words
 (``defaults``, ``_netdev``, ``nofail``, ``auto``, ...) are accepted and
 ignored. ``allow_other`` and ``default_permissions`` are on by default
 (DESIGN: a root mount is shared by every user, the kernel checks modes).
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -40,7 +43,7 @@ from server.meta.types import CHUNK_BYTES_DEFAULT
 from .backend import Backend, LocalBackend
 from .cluster import ClusterConfig, open_cluster, parse_nodes
 from .kernel import Timeouts
-from .ops import ChordOps
+from .ops import DROP_CACHE_XATTR, ChordOps
 
 log = logging.getLogger("chordfs.fuse.mount")
 
@@ -58,6 +61,7 @@ IGNORED = frozenset((
 ))
 SHUTDOWN_DEADLINE_S = 30.0
 DEADLINE_S_DEFAULT = 15.0
+WRITEBACK_DEFAULT = False
 # The kernel sets the read-ahead window while answering FUSE INIT; ours must
 # land after that, so it waits for init and then a moment more.
 READ_AHEAD_DELAY_S = 0.3
@@ -78,6 +82,7 @@ class MountConfig:
     read_ahead_kb: int
     cache_bytes: int
     chunk_bytes: int
+    writeback: bool
     foreground: bool
     log_file: str | None
     debug: bool
@@ -113,7 +118,8 @@ def parse_options(text: str) -> dict:
     out = {"fuse": {"default_permissions", "fsname=chordfs", "subtype=chordfs"},
            "attr_timeout": 1.0, "entry_timeout": 1.0, "allow_other": True,
            "read_ahead_kb": READ_AHEAD_KB_DEFAULT, "cache_mib": CACHE_MIB_DEFAULT,
-           "chunk_kib": CHUNK_BYTES_DEFAULT >> 10, "deadline": DEADLINE_S_DEFAULT}
+           "chunk_kib": CHUNK_BYTES_DEFAULT >> 10, "deadline": DEADLINE_S_DEFAULT,
+           "writeback": WRITEBACK_DEFAULT}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
         if key in ("attr_timeout", "entry_timeout", "deadline"):
@@ -122,6 +128,8 @@ def parse_options(text: str) -> dict:
             out[key] = _number(key, value)
         elif key == "noallow_other":
             out["allow_other"] = False
+        elif item in ("writeback", "nowriteback"):
+            out["writeback"] = item == "writeback"
         elif item in FUSE_PASSTHROUGH:
             out["fuse"].add(item)
         elif item in IGNORED or key.startswith("x-") or key == "comment":
@@ -161,7 +169,8 @@ def parse_args(argv: list[str]) -> MountConfig:
         fuse_options=frozenset(opts["fuse"]),
         timeouts=Timeouts(attr_s=opts["attr_timeout"], entry_s=opts["entry_timeout"]),
         read_ahead_kb=opts["read_ahead_kb"], cache_bytes=opts["cache_mib"] << 20,
-        chunk_bytes=opts["chunk_kib"] << 10, foreground=args.foreground,
+        chunk_bytes=opts["chunk_kib"] << 10, writeback=opts["writeback"],
+        foreground=args.foreground,
         log_file=args.log_file, debug=args.debug)
 
 
@@ -247,11 +256,12 @@ async def serve(cfg: MountConfig, ready_fd: int | None = None) -> None:
 
 
 async def _serve_backend(cfg: MountConfig, backend: Backend, ready_fd: int | None) -> None:
-    ops = ChordOps(backend, timeouts=cfg.timeouts, cache_bytes=cfg.cache_bytes)
+    ops = ChordOps(backend, timeouts=cfg.timeouts, cache_bytes=cfg.cache_bytes,
+                   writeback=cfg.writeback)
     pyfuse3.init(ops, cfg.mountpoint, set(cfg.fuse_options))
     source = cfg.data_dir or ",".join(cfg.nodes or ())
     log.info(kv("mounted", mountpoint=cfg.mountpoint, source=source,
-                options=",".join(sorted(cfg.fuse_options))))
+                options=",".join(sorted(cfg.fuse_options)), writeback=cfg.writeback))
     _notify_ready(ready_fd, b"ok")
     try:
         ops.invalidator.start()
@@ -331,6 +341,56 @@ def mount_main(argv: list[str] | None = None) -> int:
             _notify_ready(ready_fd, str(exc).encode()[:400])
         except OSError:
             pass
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- drop-cache
+
+FSTYPE = "fuse.chordfs"  # fuse.<subtype>, as the kernel lists our mounts
+
+
+def _fstype(mountpoint: str) -> str | None:
+    """The filesystem type mounted at ``mountpoint`` (the last mount there
+    wins), or None; read from the mount table, since a stat of a mount whose
+    process died fails with ENOTCONN."""
+    fstype = None
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            fields = line.split()
+            if len(fields) > 4 and _unescape(fields[4]) == mountpoint:
+                fstype = fields[fields.index("-") + 1]
+    return fstype
+
+
+def drop_cache_main(mountpoint: str) -> int:
+    """``chordfs drop-cache MOUNTPOINT``: empty that mount's chunk and
+    attribute caches and the kernel's cached pages and attributes of its
+    files (see ``fusefs.ops``), so the next read comes from the cluster.
+    Silent on success; one sentence and exit 1 otherwise."""
+    path = os.path.realpath(mountpoint)
+    fstype = _fstype(path)
+    problem = None
+    if fstype is None:
+        problem = (f"{mountpoint} is not a mount point" if os.path.lexists(path)
+                   else f"{mountpoint} does not exist")
+    elif fstype != FSTYPE:
+        problem = f"{mountpoint} is not a chordfs mount (it is {fstype})"
+    else:
+        try:
+            os.setxattr(path, DROP_CACHE_XATTR, b"1")
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                problem = (f"permission denied: only root or the user who mounted "
+                           f"{mountpoint} may drop its caches")
+            elif exc.errno == errno.ENOTCONN:
+                problem = f"the chordfs mount at {mountpoint} is not connected (its process ended)"
+            elif exc.errno == errno.EOPNOTSUPP:
+                problem = f"the chordfs mount at {mountpoint} is too old to drop its caches"
+            else:
+                problem = f"cannot drop the caches of {mountpoint}: {exc.strerror}"
+    if problem:
+        print(f"chordfs: {problem}", file=sys.stderr)
         return 1
     return 0
 

@@ -14,12 +14,25 @@ never from inside a handler.
 Unlink/rename while this mount has any file open pass ``keep_orphan``: the
 state machine then keeps a last-link inode as an orphan, which we release at
 once unless it is one of our open files (then at its last close).
+
+Control channel. Setting the extended attribute ``DROP_CACHE_XATTR`` on the
+mount root (what ``chordfs drop-cache MOUNTPOINT`` does) empties this
+mount's chunk cache, xattr cache and page-cache stamps, and drops the
+kernel's cached attributes and pages of every inode the kernel holds from
+us; it returns once the kernel has done so, so the next read comes from the
+backend. Only root or the user who mounted may set it (EPERM otherwise);
+the name is never stored, listed or readable (ENODATA), and on any other
+inode it is refused (EPERM). It lives in ``system.``, which the VFS passes
+to us without a write-permission check on the root directory (we check the
+caller ourselves), and which a mount without this channel refuses
+(EOPNOTSUPP) instead of storing it as an ordinary attribute.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 
 import pyfuse3
@@ -28,6 +41,8 @@ import trio
 from server.meta.types import (Attr, Link, Mkdir, Mknod, ReleaseOrphan,
                                RemoveReply, RemoveXattr, Rename, Rmdir,
                                SetAttr, SetXattr, Symlink, Unlink, Utime)
+
+from rpc.logfmt import kv
 
 from .backend import Backend
 from .errors import check, fuse_op, fuse_op_quiet
@@ -40,6 +55,7 @@ from .xattrcache import ABSENT, UNKNOWN, XattrCache
 log = logging.getLogger("chordfs.fuse")
 
 STATFS_BLOCK_BYTES = 4096
+DROP_CACHE_XATTR = b"system.chordfs.drop_cache"
 
 
 def _unsupported_xattr(name: bytes) -> bool:
@@ -51,11 +67,16 @@ def _unsupported_xattr(name: bytes) -> bool:
 
 
 class ChordOps(FileOpsMixin, pyfuse3.Operations):
-    enable_writeback_cache = False  # DESIGN: slower creates/rm; measure first
-
     def __init__(self, backend: Backend, *, timeouts: Timeouts = Timeouts(),
-                 cache_bytes: int = CACHE_BYTES_DEFAULT) -> None:
+                 cache_bytes: int = CACHE_BYTES_DEFAULT, writeback: bool = False,
+                 owner_uid: int | None = None) -> None:
         super().__init__()
+        # Read by pyfuse3 when FUSE INIT arrives: the kernel then buffers
+        # writes in its page cache and sends them at writeback, fsync and
+        # close (flush), and keeps size and mtime of regular files itself.
+        self.enable_writeback_cache = writeback
+        # Besides root, the one user who may drop this mount's caches.
+        self.owner_uid = os.getuid() if owner_uid is None else owner_uid
         self.backend = backend
         self.timeouts = timeouts
         self.inodes = InodeTable()
@@ -276,6 +297,8 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
 
     @fuse_op
     async def getxattr(self, inode, name, ctx):
+        if name == DROP_CACHE_XATTR:
+            raise pyfuse3.FUSEError(errno.ENODATA)
         if _unsupported_xattr(name):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         cached = self.xattrs.get(inode, name)
@@ -291,6 +314,11 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
 
     @fuse_op
     async def setxattr(self, inode, name, value, ctx):
+        if name == DROP_CACHE_XATTR:
+            if inode != pyfuse3.ROOT_INODE or ctx.uid not in (0, self.owner_uid):
+                raise pyfuse3.FUSEError(errno.EPERM)
+            await self.drop_caches()
+            return
         if _unsupported_xattr(name):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         # pyfuse3 checks XATTR_CREATE/XATTR_REPLACE itself (with getxattr)
@@ -306,7 +334,30 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
 
     @fuse_op
     async def removexattr(self, inode, name, ctx):
+        if name == DROP_CACHE_XATTR:
+            raise pyfuse3.FUSEError(errno.ENODATA)
         await self._submit_xattr_change(inode, RemoveXattr(inode, name, time.time_ns()))
+
+    # ------------------------------------------------------------ control
+
+    async def drop_caches(self) -> None:
+        """Forget every cached answer (see the module docstring): the next
+        read of any file asks the backend. Open files keep what they have
+        not committed yet, and their loaded manifests."""
+        old = self.reader.cache
+        chunk_bytes = old.used_bytes
+        # A new cache object rather than emptying the old one's insides: a
+        # fetch in flight puts into whichever cache the reader holds then.
+        self.cache = self.reader.cache = ChunkCache(old.capacity_bytes)
+        epoch = self.xattrs.epoch
+        self.xattrs = XattrCache(self.timeouts.attr_s)
+        # An answer asked for before the drop must not land in the new cache.
+        self.xattrs.epoch = epoch + 1
+        # Reopening an unchanged file must not keep the kernel's pages either.
+        self.stamps.clear()
+        inodes = [pyfuse3.ROOT_INODE, *self.inodes.lookups]
+        await self.invalidator.drop_all(inodes)
+        log.info(kv("caches_dropped", chunk_bytes=chunk_bytes, inodes=len(inodes)))
 
     # ------------------------------------------------------------ shutdown
 

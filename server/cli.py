@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     mount = sub.add_parser("mount", help="mount a cluster: chordfs mount ADDR[,ADDR...] MOUNTPOINT [-o opts]",
                            add_help=False)
     mount.add_argument("rest", nargs=argparse.REMAINDER)
+    drop = sub.add_parser("drop-cache", help="empty a chordfs mount's chunk and attribute caches "
+                                             "(the kernel's too) so the next read comes from the "
+                                             "cluster: chordfs drop-cache MOUNTPOINT")
+    drop.add_argument("mountpoint")
     helper = sub.add_parser("install-mount-helper",
                             help="install /sbin/mount.chordfs so `mount -t chordfs` and fstab work")
     helper.add_argument("--target", default="/sbin/mount.chordfs")
@@ -96,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "mount":
         from fusefs.mount import mount_main
         return mount_main(args.rest)
+    if args.command == "drop-cache":
+        from fusefs.mount import drop_cache_main
+        return drop_cache_main(args.mountpoint)
     if args.command == "install-mount-helper":
         return _install_mount_helper(args.target)
     if args.command == "example-config":
