@@ -10,7 +10,8 @@ import trio
 import trio.testing
 
 from server.store import HashMismatch
-from server.store.replication import ChunkUnavailable, ReplicatedStore, WriteQuorumNotMet
+from server.store.replication import (ChunkUnavailable, ReplicatedStore, ReplicationLimits,
+                                     WriteQuorumNotMet)
 
 from .conftest import FakeDisk, make_chunk
 from .memcluster import open_cluster
@@ -50,11 +51,11 @@ async def test_put_lands_on_exactly_the_replica_set(cluster):
 
 async def test_second_put_is_deduplicated(cluster):
     rs = client(cluster)
-    cid, data = make_chunk(1, 50_000)
+    cid, data = make_chunk(1, 100_000)  # above dedup_bytes_min: looked up first
     assert len((await rs.put(cid, data)).uploaded) == 3
     again = await rs.put(cid, data)
     assert again.uploaded == () and len(again.acked) == 3
-    assert rs.stats.dedup_skips == 3 and rs.stats.bytes_uploaded == 3 * 50_000
+    assert rs.stats.dedup_skips == 3 and rs.stats.bytes_uploaded == 3 * 100_000
 
 
 async def test_put_refuses_data_that_does_not_match_its_id(cluster):
@@ -95,29 +96,35 @@ async def test_one_live_replica_is_not_enough(cluster):
     assert await client(cluster, W=1).put(cid, data)
 
 
-async def test_a_live_replica_that_refuses_fails_the_default_quorum(nursery, tmp_path):
+async def test_a_full_replica_sends_the_copy_to_the_next_successor(nursery, tmp_path):
     cluster = await open_cluster(nursery, tmp_path, statvfs=FakeDisk())
     try:
         rs = client(cluster)
         cid, data = make_chunk(6, 8192)
         full = rs.replicas(cid)[2]
         cluster.stores[full].store._statvfs = FakeDisk(free_bytes=0)
-        with pytest.raises(WriteQuorumNotMet) as info:
-            await rs.put(cid, data)
-        assert "noSpace" in info.value.failed[full] and info.value.needed == 3
-        assert len((await client(cluster, W=2).put(cid, data)).acked) == 2
+        result = await rs.put(cid, data)
+        spill = rs.replicas(cid, 4)[3]
+        assert "noSpace" in result.failed[full] and len(result.acked) == 3
+        assert cluster.holders(cid) == set(rs.replicas(cid, 4)) - {full} and spill in result.acked
+        assert rs.full_nodes() == [full] and rs.stats.put_redirects == 1
+        assert await rs.get(cid) == data
+        with pytest.raises(WriteQuorumNotMet) as info:  # every copy wanted: the full one counts
+            await client(cluster, W=3, limits=ReplicationLimits(spill_replicas_max=0)).put(cid, data)
+        assert info.value.failed.keys() == {full}
     finally:
         cluster.close()
 
 
-async def test_hung_owner_times_out_and_reads_fall_through(cluster, patient_clock):
+async def test_hung_owner_costs_a_read_the_hedge_delay_not_the_deadline(cluster, patient_clock):
     rs = client(cluster, timeout_s=3)
     cid, data = make_chunk(7)
     await client(cluster, timeout_s=1000).put(cid, data)
     cluster.hang(rs.replicas(cid)[0])
     started = trio.current_time()
     assert await rs.get(cid) == data
-    assert 3 <= trio.current_time() - started < 4
+    assert trio.current_time() - started < 1 and rs.stats.hedges == 1
+    assert rs.read_candidates(cid)[-1] == rs.replicas(cid)[0]  # read last for a while
 
 
 async def test_read_repair_restores_a_missing_copy(cluster):
@@ -161,7 +168,7 @@ async def test_missing_everywhere_is_enoent_and_unreachable_is_eio(cluster):
     cid, _ = make_chunk(11)
     with pytest.raises(ChunkUnavailable) as info:
         await rs.get(cid)
-    assert info.value.errno == errno.ENOENT and len(info.value.tried) == 4
+    assert info.value.errno == errno.ENOENT and len(info.value.tried) == len(rs.read_candidates(cid))
     cluster.kill(rs.replicas(cid)[1])
     with pytest.raises(ChunkUnavailable) as info:
         await rs.get(cid)
