@@ -180,12 +180,19 @@ class LocalBackend(Backend):
         now = time.time_ns()
         for ino in self.meta.orphans():
             await self.submit(ReleaseOrphan(ino, now))
-        dead = self.meta.gc_candidates(now, grace_ns=0)
-        for chunk_id in dead:
+        dead = self.meta.gc_candidates(limit=1 << 62)
+        for chunk_id, _mark in dead:
             await self.store.delete(chunk_id)
         if dead:
-            await self.submit(ForgetChunks(dead))
-        log.info(kv("local_backend_recovered", chunks_deleted=len(dead)))
+            await self.submit(ForgetChunks([c for c, _ in dead], [m for _, m in dead]))
+        # Blocks stored by a writer that never committed them (it died):
+        # no writer can still commit them now.
+        stored = await trio.to_thread.run_sync(lambda: list(self.store.store.iter_ids()))
+        orphaned = [c for c in stored if self.meta.block_state(c)[0] in ("unknown", "gone")]
+        for chunk_id in orphaned:
+            await self.store.delete(chunk_id)
+        log.info(kv("local_backend_recovered", chunks_deleted=len(dead),
+                    uncommitted_deleted=len(orphaned)))
 
     async def submit(self, command: Command) -> Result:
         self._index += 1

@@ -7,51 +7,68 @@ never stale: the cache is an LRU bounded by bytes, filled only with chunks
 verified against their id (we trust no replica); concurrent readers of the
 same missing chunk share one fetch.
 
-Layers, newest first, consulted per chunk index by reads and by the
-read-modify-write of a partial chunk write:
-  ``dirty``      bytearrays being written (at most ``DIRTY_CHUNKS_MAX``)
-  ``uploading``  immutable snapshots being hashed and stored (at most
-                 ``UPLOADS_INFLIGHT_MAX``: writers wait, so memory is bounded)
-  ``pending``    stored chunks not yet in a CommitWrite
-  ``base``/``inline``  the manifest as of the last load or commit
-A missing index is a hole; bytes of a chunk past its length read as zeros.
+Per open file, newest first, what reads paint over a zeroed buffer:
+  ``dirty``     bytes written and not yet packed (``layout.Dirty``: one range
+                per run of adjacent writes; at most DIRTY_BYTES_MAX)
+  ``uploads``   blocks being stored, each a packing of dirty ranges (at
+                most UPLOADS_INFLIGHT_MAX in flight: writers wait, so memory
+                is bounded)
+  ``view``      the committed extents with this mount's stored, not yet
+                committed slices (``pending``) applied in write order
+A write costs what it changes: 4 KiB written into a 4 MiB file becomes a
+4 KiB slice (inline in the commit when a flush finds little dirty, else
+packed with other ranges into one block), never a rewrite of the region.
 
-Order of work for flush/fsync/close (``flush``): every dirty chunk is
-snapshotted, hashed (xxh3-128), skipped if the backend has it, stored
-(``put_chunks``, durable) → then one CommitWrite with the new refs and size
-→ only then the caller's close/fsync returns. Files of at most
-``INLINE_BYTES_MAX`` (and at most one chunk) are committed inline instead:
-no chunk, one metadata command; this is most files in a source tree or a
-git repository.
+Order of work for flush/fsync/close (``flush``): small dirty data becomes
+inline slices; the rest is packed into blocks, each hashed (xxh3-128) and
+stored on a write quorum (``put_chunks``, durable, returning the stamps
+the copies got) → then CommitWrite(s) with the slices in write order and
+the least stamp (``observed``) → only then the caller's close/fsync returns.
+A commit records only the ranges this file's writers wrote here, so another
+mount's bytes elsewhere in the file survive (close-to-open: the later close
+wins only the bytes it wrote). ESTALE from the state machine means a block
+could not be proven to survive GC: its blocks are stored again and the
+commit retried.
 
 Every mutation (write, flush, truncate, reload) holds ``lock``, so a commit
 never races a write that would build on a layer it is replacing. Uploads run
-in the mount's service nursery and never raise: their failure is kept in
-``error``, the data goes back to ``dirty``, and the next flush reports EIO.
+in the mount's service nursery and never raise: a failed upload keeps its
+bytes (reads still see them), is retried by the next flush, and only then
+reported (EIO at fsync/close); the data stays until it is stored.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import time
 
 import trio
 
 from rpc.logfmt import kv
-from server.meta.types import (INLINE_BYTES_MAX, Attr, ChunkRef, CommitWrite,
-                               SetAttr)
+from server.meta.types import (COMMIT_SLICES_MAX, UPLOAD_WINDOW_NS, Attr,
+                               CommitWrite, SetAttr, Slice)
 
 from .backend import Backend, ChunkCorrupt, chunk_id_of
 from .errors import check
+from .layout import Dirty, Extents, paint
 
 log = logging.getLogger("chordfs.fuse.data")
 
-DIRTY_CHUNKS_MAX = 2
 UPLOADS_INFLIGHT_MAX = 4
-# Refs uploaded but uncommitted; a long streaming write commits every so
-# often so one CommitWrite (one Raft entry) stays small.
-PENDING_REFS_MAX = 64
+# Written bytes kept before packing them into a block even if less than a
+# block is dirty (with chunk_bytes above it, a full block goes at once).
+DIRTY_BYTES_MAX = 8 << 20
+# At flush, this many dirty bytes or fewer go inline in the commit.
+INLINE_FLUSH_BYTES_MAX = 64 << 10
+# Uploaded but uncommitted: a long write commits every so often, so one
+# CommitWrite stays small and its blocks stay well inside the upload window
+# (server/meta/blocks.py) in which the state machine accepts them.
+PENDING_SLICES_MAX = 4096
+PENDING_BLOCKS_MAX = 64
+PENDING_AGE_S = UPLOAD_WINDOW_NS / 1e9 / 4
+STALE_RETRIES = 3
 
 
 CACHE_BYTES_DEFAULT = 256 << 20
@@ -130,6 +147,26 @@ class ChunkReader:
         return data
 
 
+class _Upload:
+    """One block being stored: the dirty ranges packed into it, in order."""
+
+    __slots__ = ("seq", "ranges", "done", "failed", "stamp", "slices", "block_id", "block")
+
+    def __init__(self, seq: int, ranges: list[tuple[int, bytes]]) -> None:
+        self.seq = seq
+        self.ranges = ranges
+        self.done = trio.Event()
+        self.failed: BaseException | None = None
+        self.stamp: int | None = None   # set once stored
+        self.block = b"".join(data for _, data in ranges)
+        self.block_id = chunk_id_of(self.block)
+        slices, pos = [], 0
+        for off, data in ranges:
+            slices.append(Slice(off, len(data), self.block_id, pos, len(self.block), fresh=True))
+            pos += len(data)
+        self.slices = slices
+
+
 class FileData:
     def __init__(self, ino: int, backend: Backend, reader: ChunkReader,
                  nursery: trio.Nursery) -> None:
@@ -143,13 +180,15 @@ class FileData:
         self.size = 0
         self.committed_size = 0
         self.mtime_ns: int | None = None
-        self.base: dict[int, ChunkRef] = {}
-        self.inline: bytes | None = None
-        self.dirty: dict[int, bytearray] = {}
-        self.uploading: dict[int, bytes] = {}
-        self.pending: dict[int, ChunkRef] = {}
+        self.view = Extents()
+        self.dirty = Dirty()
+        self.uploads: dict[int, _Upload] = {}   # by seq, oldest first
+        self.pending: list[Slice] = []          # in view, not yet committed
+        self.pending_blocks: dict[bytes, bytes] = {}
+        self.observed: int | None = None
+        self.pending_since: float | None = None
         self.error: BaseException | None = None
-        self._upload_done: dict[int, trio.Event] = {}
+        self._seq = 0
         self._slots = trio.Semaphore(UPLOADS_INFLIGHT_MAX)
         self._prefetching = False
 
@@ -158,7 +197,7 @@ class FileData:
     @property
     def changed(self) -> bool:
         """True while this mount holds writes the backend has not committed."""
-        return bool(self.dirty or self.uploading or self.pending
+        return bool(self.dirty or self.uploads or self.pending
                     or self.size != self.committed_size)
 
     def start_empty(self, chunk_bytes: int, attr: Attr) -> None:
@@ -168,84 +207,69 @@ class FileData:
         self.attr = attr
 
     async def load(self) -> None:
-        """(Re)read the manifest, unless this mount holds uncommitted writes
+        """(Re)read the layout, unless this mount holds uncommitted writes
         (then our view is the newest, and a reload would drop them)."""
         async with self.lock:
             if not self.changed:
                 await self._load_locked()
 
     async def _load_locked(self) -> None:
-        """Read the whole manifest (close-to-open: called at open when clean)."""
+        """Read every extent (close-to-open: called at open when clean)."""
         assert not self.changed, "reload would drop buffered writes"
-        base: dict[int, ChunkRef] = {}
+        view = Extents()
         start = 0
         while True:
             page = check(await self.backend.manifest(self.ino, start))
-            base.update((ref.idx, ref) for ref in page.chunks)
+            for s in page.slices:
+                view.items.append(s)
+                view.starts.append(s.off)
             if page.done:
                 break
-            start = page.next_idx
+            start = page.next_off
         self.chunk_bytes = page.chunk_bytes
-        self.base, self.inline = base, page.inline
+        self.view = view
         self.size = self.committed_size = page.size
         self.mtime_ns = None
 
     # ------------------------------------------------------------ reads
 
-    def _old_length(self, idx: int) -> int:
-        ref = self.pending.get(idx) or self.base.get(idx)
-        if ref is not None:
-            return ref.length
-        if idx == 0 and self.inline is not None:
-            return len(self.inline)
-        return 0
-
-    async def _content(self, idx: int) -> bytes | bytearray | None:
-        """Chunk ``idx`` from the newest layer holding it; None for a hole."""
-        chunk = self.dirty.get(idx)
-        if chunk is not None:
-            return chunk
-        snapshot = self.uploading.get(idx)
-        if snapshot is not None:
-            return snapshot
-        ref = self.pending.get(idx) or self.base.get(idx)
-        if ref is not None:
-            data = await self.reader.get(ref.chunk_id)
-            return data if len(data) == ref.length else data[:ref.length]
-        if idx == 0 and self.inline is not None:
-            return self.inline
-        return None
-
     async def read(self, off: int, size: int) -> bytes:
         end = min(off + size, self.size)
         if off >= end:
             return b""
+        out = bytearray(end - off)
+        for s in self.view.overlapping(off, end):
+            if s.block_id:
+                block = self.pending_blocks.get(s.block_id)
+                if block is None:
+                    block = await self.reader.get(s.block_id)
+                data = memoryview(block)[s.block_off:s.block_off + s.length]
+            else:
+                data = s.data
+            paint(out, off, [(s.off, data)])
+        for upload in self.uploads.values():
+            paint(out, off, upload.ranges)
+        paint(out, off, self.dirty.overlapping(off, end))
         self._maybe_prefetch(end)
-        pieces = []
-        pos = off
-        while pos < end:
-            idx, within = divmod(pos, self.chunk_bytes)
-            n = min(self.chunk_bytes - within, end - pos)
-            content = await self._content(idx)
-            piece = bytes(content[within:within + n]) if content else b""
-            pieces.append(piece)
-            if len(piece) < n:
-                pieces.append(bytes(n - len(piece)))
-            pos += n
-        return b"".join(pieces)
+        return bytes(out)
 
     def _maybe_prefetch(self, end: int) -> None:
-        """Reading into the second half of a chunk: fetch the next one in
-        the background, so a sequential reader finds it cached instead of
-        waiting a whole chunk fetch at every boundary. One at a time per
-        file; failures are left for the real read to meet."""
-        idx, within = divmod(end, self.chunk_bytes)
-        ref = self.base.get(idx + 1)
-        if (self._prefetching or ref is None or within < self.chunk_bytes // 2
-                or ref.chunk_id in self.reader.cache):
+        """A sequential reader past the middle of a block: fetch the next
+        block in the background, so it is cached when the reader gets there.
+        One at a time per file; failures are left for the real read."""
+        if self._prefetching:
+            return
+        here = self.view.overlapping(end - 1, end)
+        if not here or not here[0].block_id:
+            return
+        s = here[0]
+        if end - s.off < s.length // 2:
+            return
+        nxt = self.view.after(s.off + s.length)
+        if nxt is None or not nxt.block_id or nxt.block_id in self.reader.cache:
             return
         self._prefetching = True
-        self.nursery.start_soon(self._prefetch, ref.chunk_id)
+        self.nursery.start_soon(self._prefetch, nxt.block_id)
 
     async def _prefetch(self, chunk_id: bytes) -> None:
         try:
@@ -260,81 +284,82 @@ class FileData:
     async def write(self, off: int, buf: bytes) -> int:
         async with self.lock:
             self._raise_error()
-            pos = 0
-            while pos < len(buf):
-                idx, within = divmod(off + pos, self.chunk_bytes)
-                n = min(self.chunk_bytes - within, len(buf) - pos)
-                chunk = await self._dirty_chunk(idx, within, n)
-                if len(chunk) < within:
-                    chunk.extend(bytes(within - len(chunk)))
-                chunk[within:within + n] = buf[pos:pos + n]
-                pos += n
-                if len(chunk) == self.chunk_bytes:
-                    await self._start_upload(idx)
+            self.dirty.write(off, buf)
             self.size = max(self.size, off + len(buf))
             self.mtime_ns = time.time_ns()
-            while len(self.dirty) > DIRTY_CHUNKS_MAX:
-                await self._start_upload(next(iter(self.dirty)))
-            if len(self.pending) >= PENDING_REFS_MAX:
+            while self.dirty.total >= self.chunk_bytes:
+                await self._start_upload(self.dirty.take(self.chunk_bytes))
+            if self.dirty.total > DIRTY_BYTES_MAX:
+                await self._start_upload(self.dirty.take(self.chunk_bytes))
+            if (len(self.pending) >= PENDING_SLICES_MAX
+                    or len(self.pending_blocks) >= PENDING_BLOCKS_MAX
+                    or (self.pending_since is not None
+                        and time.monotonic() - self.pending_since > PENDING_AGE_S)):
                 await self._commit_locked()
             return len(buf)
 
-    async def _dirty_chunk(self, idx: int, within: int, n: int) -> bytearray:
-        """The writable buffer of chunk ``idx``, loading the old content only
-        when the write does not replace all of it."""
-        while True:
-            chunk = self.dirty.get(idx)
-            if chunk is not None:
-                return chunk
-            done = self._upload_done.get(idx)
-            if done is None:
-                break
-            # A failed upload puts its data back into dirty: look again.
-            await done.wait()
-        old_len = self._old_length(idx)
-        if old_len and not (within == 0 and n >= old_len):
-            chunk = bytearray(await self._content(idx) or b"")
-            assert idx not in self.dirty, "writes hold the lock"
-        else:
-            chunk = bytearray()
-        self.dirty[idx] = chunk
-        return chunk
-
-    async def _start_upload(self, idx: int) -> None:
+    async def _start_upload(self, ranges: list[tuple[int, bytes]]) -> None:
         # The slot first: a caller cancelled while waiting for it (deadline)
-        # has changed nothing, so no snapshot is left without an uploader.
+        # has changed nothing, so no data is left without an uploader.
         await self._slots.acquire()
-        data = bytes(self.dirty.pop(idx))
-        self.uploading[idx] = data
-        self._upload_done[idx] = trio.Event()
-        self.nursery.start_soon(self._upload, idx, data)
+        self._seq += 1
+        upload = _Upload(self._seq, ranges)
+        self.uploads[upload.seq] = upload
+        self.nursery.start_soon(self._upload, upload)
 
-    async def _upload(self, idx: int, data: bytes) -> None:
+    async def _upload(self, upload: _Upload) -> None:
         try:
-            chunk_id = chunk_id_of(data)
-            (have,) = await self.backend.has_chunks([chunk_id])
-            if not have:
-                await self.backend.put_chunks([(chunk_id, data)])
-            self.reader.cache.put(chunk_id, data)
-            self.pending[idx] = ChunkRef(idx, chunk_id, len(data))
-        except Exception as exc:  # noqa: BLE001 - reported by the next flush
-            log.warning(kv("chunk_upload_failed", ino=self.ino, idx=idx,
+            stamp = await self.backend.put_chunks([(upload.block_id, upload.block)])
+            self.reader.cache.put(upload.block_id, upload.block)
+            upload.failed = None
+            self._settle(upload, stamp)
+        except Exception as exc:  # noqa: BLE001 - kept, retried and reported by flush
+            log.warning(kv("chunk_upload_failed", ino=self.ino, seq=upload.seq,
                            kind=type(exc).__name__, reason=str(exc)))
-            self.error = self.error or exc
-            self.dirty.setdefault(idx, bytearray(data))
+            upload.failed = exc
         finally:
-            del self.uploading[idx]
-            self._upload_done.pop(idx).set()
             self._slots.release()
+            upload.done.set()
+
+    def _settle(self, upload: _Upload, stamp: int) -> None:
+        """Stored: its slices join the view and the pending commit, in write
+        order (an older upload finishing later must not cover newer bytes)."""
+        upload.stamp = stamp
+        while self.uploads:
+            first = next(iter(self.uploads.values()))
+            if first.stamp is None:
+                return
+            del self.uploads[first.seq]
+            for s in first.slices:
+                self.view.apply(s)
+            self.pending.extend(first.slices)
+            self.pending_blocks[first.block_id] = first.block
+            self.observed = first.stamp if self.observed is None else min(self.observed, first.stamp)
+            if self.pending_since is None:
+                self.pending_since = time.monotonic()
 
     async def _wait_uploads(self) -> None:
-        while self._upload_done:
-            await next(iter(self._upload_done.values())).wait()
+        """Every upload stored and settled; failed ones are retried once
+        here, and their error raised if they fail again (data kept)."""
+        for upload in list(self.uploads.values()):
+            await upload.done.wait()
+        for upload in list(self.uploads.values()):
+            if upload.failed is not None and upload.seq in self.uploads:
+                await self._slots.acquire()
+                upload.done = trio.Event()
+                self.nursery.start_soon(self._upload, upload)
+                await upload.done.wait()
+                if upload.failed is not None:
+                    raise upload.failed
 
     def _raise_error(self) -> None:
         if self.error is not None:
             exc, self.error = self.error, None
             raise exc
+        failed = sum(1 for u in self.uploads.values() if u.failed is not None)
+        if failed >= UPLOADS_INFLIGHT_MAX:
+            # Stores keep refusing: buffering more would grow without bound.
+            raise next(u.failed for u in self.uploads.values() if u.failed is not None)
 
     # ------------------------------------------------------------ commit
 
@@ -348,52 +373,58 @@ class FileData:
         if not self.changed:
             self._raise_error()
             return None
-        if self.size <= min(INLINE_BYTES_MAX, self.chunk_bytes):
-            return await self._commit_inline()
-        if self.inline and 0 not in self.dirty and 0 not in self.pending:
-            # A chunked commit drops inline data: carry it over as chunk 0.
-            await self._wait_uploads()
-            if 0 not in self.pending:
-                self.dirty.setdefault(0, bytearray(self.inline))
-        for idx in list(self.dirty):
-            await self._start_upload(idx)
+        if self.dirty.total <= INLINE_FLUSH_BYTES_MAX and not self.uploads:
+            # Small changes travel inside the commit itself: no block to
+            # store, one Raft entry (most files of a source tree; a
+            # database's 4 KiB page with fsync).
+            for off, data in self.dirty.take():
+                s = Slice(off, len(data), data=data)
+                self.view.apply(s)
+                self.pending.append(s)
+        while self.dirty:
+            await self._start_upload(self.dirty.take(self.chunk_bytes))
         return await self._commit_locked()
 
     async def _commit_locked(self) -> Attr | None:
         await self._wait_uploads()
         self._raise_error()
-        refs = sorted(self.pending.values(), key=lambda ref: ref.idx)
-        now_ns = self.mtime_ns or time.time_ns()
-        reply = check(await self.backend.submit(
-            CommitWrite(self.ino, self.size, now_ns, chunks=refs)))
-        self.base.update(self.pending)
-        self.pending.clear()
-        if refs:
-            self.inline = None
+        attr = None
+        while self.pending or self.size != self.committed_size:
+            batch = self.pending[:COMMIT_SLICES_MAX]
+            attr = await self._commit_batch(batch)
+            del self.pending[:len(batch)]
+        self.pending_blocks.clear()
+        self.observed = None
+        self.pending_since = None
+        return attr
+
+    async def _commit_batch(self, batch: list[Slice]) -> Attr:
+        end = max((s.off + s.length for s in batch), default=0)
+        if not batch:
+            end = self.size  # a commit with no slices only settles the size
+        for attempt in range(STALE_RETRIES + 1):
+            now_ns = self.mtime_ns or time.time_ns()
+            reply = await self.backend.submit(
+                CommitWrite(self.ino, end, now_ns, batch, self.observed or 0))
+            if reply.err != errno.ESTALE or attempt == STALE_RETRIES:
+                break
+            # A block was dying or too old to prove it survives: store
+            # every block of the batch again (fresh stamps) and retry.
+            log.info(kv("commit_stale_blocks", ino=self.ino, attempt=attempt))
+            blocks = {s.block_id: self.pending_blocks[s.block_id] for s in batch
+                      if s.block_id and s.block_id in self.pending_blocks}
+            self.observed = await self.backend.put_chunks(list(blocks.items()))
+            await trio.sleep(0.05 * (attempt + 1))
+        check(reply)
         self.committed_size = reply.attr.size
         self.size = max(self.size, self.committed_size)
-        self.attr = reply.attr
-        return reply.attr
-
-    async def _commit_inline(self) -> Attr:
-        await self._wait_uploads()
-        self._raise_error()
-        content = await self.read(0, self.size)
-        now_ns = self.mtime_ns or time.time_ns()
-        reply = check(await self.backend.submit(
-            CommitWrite(self.ino, len(content), now_ns, inline=content)))
-        self.dirty.clear()
-        self.pending.clear()
-        self.base.clear()
-        self.inline = content
-        self.size = self.committed_size = reply.attr.size
         self.attr = reply.attr
         return reply.attr
 
     async def setattr(self, cmd: SetAttr) -> Attr:
         """setattr on a file open here: commit what is buffered first (so a
         later commit cannot overwrite the times or cut the size being set),
-        apply it, then reload the manifest the state machine may have cut."""
+        apply it, then reload the layout the state machine may have cut."""
         assert cmd.ino == self.ino
         async with self.lock:
             await self._flush_locked()

@@ -79,25 +79,155 @@ def test_filedata_matches_model(tmp_path_factory, steps):
     trio.run(_run_ops, str(tmp_path_factory.mktemp("fd")), steps)
 
 
-def test_inline_small_file_then_grow(tmp_path):
+class _Counting:
+    """A backend wrapper that counts stored bytes and can fail or hand out
+    stale stamps on demand."""
+
+    def __init__(self, inner: LocalBackend) -> None:
+        self.inner = inner
+        self.put_bytes = 0
+        self.puts = 0
+        self.fail_puts = 0
+        self.stale_stamps = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def put_chunks(self, chunks, after_index=0):
+        if self.fail_puts:
+            self.fail_puts -= 1
+            raise Unavailable("store refused")
+        self.puts += 1
+        self.put_bytes += sum(len(d) for _, d in chunks)
+        stamp = await self.inner.put_chunks(chunks, after_index)
+        if self.stale_stamps:
+            self.stale_stamps -= 1
+            return 0
+        return stamp
+
+
+async def _setup(tmp_path, nursery):
+    backend = _Counting(await LocalBackend.open(str(tmp_path), chunk_bytes=CHUNK,
+                                                fsync_chunks=False))
+    ino = (await backend.submit(Create(1, b"f", 0o644, 0, 0, 1))).attr.ino
+    reader = ChunkReader(backend, ChunkCache(1 << 20))
+
+    async def opened():
+        data = FileData(ino, backend, reader, nursery)
+        await data.load()
+        return data
+    return backend, ino, opened
+
+
+def test_small_writes_go_inline_and_keep_holes(tmp_path):
     async def main():
-        backend = await LocalBackend.open(str(tmp_path), chunk_bytes=CHUNK,
-                                          fsync_chunks=False)
-        ino = (await backend.submit(Create(1, b"f", 0o644, 0, 0, 1))).attr.ino
-        reader = ChunkReader(backend, ChunkCache(1 << 20))
         async with trio.open_nursery() as nursery:
-            data = FileData(ino, backend, reader, nursery)
-            await data.load()
+            backend, ino, opened = await _setup(tmp_path, nursery)
+            data = await opened()
             await data.write(0, b"small")
+            await data.write(3 * CHUNK, b"far")
             await data.flush()
             page = await backend.manifest(ino)
-            assert page.inline == b"small" and not page.chunks
-            await data.write(3 * CHUNK, b"far")  # inline must fold into chunk 0
+            assert [(s.off, s.data) for s in page.slices] == [(0, b"small"), (3 * CHUNK, b"far")]
+            assert backend.puts == 0
+            fresh = await opened()
+            assert await fresh.read(0, 3 * CHUNK + 3) == b"small" + bytes(3 * CHUNK - 5) + b"far"
+            await backend.aclose()
+    trio.run(main)
+
+
+def test_a_write_costs_what_it_changes(tmp_path):
+    """Writing into a big file stores the written bytes, not the region:
+    small changes inline, many scattered ones packed into one block."""
+    async def main():
+        async with trio.open_nursery() as nursery:
+            backend, ino, opened = await _setup(tmp_path, nursery)
+            data = await opened()
+            body = random.Random(1).randbytes(40 * CHUNK)
+            await data.write(0, body)
             await data.flush()
-            page = await backend.manifest(ino)
-            assert page.inline is None and [r.idx for r in page.chunks] == [0, 3]
-            assert await data.read(0, 5) == b"small"
-        await backend.aclose()
+            assert backend.put_bytes == len(body)
+            model = bytearray(body)
+            data = await opened()
+            rng = random.Random(2)
+            written = 0
+            for _ in range(64):
+                off, patch = rng.randrange(len(body) - 100), rng.randbytes(100)
+                await data.write(off, patch)
+                model[off:off + 100] = patch
+                written += 100
+            await data.flush()
+            assert backend.put_bytes - len(body) <= written, "rewrote more than it wrote"
+            fresh = await opened()
+            assert await fresh.read(0, len(model)) == bytes(model)
+            await backend.aclose()
+    trio.run(main)
+
+
+def test_a_stale_writer_keeps_another_mounts_append(tmp_path):
+    """Mount A holds the file open, B appends and closes, A changes one
+    byte and closes: both changes are there (close-to-open, per range)."""
+    async def main():
+        async with trio.open_nursery() as nursery:
+            backend, ino, opened = await _setup(tmp_path, nursery)
+            first = await opened()
+            await first.write(0, b"x" * 10_000)
+            await first.flush()
+            a, b = await opened(), await opened()
+            appended = random.Random(3).randbytes(300 * 1024)
+            await b.write(10_000, appended)
+            await b.flush()
+            await a.write(5, b"!")
+            await a.flush()
+            fresh = await opened()
+            want = b"xxxxx!" + b"x" * 9_994 + appended
+            assert fresh.size == len(want)
+            assert await fresh.read(0, len(want)) == want
+            await backend.aclose()
+    trio.run(main)
+
+
+def test_failed_upload_keeps_data_and_reports_at_flush(tmp_path):
+    async def main():
+        async with trio.open_nursery() as nursery:
+            backend, ino, opened = await _setup(tmp_path, nursery)
+            data = await opened()
+            body = random.Random(4).randbytes(3 * CHUNK)
+            backend.fail_puts = 10
+            await data.write(0, body)   # blocks start uploading and fail
+            with pytest.raises(Unavailable):
+                await data.flush()
+            assert data.changed and await data.read(0, len(body)) == body
+            backend.fail_puts = 0
+            await data.flush()
+            fresh = await opened()
+            assert await fresh.read(0, len(body)) == body
+            await backend.aclose()
+    trio.run(main)
+
+
+def test_stale_stamps_make_the_writer_store_again(tmp_path):
+    """A block that died (truncated away) and is written again: a commit
+    whose stamps do not prove the new copies survive GC is refused
+    (ESTALE) and the writer stores the blocks again."""
+    async def main():
+        async with trio.open_nursery() as nursery:
+            backend, ino, opened = await _setup(tmp_path, nursery)
+            body = random.Random(5).randbytes(2 * CHUNK)
+            data = await opened()
+            await data.write(0, body)
+            await data.flush()
+            await data.setattr(SetAttr(ino, 2, size=0))   # its blocks are dying now
+            assert backend.meta.gc_candidates()
+            backend.stale_stamps = 1
+            puts = backend.puts
+            await data.write(0, body)
+            await data.flush()
+            assert backend.puts > puts + 2, "the refused commit's blocks were stored again"
+            fresh = await opened()
+            assert await fresh.read(0, len(body)) == body
+            assert not backend.meta.gc_candidates()
+            await backend.aclose()
     trio.run(main)
 
 
