@@ -13,8 +13,15 @@ BIG = 2**63
 OK_NAME = b"f"
 
 
-def _ref(idx=0, chunk_id=b"c", length=1):
-    return t.ChunkRef(idx, chunk_id, length)
+ID = b"i" * 16
+
+
+def _blk(off=0, length=1, block_id=ID, block_off=0, block_size=1, fresh=False):
+    return t.Slice(off, length, block_id, block_off, block_size, fresh=fresh)
+
+
+def _inl(off=0, data=b"x"):
+    return t.Slice(off, len(data), data=data)
 
 
 CASES = [
@@ -64,17 +71,58 @@ CASES = [
     (t.SetXattr(2, b"user.a", b"v" * 65537, 0, 0), errno.E2BIG),
     (t.SetXattr(2, b"user.a", b"v", 3, 0), errno.EINVAL),
     (t.RemoveXattr(2, b"a\0", 0), errno.ERANGE),
-    # chunk lists
-    (t.CommitWrite(2, 10, 0, chunks=[_ref(idx=BIG)]), errno.EINVAL),
-    (t.CommitWrite(2, 10, 0, chunks=[_ref(length=0)]), errno.EINVAL),
-    (t.CommitWrite(2, 10, 0, chunks=[_ref(chunk_id=b"")]), errno.EINVAL),
-    (t.CommitWrite(2, 10, 0, chunks=[_ref(chunk_id=b"c" * 65)]), errno.EINVAL),
-    (t.CommitWrite(2, 10, 0, chunks=[_ref()] * (CHUNK_REFS_MAX + 1)), errno.EINVAL),
-    (t.CommitWrite(2, 10, 0, chunks=[_ref()], inline=b"x"), errno.EINVAL),
-    (t.CommitWrite(2, 10, 0, inline=b"x" * (t.INLINE_BYTES_MAX + 1)), errno.EINVAL),
-    (t.ForgetChunks([b"c"] * CHUNK_REFS_MAX), 0),
-    (t.ForgetChunks([b"c"] * (CHUNK_REFS_MAX + 1)), errno.EINVAL),
-    (t.ForgetChunks([b""]), errno.EINVAL),
+    # slices: in range, inside their block, 16-byte ids, inline data of the
+    # slice's length; per command COMMIT_SLICES_MAX slices and
+    # COMMIT_INLINE_BYTES_MAX inline bytes (E2BIG)
+    (t.CommitWrite(2, 10, 0, [_blk(), _inl(1, b"ab")], observed=BIG - 1), 0),
+    (t.CommitWrite(2, 10, 0, [_blk(off=BIG)]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [_blk(off=BIG - 2, length=1, block_size=1)]), 0),
+    (t.CommitWrite(2, 10, 0, [_blk(off=BIG - 2, length=2, block_size=2)]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [_blk(length=0)]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [_blk(off=-1)]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [_blk(block_id=b"c" * 15)]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [_blk(block_id=b"c" * 17)]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [_blk(block_off=1, length=1, block_size=1)]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [_blk(block_off=-1)]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [_blk(block_size=BIG)]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [t.Slice(0, 1, ID, 0, 1, data=b"x")]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [t.Slice(0, 2, data=b"x")]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [t.Slice(0, 1)]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [t.Slice(0, 1, data="x")]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [_blk(fresh=1)]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [(0, 1, ID, 0, 1)]), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, (_blk(),)), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [_blk()], observed=-1), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [_blk()], observed=BIG), errno.EINVAL),
+    (t.CommitWrite(2, 10, 0, [_blk(off=i) for i in range(t.COMMIT_SLICES_MAX)]), 0),
+    (t.CommitWrite(2, 10, 0, [_blk(off=i) for i in range(t.COMMIT_SLICES_MAX + 1)]),
+     errno.E2BIG),
+    (t.CommitWrite(2, 10, 0, [_inl(data=b"x" * t.COMMIT_INLINE_BYTES_MAX)]), 0),
+    (t.CommitWrite(2, 10, 0, [_inl(data=b"x" * (t.COMMIT_INLINE_BYTES_MAX // 2)),
+                              _inl(data=b"x" * (t.COMMIT_INLINE_BYTES_MAX // 2 + 1))]),
+     errno.E2BIG),
+    # compact: a non-empty range, a digest of at most 32 bytes, block slices only
+    (t.Compact(2, 0, 10, b"d" * 16, [_blk()]), 0),
+    (t.Compact(2, 0, 0, b"d" * 16, [_blk()]), errno.EINVAL),
+    (t.Compact(2, -1, 10, b"d" * 16, [_blk()]), errno.EINVAL),
+    (t.Compact(2, BIG - 1, 2, b"d" * 16, [_blk()]), errno.EINVAL),
+    (t.Compact(2, 0, 10, b"d" * 33, [_blk()]), errno.EINVAL),
+    (t.Compact(2, 0, 10, "digest", [_blk()]), errno.EINVAL),
+    (t.Compact(2, 0, 10, b"d" * 16, [_inl()]), errno.EINVAL),
+    (t.Compact(BIG, 0, 10, b"d" * 16, [_blk()]), errno.EINVAL),
+    (t.Compact(2, 0, 10, b"d" * 16, [_blk()], observed=-1), errno.EINVAL),
+    # log time
+    (t.Tick(-BIG), 0),
+    (t.Tick(BIG), errno.EINVAL),
+    # forget: ids and marks pair up
+    (t.ForgetChunks([b"c"] * CHUNK_REFS_MAX, [1] * CHUNK_REFS_MAX), 0),
+    (t.ForgetChunks([b"c"] * (CHUNK_REFS_MAX + 1), [1] * (CHUNK_REFS_MAX + 1)), errno.EINVAL),
+    (t.ForgetChunks([b""], [1]), errno.EINVAL),
+    (t.ForgetChunks([b"c" * 65], [1]), errno.EINVAL),
+    (t.ForgetChunks([b"c"], []), errno.EINVAL),
+    (t.ForgetChunks([b"c"], [1, 2]), errno.EINVAL),
+    (t.ForgetChunks([b"c"], [-1]), errno.EINVAL),
+    (t.ForgetChunks([b"c"], [BIG]), errno.EINVAL),
 ]
 
 
