@@ -4,6 +4,8 @@ the Cap'n Proto codec, with increasing indexes and proposer-stamped times."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import random
 
 from server.meta import codec
 from server.meta import types as t
@@ -80,8 +82,12 @@ def bid(n: int) -> bytes:
 
 def fake_block(block_id: bytes, size: int) -> bytes:
     """Deterministic stand-in contents of a block, keyed by its id."""
-    seed = int.from_bytes(block_id, "big")
-    return bytes((seed + i * 131 + (i >> 8)) % 251 for i in range(size))
+    return _fake_block(bytes(block_id), size)
+
+
+@functools.lru_cache(maxsize=256)
+def _fake_block(block_id: bytes, size: int) -> bytes:
+    return random.Random(block_id).randbytes(size)
 
 
 def read_file(store: MetaStore, ino: int, contents=None, page: int = 3) -> bytes:

@@ -1,14 +1,13 @@
-"""setattr, xattrs, commit_write, manifests, chunk refcounts and gc."""
+"""setattr, xattrs, commit_write, manifests, block refcounts and death marks."""
 
+import dataclasses
 import errno
 import stat
 
 import pytest
 
 from server.meta import types as t
-from server.meta.chunks import chunk_refs
-
-from .helpers import T0_NS, Driver
+from .helpers import T0_NS, Driver, bid, check_layout, fake_block, read_file
 
 ROOT = t.ROOT_INO
 CB = t.CHUNK_BYTES_DEFAULT
@@ -55,38 +54,75 @@ def test_truncate_rules(d):
     assert d.store.statfs().bytes == 10 * CB
 
 
-def test_truncate_drops_and_shortens_chunks(d):
+def blk(off: int, length: int, n: int, block_off: int = 0, size: int = CB,
+        fresh: bool = True) -> t.Slice:
+    return t.Slice(off, length, bid(n), block_off, size, fresh=fresh)
+
+
+def inl(off: int, data: bytes) -> t.Slice:
+    return t.Slice(off, len(data), data=data)
+
+
+def write(d: Driver, ino: int, *slices: t.Slice, size: int | None = None):
+    """A writer's commit: its fresh blocks stamped at the current index."""
+    end = max((s.off + s.length for s in slices), default=0)
+    r = d.do(t.CommitWrite, ino=ino, size=end if size is None else size,
+             slices=list(slices), observed=d.index)
+    assert r.err == 0, r
+    return r
+
+
+def extents(d: Driver, ino: int) -> list[t.Slice]:
+    m = d.store.manifest(ino)
+    assert m.done
+    return m.slices
+
+
+def test_truncate_cuts_and_shortens_extents(d):
     f = d.create(ROOT, b"f")
-    refs = [t.ChunkRef(0, cid("a"), CB), t.ChunkRef(1, cid("b"), CB), t.ChunkRef(2, cid("c"), 100)]
-    d.do(t.CommitWrite, ino=f, size=2 * CB + 100, chunks=refs)
+    write(d, f, blk(0, CB, 1), blk(CB, CB, 2), blk(2 * CB, 100, 3, size=100))
     assert d.store.statfs().chunks == 3
-    d.do(t.SetAttr, ino=f, size=CB + 7)
-    m = d.store.manifest(f)
-    assert m.chunks == [t.ChunkRef(0, cid("a"), CB), t.ChunkRef(1, cid("b"), 7)]
-    assert m.size == CB + 7 and chunk_refs(d.store.conn, cid("c")) == 0
-    assert d.store.gc_candidates(d.now_ns, 0) == [cid("c")]
+    r = d.do(t.SetAttr, ino=f, size=CB + 7)
+    cut_at = d.index
+    assert extents(d, f) == [blk(0, CB, 1, fresh=False), blk(CB, 7, 2, fresh=False)]
+    assert r.attr.size == CB + 7 and d.store.block_refs(bid(3)) == 0
+    assert d.store.block_state(bid(3)) == ("dying", cut_at)
+    assert d.store.gc_candidates() == [(bid(3), cut_at)]
+    assert d.store.statfs().chunks == 2
     d.do(t.SetAttr, ino=f, size=3 * CB)
-    assert d.store.manifest(f).chunks[1].length == 7
+    assert extents(d, f)[1].length == 7, "extending adds a hole, not bytes"
+    assert read_file(d.store, f)[CB + 7:] == bytes(2 * CB - 7)
+    d.do(t.SetAttr, ino=f, size=CB // 2)
+    assert extents(d, f) == [blk(0, CB // 2, 1, fresh=False)]
     d.do(t.SetAttr, ino=f, size=0)
-    assert d.store.manifest(f).chunks == [] and d.store.statfs().chunks == 0
+    assert extents(d, f) == [] and d.store.statfs().chunks == 0
+    assert [m for _, m in d.store.gc_candidates()] == sorted(m for _, m in d.store.gc_candidates())
+    check_layout(d.store)
 
 
 def test_commit_write_refcounts_dedup_and_replacement(d):
     f, g = d.create(ROOT, b"f"), d.create(ROOT, b"g")
-    d.do(t.CommitWrite, ino=f, size=CB + 10,
-         chunks=[t.ChunkRef(0, cid("x"), CB), t.ChunkRef(1, cid("x"), 10)])
-    d.do(t.CommitWrite, ino=g, size=10, chunks=[t.ChunkRef(0, cid("x"), 10)])
-    assert chunk_refs(d.store.conn, cid("x")) == 3 and d.store.statfs().chunks == 1
-    d.do(t.CommitWrite, ino=f, size=10, chunks=[t.ChunkRef(0, cid("x"), 10)])
-    assert chunk_refs(d.store.conn, cid("x")) == 3
-    r = d.do(t.CommitWrite, ino=f, size=CB + 5, chunks=[t.ChunkRef(1, cid("y"), 5)])
+    write(d, f, blk(0, 10, 1, size=10), blk(CB, 10, 1, size=10))
+    write(d, g, blk(0, 10, 1, size=10, fresh=False))
+    assert d.store.block_refs(bid(1)) == 3 and d.store.statfs().chunks == 1
+    write(d, f, blk(0, 10, 1, size=10, fresh=False))
+    assert d.store.block_refs(bid(1)) == 3, "the same bytes again replace themselves"
+    r = write(d, f, blk(CB, 5, 2, size=5), size=CB + 5)
     assert r.attr.size == CB + 10, "commit_write never shrinks"
-    assert chunk_refs(d.store.conn, cid("x")) == 2
+    assert d.store.block_refs(bid(1)) == 3, "the rest of the replaced extent stays"
+    assert extents(d, f)[1:] == [blk(CB, 5, 2, size=5, fresh=False),
+                                 blk(CB + 5, 5, 1, 5, size=10, fresh=False)]
+    write(d, f, blk(CB + 5, 5, 2, size=5, fresh=False))
+    assert d.store.block_refs(bid(1)) == 2
+    assert d.store.conn.execute("SELECT live FROM block WHERE block_id = ?",
+                                (bid(1),)).fetchone() == (20,)
     assert d.store.statfs().bytes == CB + 20
+    check_layout(d.store)
     d.do(t.Unlink, parent=ROOT, name=b"g")
     d.do(t.Unlink, parent=ROOT, name=b"f")
     assert d.store.statfs().chunks == 0 and d.store.statfs().bytes == 0
-    assert sorted(d.store.gc_candidates(d.now_ns, 0)) == [cid("x"), cid("y")]
+    assert sorted(i for i, _ in d.store.gc_candidates()) == [bid(1), bid(2)]
+    check_layout(d.store)
 
 
 def test_commit_write_validation(d):
@@ -94,54 +130,71 @@ def test_commit_write_validation(d):
     dd = d.mkdir(ROOT, b"d")
     assert d.do(t.CommitWrite, ino=dd, size=1).err == errno.EISDIR
     assert d.do(t.CommitWrite, ino=999, size=1).err == errno.ENOENT
-    bad = [[t.ChunkRef(0, cid("a"), 0)], [t.ChunkRef(0, cid("a"), CB + 1)],
-           [t.ChunkRef(0, cid("a"), 1), t.ChunkRef(0, cid("b"), 1)], [t.ChunkRef(0, b"", 1)],
-           [t.ChunkRef(0, cid("a"), 2)], [t.ChunkRef(1, cid("a"), 1)]]
-    for chunks in bad:
-        assert d.do(t.CommitWrite, ino=f, size=1, chunks=chunks).err == errno.EINVAL
-    assert d.do(t.CommitWrite, ino=f, size=1, inline=b"x" * (t.INLINE_BYTES_MAX + 1)).err == errno.EINVAL
+    bad = [[blk(0, 0, 1)], [blk(0, 2, 1, size=1)], [blk(0, 1, 1, block_off=1, size=1)],
+           [t.Slice(0, 1, b"short", 0, 1)], [t.Slice(0, 2, data=b"x")],
+           [t.Slice(0, 1, bid(1), 0, 1, data=b"x")]]
+    for slices in bad:
+        assert d.do(t.CommitWrite, ino=f, size=1, slices=slices).err == errno.EINVAL, slices
+    big = [inl(0, b"x" * t.COMMIT_INLINE_BYTES_MAX), inl(0, b"y")]
+    assert d.do(t.CommitWrite, ino=f, size=1, slices=big).err == errno.E2BIG
+    assert d.apply_decoded(t.CommitWrite(f, 1, d.tick(), big)).err == errno.E2BIG
+    assert d.attr(f).size == 0 and extents(d, f) == []
 
 
-def test_inline_data_round_trip_and_switch_to_chunks(d):
+def test_inline_data_round_trip_and_mixed_with_blocks(d):
     f = d.create(ROOT, b"f")
-    r = d.do(t.CommitWrite, ino=f, size=999, inline=b"hello")
-    assert r.attr.size == 5 and d.store.manifest(f).inline == b"hello"
+    r = write(d, f, inl(0, b"hello"))
+    assert r.attr.size == 5 and extents(d, f) == [inl(0, b"hello")]
     d.do(t.SetAttr, ino=f, size=2)
-    assert d.store.manifest(f).inline == b"he"
-    d.do(t.CommitWrite, ino=f, size=CB + 1, chunks=[t.ChunkRef(0, cid("a"), CB), t.ChunkRef(1, cid("b"), 1)])
-    m = d.store.manifest(f)
-    assert m.inline is None and len(m.chunks) == 2 and m.size == CB + 1
-    d.do(t.CommitWrite, ino=f, size=0, inline=b"")
-    assert d.store.manifest(f).chunks == [] and d.attr(f).size == 0
+    assert extents(d, f) == [inl(0, b"he")]
+    write(d, f, inl(1, b"EY"), inl(10, b"tail"))
+    assert read_file(d.store, f) == b"hEY" + bytes(7) + b"tail"
+    write(d, f, blk(2, 10, 1, block_off=5))
+    assert extents(d, f) == [inl(0, b"h"), inl(1, b"E"), blk(2, 10, 1, 5, fresh=False),
+                             inl(12, b"il")], "extents are cut, never merged"
+    assert read_file(d.store, f) == b"hE" + fake_block(bid(1), CB)[5:15] + b"il"
+    assert d.store.conn.execute("SELECT nextents, inline_bytes FROM inode WHERE ino = ?",
+                                (f,)).fetchone() == (4, 4)
+    r = d.do(t.CommitWrite, ino=f, size=0)
+    assert r.err == 0 and r.attr.size == 14, "an empty commit changes nothing but times"
+    check_layout(d.store)
 
 
-def test_manifest_pages(d):
+def test_manifest_pages_by_offset(d):
     f = d.create(ROOT, b"f")
-    refs = [t.ChunkRef(i, i.to_bytes(16, "big"), CB) for i in range(0, 50, 2)]  # with holes
-    d.do(t.CommitWrite, ino=f, size=50 * CB, chunks=refs)
-    got, start = [], 0
+    slices = [blk(i * CB, CB, i) for i in range(0, 50, 2)]  # with holes
+    write(d, f, *slices, size=50 * CB)
+    got, start, pages = [], 0, 0
     while True:
         page = d.store.manifest(f, start, limit=7)
-        got += page.chunks
-        start = page.next_idx
+        got += page.slices
+        start, pages = page.next_off, pages + 1
         if page.done:
             break
-    assert got == refs
+    assert got == [dataclasses.replace(s, fresh=False) for s in slices] and pages == 4
+    assert d.store.manifest(f, 3 * CB).slices[0].off == 4 * CB, "pages start at an extent"
+    assert d.store.manifest(f, 60 * CB) == t.ManifestPage(0, 50 * CB, CB, [], 60 * CB, True)
     assert d.store.manifest(ROOT).err == errno.EISDIR
+    assert d.store.manifest(999).err == errno.ENOENT
 
 
-def test_gc_grace_rereference_and_forget(d):
+def test_death_marks_revival_and_forget(d):
     f = d.create(ROOT, b"f")
-    d.do(t.CommitWrite, ino=f, size=1, chunks=[t.ChunkRef(0, cid("a"), 1)])
-    zero_at = d.tick()
-    d.do(t.SetAttr, ino=f, size=0, now_ns=zero_at)
-    assert d.store.gc_candidates(zero_at + 99, grace_ns=100) == []
-    assert d.store.gc_candidates(zero_at + 100, grace_ns=100) == [cid("a")]
-    d.do(t.CommitWrite, ino=f, size=1, chunks=[t.ChunkRef(0, cid("a"), 1)])
-    assert d.store.gc_candidates(zero_at + 10**12, grace_ns=0) == []
+    write(d, f, blk(0, 1, 1, size=1))
     d.do(t.SetAttr, ino=f, size=0)
-    assert d.do(t.ForgetChunks, chunk_ids=[cid("a")]).err == 0
-    assert d.store.gc_candidates(d.now_ns + 10**12, grace_ns=0) == []
+    mark = d.index
+    assert d.store.gc_candidates() == [(bid(1), mark)]
+    write(d, f, blk(0, 1, 1, size=1))  # fresh, stamped after the mark: revives
+    assert d.store.gc_candidates() == [] and d.store.block_state(bid(1)) == ("live", 0)
+    assert d.do(t.ForgetChunks, chunk_ids=[bid(1)], marks=[mark]).err == 0
+    assert d.store.block_state(bid(1)) == ("live", 0), "forgetting a live block does nothing"
+    d.do(t.SetAttr, ino=f, size=0)
+    mark2 = d.index
+    assert d.do(t.ForgetChunks, chunk_ids=[bid(1)], marks=[mark]).err == 0
+    assert d.store.gc_candidates() == [(bid(1), mark2)], "an old mark forgets nothing"
+    assert d.do(t.ForgetChunks, chunk_ids=[bid(1)], marks=[mark2]).err == 0
+    assert d.store.gc_candidates() == [] and d.store.block_state(bid(1)) == ("gone", mark2)
+    check_layout(d.store)
 
 
 def test_xattr_flags_and_limits(d):

@@ -8,7 +8,7 @@ import pytest
 
 from server.meta import types as t
 
-from .helpers import T0_NS, Driver
+from .helpers import T0_NS, Driver, check_layout
 
 ROOT = t.ROOT_INO
 
@@ -150,17 +150,20 @@ def test_link_limits(d):
 
 def test_orphan_survives_unlink_until_released(d):
     f = d.create(ROOT, b"f")
-    d.do(t.CommitWrite, ino=f, size=5, chunks=[t.ChunkRef(0, b"C" * 16, 5)])
+    block = t.Slice(0, 5, b"C" * 16, 0, 5, fresh=True)
+    d.do(t.CommitWrite, ino=f, size=5, slices=[block], observed=d.index)
     r = d.do(t.Unlink, parent=ROOT, name=b"f", keep_orphan=True)
     assert (r.ino, r.nlink) == (f, 0)
     assert d.attr(f).nlink == 0 and d.store.orphans() == [f]
-    assert d.store.manifest(f).chunks == [t.ChunkRef(0, b"C" * 16, 5)]
+    assert d.store.manifest(f).slices == [t.Slice(0, 5, b"C" * 16, 0, 5)]
     assert d.do(t.Link, ino=f, new_parent=ROOT, new_name=b"back").err == errno.ENOENT
-    assert d.do(t.CommitWrite, ino=f, size=9).err == 0
-    assert d.store.gc_candidates(d.now_ns, 0) == []
+    assert d.do(t.CommitWrite, ino=f, size=9, slices=[t.Slice(7, 2, data=b"hi")]).err == 0
+    assert d.store.gc_candidates() == []
     assert d.do(t.ReleaseOrphan, ino=f).err == 0
     assert d.store.getattr(f).err == errno.ENOENT and d.store.orphans() == []
-    assert d.store.gc_candidates(d.now_ns, 0) == [b"C" * 16]
+    assert d.store.gc_candidates() == [(b"C" * 16, d.index)]
+    assert d.store.statfs().bytes == 0
+    check_layout(d.store)
     assert d.do(t.ReleaseOrphan, ino=f).err == errno.ENOENT
 
 
@@ -171,14 +174,16 @@ def test_release_of_linked_inode_is_a_no_op(d):
 
 def test_rename_over_file_is_atomic_and_frees_target(d):
     old = d.create(ROOT, b"doc")
-    d.do(t.CommitWrite, ino=old, size=3, chunks=[t.ChunkRef(0, b"O" * 16, 3)])
+    d.do(t.CommitWrite, ino=old, size=3, slices=[t.Slice(0, 3, b"O" * 16, 0, 3, fresh=True)],
+         observed=d.index)
     new = d.create(ROOT, b"doc.swp")
     r = d.do(t.Rename, parent=ROOT, name=b"doc.swp", new_parent=ROOT, new_name=b"doc", flags=0)
     assert (r.err, r.ino, r.nlink) == (0, old, 0)
     assert d.store.lookup(ROOT, b"doc").attr.ino == new
     assert d.names(ROOT) == [b"doc"]
     assert d.store.getattr(old).err == errno.ENOENT
-    assert d.store.gc_candidates(d.now_ns, 0) == [b"O" * 16]
+    assert d.store.gc_candidates() == [(b"O" * 16, d.index)]
+    check_layout(d.store)
 
 
 def test_rename_over_file_can_keep_it_as_orphan(d):
