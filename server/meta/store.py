@@ -179,6 +179,9 @@ class MetaStore:
     def log_time_at(self, index: int) -> int | None:
         return blocks.log_time_at(self._conn, index)
 
+    def chunk_bytes(self) -> int:
+        return schema.chunk_bytes(self._conn)
+
     def upload_window_ns(self) -> int:
         return UPLOAD_WINDOW_NS
 
