@@ -96,6 +96,16 @@ struct Compact {
 
 struct Tick { nowNs @0 :Int64; }
 
+struct Clone {
+  src @0 :UInt64;
+  parent @1 :UInt64;
+  name @2 :Data;
+  mode @3 :UInt32;
+  uid @4 :UInt32;
+  gid @5 :UInt32;
+  nowNs @6 :Int64;
+}
+
 struct ReleaseOrphan { ino @0 :UInt64; nowNs @1 :Int64; }
 struct ForgetChunks  { chunkIds @0 :List(Data); marks @1 :List(UInt64); }
 
@@ -118,6 +128,7 @@ struct Command {
     forgetChunks @13 :ForgetChunks;
     compact @14 :Compact;
     tick @15 :Tick;
+    clone @16 :Clone;
   }
 }
 

@@ -39,7 +39,7 @@ import sqlite3
 from collections.abc import Callable, Iterable
 
 from . import attrs, namespace, rename, validate
-from .types import (COMMANDS, AlreadyApplied, CommitWrite, Compact, Create,
+from .types import (COMMANDS, AlreadyApplied, Clone, CommitWrite, Compact, Create,
                     ForgetChunks, Tick, Link, Mkdir, Mknod, ReleaseOrphan,
                     RemoveXattr, Rename, Result, Rmdir, SetAttr, SetXattr,
                     Symlink, Unlink)
@@ -67,6 +67,7 @@ _HANDLERS: dict[type, Handler] = {
     ForgetChunks: lambda c, i, cmd: attrs.forget_chunks(c, cmd),
     Compact: attrs.compact,
     Tick: attrs.tick,
+    Clone: namespace.clone,
 }
 assert set(_HANDLERS) == set(COMMANDS), "every command needs a handler"
 

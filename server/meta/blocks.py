@@ -160,6 +160,16 @@ def write_slices(conn: sqlite3.Connection, ino: int, slices: list[Slice], index:
     settle(conn, deltas, index)
 
 
+def copy_layout(conn: sqlite3.Connection, src: int, dst: int, index: int) -> None:
+    """Give ``dst`` (no extents yet) the extents of ``src``: more references
+    to the same blocks, no byte copied."""
+    deltas = Deltas()
+    for off, length, block_id, block_off, data in conn.execute(
+            f"SELECT {_EXTENT_COLS} FROM extent WHERE ino = ? ORDER BY off", (src,)).fetchall():
+        _insert(conn, dst, off, length, block_id, block_off, data, deltas)
+    settle(conn, deltas, index)
+
+
 def truncate(conn: sqlite3.Connection, ino: int, size: int, index: int) -> None:
     deltas = Deltas()
     cut(conn, ino, size, None, deltas)

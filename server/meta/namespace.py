@@ -16,7 +16,7 @@ import stat
 from . import blocks
 from .schema import (INODE_COLUMNS, Inode, add_counters, allocate_ino,
                      dir_is_empty, load, lookup_entry)
-from .types import (LINK_MAX, SYMLINK_BYTES_MAX, Create, EntryReply, Link,
+from .types import (LINK_MAX, SYMLINK_BYTES_MAX, Clone, Create, EntryReply, Link,
                     Mkdir, Mknod, RemoveReply, Rmdir, Symlink, Unlink)
 from .validate import check_name
 
@@ -77,6 +77,25 @@ def create(conn: sqlite3.Connection, cmd: Create) -> EntryReply:
         return EntryReply(err)
     mode = stat.S_IFREG | (cmd.mode & 0o7777)
     node = _new_inode(conn, pdir, cmd.name, mode, cmd.uid, cmd.gid, 0, cmd.now_ns)
+    return EntryReply(0, node.attr())
+
+
+def clone(conn: sqlite3.Connection, index: int, cmd: Clone) -> EntryReply:
+    src = load(conn, cmd.src)
+    if src is None:
+        return EntryReply(errno.ENOENT)
+    if src.is_dir:
+        return EntryReply(errno.EISDIR)
+    if not src.is_reg:
+        return EntryReply(errno.EINVAL)
+    err, pdir = _prepare(conn, cmd.parent, cmd.name)
+    if err:
+        return EntryReply(err)
+    mode = stat.S_IFREG | (cmd.mode & 0o7777)
+    node = _new_inode(conn, pdir, cmd.name, mode, cmd.uid, cmd.gid, 0, cmd.now_ns,
+                      size=src.size)
+    blocks.copy_layout(conn, src.ino, node.ino, index)
+    add_counters(conn, bytes_=src.size)
     return EntryReply(0, node.attr())
 
 

@@ -218,6 +218,22 @@ class Compact:
 
 
 @dataclass(frozen=True)
+class Clone:
+    """A new regular file ``name`` in ``parent`` with the content of
+    ``src`` at this index: the same extents, sharing blocks (copy on write
+    by construction: blocks never change). Mode and owner are the caller's,
+    like a create; times are ``now_ns``."""
+
+    src: int
+    parent: int
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    now_ns: int
+
+
+@dataclass(frozen=True)
 class Tick:
     """The leader's clock, once a second: the only time the state machine
     trusts for windows (log time never goes back, whoever leads)."""
@@ -243,11 +259,12 @@ class ForgetChunks:
 COMMANDS = (
     Create, Mkdir, Mknod, Symlink, Link, Unlink, Rmdir, Rename, SetAttr,
     SetXattr, RemoveXattr, CommitWrite, ReleaseOrphan, ForgetChunks, Compact, Tick,
+    Clone,
 )
 Command = (
     Create | Mkdir | Mknod | Symlink | Link | Unlink | Rmdir | Rename | SetAttr
     | SetXattr | RemoveXattr | CommitWrite | ReleaseOrphan | ForgetChunks
-    | Compact | Tick
+    | Compact | Tick | Clone
 )
 
 

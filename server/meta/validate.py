@@ -36,7 +36,7 @@ from . import blocks
 from .types import (COMMANDS, NAME_BYTES_MAX,
                     RENAME_EXCHANGE, RENAME_NOREPLACE, SYMLINK_BYTES_MAX,
                     XATTR_CREATE, XATTR_NAME_BYTES_MAX, XATTR_REPLACE,
-                    XATTR_VALUE_BYTES_MAX, CommitWrite, Compact, Create, EntryReply, ForgetChunks,
+                    XATTR_VALUE_BYTES_MAX, Clone, CommitWrite, Compact, Create, EntryReply, ForgetChunks,
                     Link, Mkdir, Mknod, ReleaseOrphan, RemoveReply,
                     RemoveXattr, Rename, Result, Rmdir, SetAttr, SetXattr,
                     Slice, Status, Symlink, Tick, Unlink, Utime)
@@ -54,7 +54,7 @@ CHUNK_REFS_MAX = 4096
 CHUNK_ID_BYTES_MAX = 64
 
 _MKNOD_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
-_ENTRY_COMMANDS = (Create, Mkdir, Mknod, Symlink, Link, SetAttr, CommitWrite)
+_ENTRY_COMMANDS = (Create, Mkdir, Mknod, Symlink, Link, SetAttr, CommitWrite, Clone)
 _REMOVE_COMMANDS = (Unlink, Rmdir, Rename)
 
 
@@ -229,6 +229,10 @@ def _compact(cmd: Compact) -> int:
     return _ranges(_ino(cmd.ino)) or _slices(cmd.slices, inline_allowed=False)
 
 
+def _clone(cmd: Clone) -> int:
+    return _ranges(_ino(cmd.src)) or _create(cmd)
+
+
 def _tick(cmd: Tick) -> int:
     return _ranges(_time(cmd.now_ns))
 
@@ -252,7 +256,7 @@ _CHECKS = {
     Link: _link, Unlink: _remove, Rmdir: _remove, Rename: _rename,
     SetAttr: _setattr, SetXattr: _setxattr, RemoveXattr: _removexattr,
     CommitWrite: _commit_write, ReleaseOrphan: _release_orphan,
-    ForgetChunks: _forget_chunks, Compact: _compact, Tick: _tick,
+    ForgetChunks: _forget_chunks, Compact: _compact, Tick: _tick, Clone: _clone,
 }
 assert set(_CHECKS) == set(COMMANDS), "every command needs a check"
 
