@@ -10,7 +10,7 @@ from server.meta import codec
 from server.meta import types as t
 from server.meta.store import InitParams, MetaStore, SnapshotError
 
-from .helpers import T0_NS, Driver
+from .helpers import T0_NS, Driver, check_layout
 
 ROOT = t.ROOT_INO
 
@@ -23,7 +23,7 @@ def random_log(seed: int, steps: int) -> Driver:
     names = [b"n%d" % i for i in range(12)]
     dirs, files = [ROOT], []
     for _ in range(steps):
-        op = rng.randrange(10)
+        op = rng.randrange(13)
         parent, name = rng.choice(dirs), rng.choice(names)
         if op == 0:
             r = d.do(t.Mkdir, parent=parent, name=name, mode=0o755)
@@ -41,16 +41,32 @@ def random_log(seed: int, steps: int) -> Driver:
         elif op == 5:
             d.do(t.Rmdir, parent=parent, name=name)
         elif op == 6 and files:
-            ino = rng.choice(files)
-            chunk = bytes([rng.randrange(8)]) * 16
-            d.do(t.CommitWrite, ino=ino, size=rng.randrange(1, 3 << 22),
-                 chunks=[t.ChunkRef(rng.randrange(3), chunk, 100)])
+            ino, off = rng.choice(files), rng.randrange(3 << 20)
+            block = bytes([rng.randrange(8)]) * 16
+            slices = [t.Slice(off, 100, block, rng.randrange(100), 200, fresh=rng.random() < 0.7),
+                      t.Slice(rng.randrange(1 << 20), 3, data=name[:3].ljust(3, b"-"))]
+            d.do(t.CommitWrite, ino=ino, size=rng.randrange(1, 3 << 22), slices=slices,
+                 observed=d.index)
         elif op == 7 and files:
             d.do(t.SetAttr, ino=rng.choice(files), size=rng.randrange(1 << 22), mode=0o600)
         elif op == 8 and files:
             d.do(t.SetXattr, ino=rng.choice(files), name=b"user.k", value=name, flags=0)
         elif op == 9 and files:
             d.do(t.Link, ino=rng.choice(files), new_parent=parent, new_name=name)
+        elif op == 10:
+            d.do(t.Tick, now_ns=d.now_ns + rng.randrange(20 * 10**9))
+        elif op == 11:
+            dying = d.store.gc_candidates(limit=rng.randrange(1, 4))
+            d.do(t.ForgetChunks, chunk_ids=[i for i, _ in dying], marks=[m for _, m in dying])
+        elif op == 12 and files:
+            ino = rng.choice(files)
+            off, length = rng.randrange(1 << 20), rng.randrange(1, 1 << 20)
+            expect = d.store.range_digest(ino, off, length)
+            block = bytes([8 + rng.randrange(8)]) * 16
+            end = min(off + length, d.store.getattr(ino).attr.size if d.store.getattr(ino).attr else 0)
+            slices = [t.Slice(off, end - off, block, 0, end - off, fresh=True)] if end > off else []
+            d.do(t.Compact, ino=ino, off=off, length=length, expect=expect, slices=slices,
+                 observed=d.index)
     return d
 
 
@@ -121,6 +137,21 @@ def test_same_log_gives_byte_identical_snapshots(tmp_path, seed):
     blobs = [open(p, "rb").read() for p in paths]
     assert blobs[0] == blobs[1] == blobs[2]
     assert source.store.statfs().inodes > 5
+    check_layout(source.store)
+
+
+def test_random_log_reaches_every_block_state():
+    """The workload above exercises the whole block lifecycle."""
+    source = random_log(3, 600)
+    store, states = MetaStore(":memory:", InitParams(now_ns=T0_NS)), set()
+    for index, data in source.log:
+        assert store.apply(index, data).err in (0, errno.ENOENT, errno.EEXIST, errno.ENOTDIR,
+                                                errno.EISDIR, errno.ENOTEMPTY, errno.EINVAL,
+                                                errno.EAGAIN, errno.ESTALE, errno.EPERM)
+        states |= {store.block_state(bytes([i]) * 16)[0] for i in range(16)}
+    assert states == {"live", "dying", "gone", "unknown"}
+    assert store.apply_faults == 0
+    check_layout(store)
 
 
 def test_restore_then_continue_matches_straight_replay(tmp_path):
@@ -185,11 +216,16 @@ SAMPLES = [
     t.SetAttr(5, 9),
     t.SetXattr(5, b"user.x", b"\x00v", t.XATTR_CREATE, 3),
     t.RemoveXattr(5, b"user.x", 3),
-    t.CommitWrite(5, 10, 3, [t.ChunkRef(0, b"c" * 16, 10), t.ChunkRef(7, b"d" * 16, 1)]),
-    t.CommitWrite(5, 3, 3, inline=b""),
+    t.CommitWrite(5, 10, 3, [t.Slice(0, 10, b"c" * 16, 2, 12, fresh=True),
+                             t.Slice(2**62, 1, data=b"\x00")], observed=2**63 - 1),
+    t.CommitWrite(5, 3, 3),
+    t.Compact(5, 4, 2**40, b"\x01" * 16, [t.Slice(4, 2, b"d" * 16, 0, 2, fresh=True)], 77),
+    t.Tick(-(2**63)),
     t.ReleaseOrphan(5, 3),
-    t.ForgetChunks([b"a" * 16, b"b" * 16]),
+    t.ForgetChunks([b"a" * 16, b"b" * 16], [1, 2**63 - 1]),
 ]
+if hasattr(t, "Clone"):  # being added alongside this port
+    SAMPLES.append(t.Clone(5, 1, b"copy", 0o640, 7, 8, 3))
 
 
 @pytest.mark.parametrize("cmd", SAMPLES, ids=lambda c: type(c).__name__)
@@ -203,7 +239,8 @@ def test_codec_covers_every_command_and_query_type():
     entries = [t.DirEntry(b"x", 2, stat.S_IFREG), t.DirEntry(b"y", 1, stat.S_IFDIR, attr)]
     for value in [t.DirPage(0, entries, b"y", False, 1),
                   t.BytesReply(0, b"v"), t.NamesReply(0, [b"a", b"b"]),
-                  t.ManifestPage(0, 9, 4, b"i", [t.ChunkRef(1, b"c", 2)], 2, True),
+                  t.ManifestPage(0, 9, 4, [t.Slice(1, 2, b"c" * 16, 3, 5),
+                                           t.Slice(5, 1, data=b"i")], 6, False),
                   t.StatFs(1, 2, 3, 4, 5), attr]:
         assert codec.decode(type(value), codec.encode(value)) == value
     for result in [t.Status(2), t.EntryReply(0, attr), t.EntryReply(17),
