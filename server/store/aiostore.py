@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from .chunkstore import PIECE_BYTES_DEFAULT, ChunkStore, StoreStats
+from .chunkstore import PIECE_BYTES_DEFAULT, ChunkStore, DeleteOutcome, PutResult, StoreStats
 from .keyrange import KeyRange
 from .streams import ChunkReader
 from .summary import RangeSummary
@@ -78,8 +78,9 @@ class AsyncChunkStore:
 
     # ---- whole chunks ------------------------------------------------------
 
-    async def put(self, chunk_id: bytes, data: bytes | bytearray | memoryview) -> bool:
-        return await self._run(self.store.put, chunk_id, data)
+    async def put(self, chunk_id: bytes, data: bytes | bytearray | memoryview,
+                  stamp: int = 0) -> PutResult:
+        return await self._run(self.store.put, chunk_id, data, stamp)
 
     async def get(self, chunk_id: bytes) -> bytes:
         return await self._run(self.store.get, chunk_id)
@@ -93,6 +94,18 @@ class AsyncChunkStore:
     async def delete(self, chunk_id: bytes) -> bool:
         return await self._run(self.store.delete, chunk_id)
 
+    async def delete_below(self, chunk_id: bytes, mark: int) -> DeleteOutcome:
+        return await self._run(self.store.delete_below, chunk_id, mark)
+
+    async def stamp_of(self, chunk_id: bytes) -> int | None:
+        return await self._run(self.store.stamp_of, chunk_id)
+
+    async def stamps_of(self, chunk_ids: list[bytes]) -> list[int | None]:
+        return await self._run(self.store.stamps_of, chunk_ids)
+
+    async def raise_stamp(self, chunk_id: bytes, stamp: int) -> int | None:
+        return await self._run(self.store.raise_stamp, chunk_id, stamp)
+
     async def verify(self, chunk_id: bytes) -> int:
         return await self._run(self.store.verify, chunk_id)
 
@@ -102,12 +115,12 @@ class AsyncChunkStore:
     # ---- streams -----------------------------------------------------------
 
     async def put_stream(
-        self, chunk_id: bytes, pieces: AsyncIterable[bytes] | Iterable[bytes]
-    ) -> bool:
+        self, chunk_id: bytes, pieces: AsyncIterable[bytes] | Iterable[bytes], stamp: int = 0
+    ) -> PutResult:
         """Write a chunk that arrives in pieces; verified before it is
         published. On error or cancellation the partial write is removed."""
         async with self.stream_limiter:
-            writer = await self._run(self.store.open_writer, chunk_id)
+            writer = await self._run(self.store.open_writer, chunk_id, stamp)
             try:
                 if isinstance(pieces, AsyncIterable):
                     async for piece in pieces:

@@ -10,6 +10,17 @@ Layout under ``data_dir``::
                           garbage and is removed at open
     quarantine/           chunks that failed verification, kept for post-mortem
 
+Stamps. Every stored copy carries a stamp: a Raft log index, kept as the
+file's mtime in nanoseconds. The metadata state machine decides deletion
+with it (server/meta/blocks.py): the GC of a block that died at log index
+``mark`` deletes only copies stamped below ``mark``, and a writer that
+revives such a block must hold copies stamped at or above it. A writer's
+put stamps its copy with max(the copy's old stamp, the stamp asked for);
+the caller (the store service) asks for at least the node's applied
+metadata index. The stamp is set on the temp file before the fsync and
+the rename that publish it, and raised on an existing copy with utime and
+an fsync of the file, so a reply's stamp is durable.
+
 Invariants:
 - A file under chunks/ only ever holds bytes whose xxh3_128 equals its name:
   writes are verified before the rename that publishes them, and a file found
@@ -18,6 +29,12 @@ Invariants:
   (unless the store was opened with ``fsync_enabled=False``, for tests).
 - ``chunk_count``/``used_bytes`` equal what the chunks/ tree holds: rebuilt by a
   scan at open, changed only under ``_lock`` together with the rename/unlink.
+- A copy's stamp never goes down while the copy exists. Publishing, raising
+  a stamp, conditional deletion (``delete_below``) and quarantine of one id
+  run under that id's lock (one of ``ID_LOCKS`` stripes), so "stamp below
+  mark, then unlink" cannot interleave with a put of the same id.
+- The directory keeps nanosecond mtimes: checked with a probe at open
+  (StoreError otherwise), since a rounded stamp would lose protection.
 
 Every method blocks on the disk; ``server.store.aiostore`` runs them in worker
 threads. Methods are thread-safe.
@@ -32,10 +49,11 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from typing import Literal, NamedTuple
 
 import xxhash
 
-from .errors import ChunkNotFound, ChunkTooLarge, HashMismatch, NoSpace, StoreLocked
+from .errors import ChunkNotFound, ChunkTooLarge, HashMismatch, NoSpace, StoreError, StoreLocked
 from .keyrange import ID_BYTES, KeyRange, check_id, id_from_hex, ring_key
 from .streams import ChunkReader, ChunkWriter
 from .summary import RangeSummary, summarize
@@ -48,7 +66,19 @@ LIST_IDS_MAX = 65536
 # A failing disk could otherwise fill itself with quarantined copies; the
 # first ones are the useful evidence, later ones are simply deleted.
 QUARANTINE_FILES_MAX_DEFAULT = 1024
+# Stripes of per-id locks: puts of different ids rarely share one, so an
+# fsync raising a stamp holds up only the puts of its stripe.
+ID_LOCKS = 64
 _HEX = frozenset("0123456789abcdef")
+# Odd nanoseconds and seconds, so a filesystem rounding either shows.
+_MTIME_PROBE_NS = 1_000_000_007_123_456_789
+
+DeleteOutcome = Literal["deleted", "kept", "absent"]
+
+
+class PutResult(NamedTuple):
+    written: bool   # False: the copy was already here (dedup)
+    stamp: int      # the copy's stamp after the put
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +97,11 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _check_stamp(stamp: int) -> None:
+    if not 0 <= stamp < 1 << 63:
+        raise ValueError(f"a stamp is a log index in [0, 2**63), got {stamp}")
 
 
 def _is_hex(name: str, length: int) -> bool:
@@ -101,6 +136,7 @@ class ChunkStore:
         self._tmp_dir = os.path.join(self.data_dir, "tmp")
         self._quarantine_dir = os.path.join(self.data_dir, "quarantine")
         self._lock = threading.Lock()
+        self._id_locks = [threading.Lock() for _ in range(ID_LOCKS)]
         self._tmp_seq = itertools.count()
         self._fanout_known: set[str] = set()
         # Bytes promised to writers in flight: without it, concurrent puts
@@ -127,8 +163,26 @@ class ChunkStore:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise StoreLocked(self.data_dir) from None
-        self._remove_leftovers()
-        self._scan()
+        try:
+            self._remove_leftovers()
+            self._check_mtime_ns()
+            self._scan()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_mtime_ns(self) -> None:
+        probe = os.path.join(self._tmp_dir, "mtime-probe")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.utime(fd, ns=(_MTIME_PROBE_NS, _MTIME_PROBE_NS))
+            kept = os.fstat(fd).st_mtime_ns
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+        if kept != _MTIME_PROBE_NS:
+            raise StoreError(f"{self.data_dir}: the filesystem does not keep nanosecond mtimes "
+                             f"(set {_MTIME_PROBE_NS}, read {kept}); chunk stamps need them")
 
     def _remove_leftovers(self) -> None:
         leftovers = os.listdir(self._tmp_dir)
@@ -230,58 +284,101 @@ class ChunkStore:
 
     # ---- write -------------------------------------------------------------
 
-    def put(self, chunk_id: bytes, data: bytes | bytearray | memoryview) -> bool:
-        """Store ``data`` under ``chunk_id``; True if newly written, False if the
-        chunk was already here (dedup). Raises HashMismatch, ChunkTooLarge or
-        NoSpace, in which case nothing was stored."""
+    def _id_lock(self, chunk_id: bytes) -> threading.Lock:
+        return self._id_locks[chunk_id[-1] % ID_LOCKS]
+
+    def put(self, chunk_id: bytes, data: bytes | bytearray | memoryview,
+            stamp: int = 0) -> PutResult:
+        """Store ``data`` under ``chunk_id`` with at least ``stamp``; returns
+        (newly written, the copy's stamp now). A copy already here is kept
+        and its stamp raised (dedup). Raises HashMismatch, ChunkTooLarge or
+        NoSpace, in which case nothing was stored and no stamp changed."""
         chunk_id = check_id(chunk_id)
+        _check_stamp(stamp)
         if len(data) > self.chunk_bytes_max:
             raise ChunkTooLarge(len(data), self.chunk_bytes_max)
         actual = xxhash.xxh3_128_digest(data)
         if actual != chunk_id:
             raise HashMismatch(chunk_id, actual)
-        if self._has_durably(chunk_id):
-            return False
-        with self.open_writer(chunk_id) as writer:
+        raised = self.raise_stamp(chunk_id, stamp)
+        if raised is not None:
+            return PutResult(False, raised)
+        with self.open_writer(chunk_id, stamp) as writer:
             writer.write(data)
             return writer.commit()
 
-    def put_stream(self, chunk_id: bytes, pieces: Iterable[bytes]) -> bool:
+    def put_stream(self, chunk_id: bytes, pieces: Iterable[bytes], stamp: int = 0) -> PutResult:
         """Like ``put`` for a chunk that arrives in pieces; the hash is computed
         as they are written and checked before the chunk is published."""
         chunk_id = check_id(chunk_id)
-        with self.open_writer(chunk_id) as writer:
+        with self.open_writer(chunk_id, stamp) as writer:
             for piece in pieces:
                 writer.write(piece)
             return writer.commit()
 
-    def open_writer(self, chunk_id: bytes) -> ChunkWriter:
+    def open_writer(self, chunk_id: bytes, stamp: int = 0) -> ChunkWriter:
         chunk_id = check_id(chunk_id)
-        return ChunkWriter(self, chunk_id)
+        _check_stamp(stamp)
+        return ChunkWriter(self, chunk_id, stamp)
 
-    def install(self, tmp_path: str, chunk_id: bytes, size_bytes: int) -> bool:
-        """Publish a fully written, fsynced, verified temp file. Called by
-        ChunkWriter.commit; returns False when the chunk was already present."""
+    def install(self, tmp_path: str, chunk_id: bytes, size_bytes: int, stamp: int) -> PutResult:
+        """Publish a fully written, stamped, fsynced, verified temp file.
+        Called by ChunkWriter.commit. When the chunk is already present the
+        temp file is dropped and the present copy's stamp raised instead."""
         self._ensure_fanout(chunk_id)
         final = self.chunk_path(chunk_id)
-        with self._lock:
-            existed = os.path.exists(final)
-            if existed:
-                os.unlink(tmp_path)
-            else:
-                os.rename(tmp_path, final)
-                self.chunk_count += 1
-                self.used_bytes += size_bytes
+        with self._id_lock(chunk_id):
+            raised = self._raise_locked(chunk_id, stamp)
+            if raised is None:
+                with self._lock:
+                    os.rename(tmp_path, final)
+                    self.chunk_count += 1
+                    self.used_bytes += size_bytes
+        if raised is not None:
+            os.unlink(tmp_path)
         # Synced even when it existed: a concurrent put of the same id may
         # have renamed but not yet synced, and we are about to claim durability.
         self._fsync_dir(os.path.dirname(final))
-        return not existed
+        return PutResult(raised is None, stamp if raised is None else raised)
 
-    def _has_durably(self, chunk_id: bytes) -> bool:
-        if not os.path.exists(self.chunk_path(chunk_id)):
-            return False
-        self._fsync_dir(self._leaf_dir(chunk_id))
-        return True
+    def raise_stamp(self, chunk_id: bytes, stamp: int) -> int | None:
+        """Raise a present copy's stamp to at least ``stamp`` (durably);
+        its stamp afterwards, or None when no copy is here. This is a put
+        of a chunk already stored: the caller gets the same guarantees."""
+        chunk_id = check_id(chunk_id)
+        _check_stamp(stamp)
+        with self._id_lock(chunk_id):
+            raised = self._raise_locked(chunk_id, stamp)
+        if raised is not None:
+            self._fsync_dir(self._leaf_dir(chunk_id))
+        return raised
+
+    def _raise_locked(self, chunk_id: bytes, stamp: int) -> int | None:
+        """Under the id's lock: the present copy's stamp raised to ``stamp``."""
+        try:
+            fd = os.open(self.chunk_path(chunk_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            current = os.fstat(fd).st_mtime_ns
+            if current >= stamp:
+                return current
+            os.utime(fd, ns=(stamp, stamp))
+            if self.fsync_enabled:
+                os.fsync(fd)
+            return stamp
+        finally:
+            os.close(fd)
+
+    def stamp_of(self, chunk_id: bytes) -> int | None:
+        """The stamp of the copy stored here, or None when there is none."""
+        try:
+            return os.stat(self.chunk_path(check_id(chunk_id))).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def stamps_of(self, chunk_ids: Iterable[bytes]) -> list[int | None]:
+        return [self.stamp_of(c) for c in chunk_ids]
 
     # ---- read --------------------------------------------------------------
 
@@ -327,18 +424,31 @@ class ChunkStore:
     # ---- delete and quarantine ---------------------------------------------
 
     def delete(self, chunk_id: bytes) -> bool:
-        """Remove a chunk; True if it was here. Durable when it returns."""
-        path = self.chunk_path(check_id(chunk_id))
-        with self._lock:
+        """Remove a chunk whatever its stamp; True if it was here. Durable
+        when it returns."""
+        return self.delete_below(chunk_id, 0) == "deleted"
+
+    def delete_below(self, chunk_id: bytes, mark: int) -> DeleteOutcome:
+        """Remove the copy if its stamp is below ``mark`` (0: whatever its
+        stamp). "kept" when a copy stamped at or above ``mark`` stays: the
+        check and the unlink hold the id's lock, so a put that raised the
+        stamp first wins, and one that comes after writes a new copy.
+        Durable when it returns."""
+        chunk_id = check_id(chunk_id)
+        _check_stamp(mark)
+        path = self.chunk_path(chunk_id)
+        with self._id_lock(chunk_id), self._lock:
             try:
-                size = os.stat(path).st_size
+                st = os.stat(path)
             except FileNotFoundError:
-                return False
+                return "absent"
+            if mark and st.st_mtime_ns >= mark:
+                return "kept"
             os.unlink(path)
             self.chunk_count -= 1
-            self.used_bytes -= size
+            self.used_bytes -= st.st_size
         self._fsync_dir(os.path.dirname(path))
-        return True
+        return "deleted"
 
     def quarantine(self, chunk_id: bytes, inode: int | None = None) -> str | None:
         """Move a chunk that failed verification out of chunks/ (or delete it
@@ -347,7 +457,7 @@ class ChunkStore:
         good copy stays. Returns the quarantine path, or None if nothing was
         kept there."""
         path = self.chunk_path(chunk_id)
-        with self._lock:
+        with self._id_lock(chunk_id), self._lock:
             try:
                 st = os.stat(path)
             except FileNotFoundError:

@@ -17,7 +17,13 @@ Failures stay local to what they touch: an unreachable peer skips that
 peer's ranges for this pass, a chunk that vanished (GC) or turned out
 corrupt on the reading side is skipped; each is counted and the first few
 reasons are kept. The next pass picks up whatever was skipped. Every remote
-call has the stub's deadline."""
+call has the stub's deadline.
+
+Stamps: a copy keeps its protection when it moves (chunkstore's docstring).
+A push sends the local copy's stamp as ``afterIndex``; a pull asks the
+source's stamp after reading the bytes and stores the copy with at least
+that and this node's applied index (``applied_index()``). A source whose
+copy vanished between the two (GC) gives nothing to store."""
 
 from __future__ import annotations
 
@@ -94,7 +100,8 @@ class RepairPass:
                  bytes_per_s: float = 50e6, timeout_s: float = 10.0, parts: int = 16,
                  leaf_ids_max: int = 256, diff_ids_max: int = 100_000,
                  copies_in_flight_max: int = 4,
-                 on_progress: Callable[[RepairReport], object] | None = None):
+                 on_progress: Callable[[RepairReport], object] | None = None,
+                 applied_index: Callable[[], int] = lambda: 0):
         if bytes_per_s <= 0 or copies_in_flight_max < 1:
             raise ValueError("bytes_per_s must be > 0 and copies_in_flight_max >= 1")
         self.local, self.self_name, self.ring, self.R = local, self_name, ring, R
@@ -103,6 +110,7 @@ class RepairPass:
         self._reconcile_opts = dict(parts=parts, leaf_ids_max=leaf_ids_max, diff_ids_max=diff_ids_max)
         self._copy_slots = trio.Semaphore(copies_in_flight_max)
         self._on_progress = on_progress
+        self._applied_index = applied_index
         self._started_s = 0.0
         self._paced_bytes = 0
 
@@ -175,12 +183,18 @@ class RepairPass:
 
     async def _push(self, remote: RemoteStore, chunk_id: bytes) -> int:
         data = await self.local.get(chunk_id)
-        await remote.put(chunk_id, data)
+        stamp = await self.local.stamp_of(chunk_id)
+        if stamp is None:
+            raise ChunkNotFound(chunk_id)
+        await remote.put(chunk_id, data, after_index=stamp)
         return len(data)
 
     async def _pull(self, remote: RemoteStore, chunk_id: bytes) -> int:
         data = await remote.get(chunk_id)  # verified against the id by the stub
-        await self.local.put(chunk_id, data)
+        stamp = await remote.stamp_of(chunk_id)
+        if stamp is None:
+            raise RemoteStoreError("notFound", "copy deleted while being pulled", remote.peer)
+        await self.local.put(chunk_id, data, max(stamp, self._applied_index()))
         return len(data)
 
     async def restore(self, chunk_id: bytes) -> bool:
@@ -191,8 +205,7 @@ class RepairPass:
             if name == self.self_name:
                 continue
             try:
-                data = await (await self.stub(name)).get(chunk_id)
-                await self.local.put(chunk_id, data)
+                await self._pull(await self.stub(name), chunk_id)
                 return True
             except (*_PEER_DOWN, RemoteStoreError, rpc.RpcError, StoreError) as e:
                 log.info("restore of %s from %s failed: %s", chunk_id.hex(), name, e)

@@ -18,7 +18,21 @@ Open writes belong to the connection's server object. A write idle for
 ``write_idle_s`` is aborted at the next ``putBegin`` on that connection, and
 all of them are aborted when the connection's server object is collected,
 so a client that vanishes mid-write leaves no temp file and no reserved
-space behind (a crash leaves temp files that the next store open removes)."""
+space behind (a crash leaves temp files that the next store open removes).
+
+Stamps (chunkstore's docstring, server/meta/blocks.py): a put, whole or
+piecewise, stamps the copy with max(its old stamp, the caller's
+``afterIndex``, this node's applied metadata index from ``applied_index()``)
+and replies the stamp; the piecewise path takes the applied index again at
+``putCommit``. A ``putBegin`` that finds the chunk present raises its stamp
+the same way (it is a put of a present chunk). ``delete`` with a mark
+deletes only a copy stamped below it, atomically against puts of that id.
+
+Test-only fault injection: with the environment variable
+``CHORDFS_FAULT_OVERLOAD_EVERY=N`` (read once when the service is built,
+and logged as a warning), every Nth put or putBegin is answered
+``overloaded`` before anything happens. End-to-end tests use it to prove
+that writers ride through a busy replica; never set it in production."""
 
 from __future__ import annotations
 
@@ -29,6 +43,7 @@ import itertools
 import logging
 import os
 import weakref
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -36,6 +51,7 @@ import rpc
 from rpc import schema
 
 from .aiostore import AsyncChunkStore
+from .chunkstore import DeleteOutcome, PutResult
 from .errors import (BadChunkId, ChunkNotFound, ChunkTooLarge, CorruptChunk, HashMismatch, NoSpace,
                      StoreError)
 from .keyrange import ID_BYTES, KeyRange, check_id, chunk_id_of
@@ -46,6 +62,7 @@ log = logging.getLogger("chordfs.store.service")
 store_capnp = schema.load("store")
 
 MIB = 1 << 20
+FAULT_OVERLOAD_ENV = "CHORDFS_FAULT_OVERLOAD_EVERY"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +89,18 @@ class _Refused(Exception):
     def __init__(self, status: str, message: str):
         super().__init__(message)
         self.status = status
+
+
+def _fault_overload_every(environ) -> int:
+    raw = environ.get(FAULT_OVERLOAD_ENV, "")
+    if not raw:
+        return 0
+    every = int(raw)
+    if every < 1:
+        raise ValueError(f"{FAULT_OVERLOAD_ENV} must be a positive integer, got {raw!r}")
+    log.warning("TEST-ONLY FAULT INJECTION: %s=%d, every %dth put or putBegin on this node "
+                "is refused with 'overloaded'", FAULT_OVERLOAD_ENV, every, every)
+    return every
 
 
 def _status_of(exc: BaseException) -> str | None:
@@ -110,12 +139,31 @@ class StoreService:
     byte and write budgets. ``server`` is the bootstrap factory for
     ``rpc.serve_tcp``."""
 
-    def __init__(self, astore: AsyncChunkStore, limits: ServiceLimits = ServiceLimits()):
+    def __init__(self, astore: AsyncChunkStore, limits: ServiceLimits = ServiceLimits(), *,
+                 applied_index: Callable[[], int] = lambda: 0,
+                 environ: Mapping[str, str] = os.environ):
         self.astore = astore
         self.limits = limits
+        self.applied_index = applied_index
         self.bytes_buffered = 0
         self.writes_open = 0
         self.refused_overloaded = 0
+        self.puts_seen = 0
+        self.faults_injected = 0
+        self.overload_every = _fault_overload_every(environ)
+
+    def stamp_for(self, after_index: int) -> int:
+        """The least stamp a put asked for ``after_index`` may get here."""
+        return max(after_index, self.applied_index())
+
+    def injected_overload(self) -> None:
+        """Count a put; refuse it when the fault hook says so (test only)."""
+        self.puts_seen += 1
+        if self.overload_every and self.puts_seen % self.overload_every == 0:
+            self.faults_injected += 1
+            self.refused_overloaded += 1
+            raise _Refused("overloaded", f"injected fault: every {self.overload_every}th put "
+                           f"is refused ({FAULT_OVERLOAD_ENV})")
 
     def server(self) -> ChunkStoreServer:
         return ChunkStoreServer(self)
@@ -202,9 +250,11 @@ class ChunkStoreServer(rpc.Server, interfaces=[store_capnp.ChunkStore]):
     async def put(self, params, results):
         chunk_id = check_id(params.id)
         data = params.data
+        self._svc.injected_overload()
         self._svc.take_bytes(len(data))
         try:
-            results.stored = await self._svc.astore.put(chunk_id, data)
+            stamp = self._svc.stamp_for(params.afterIndex)
+            results.stored, results.stamp = await self._svc.astore.put(chunk_id, data, stamp)
         finally:
             self._svc.give_bytes(len(data))
 
@@ -233,7 +283,9 @@ class ChunkStoreServer(rpc.Server, interfaces=[store_capnp.ChunkStore]):
 
     @_replies_with_status
     async def delete(self, params, results):
-        results.existed = await self._svc.astore.delete(check_id(params.id))
+        outcome = await self._svc.astore.delete_below(check_id(params.id), params.mark)
+        results.existed = outcome != "absent"
+        results.kept = outcome == "kept"
 
     @_replies_with_status
     async def stats(self, params, results):
@@ -254,9 +306,12 @@ class ChunkStoreServer(rpc.Server, interfaces=[store_capnp.ChunkStore]):
         svc = self._svc
         if size > svc.astore.store.chunk_bytes_max:
             raise ChunkTooLarge(size, svc.astore.store.chunk_bytes_max)
+        svc.injected_overload()
         self._reap_idle()
-        if await svc.astore.has(chunk_id):
-            results.present = True
+        stamp = svc.stamp_for(params.afterIndex)
+        present_stamp = await svc.astore.raise_stamp(chunk_id, stamp)
+        if present_stamp is not None:
+            results.present, results.stamp = True, present_stamp
             return
         if len(self._writes) + self._opening >= svc.limits.writes_open_per_conn_max or \
                 svc.writes_open >= svc.limits.writes_open_max:
@@ -266,7 +321,7 @@ class ChunkStoreServer(rpc.Server, interfaces=[store_capnp.ChunkStore]):
         svc.writes_open += 1
         self._opening += 1
         try:
-            writer = await svc.run(svc.astore.store.open_writer, chunk_id)
+            writer = await svc.run(svc.astore.store.open_writer, chunk_id, stamp)
         except BaseException:
             svc.writes_open -= 1
             raise
@@ -313,7 +368,10 @@ class ChunkStoreServer(rpc.Server, interfaces=[store_capnp.ChunkStore]):
             if write.received_bytes != write.size_bytes:
                 raise _Refused("badRequest", f"commit after {write.received_bytes} of "
                                f"{write.size_bytes} bytes")
-            results.stored = await self._svc.run(write.writer.commit)
+            # The node may have applied more since putBegin: the copy is
+            # stamped at least as of now, like a whole put.
+            write.writer.stamp = self._svc.stamp_for(write.writer.stamp)
+            results.stored, results.stamp = await self._svc.run(write.writer.commit)
         finally:
             await self._drop(params.writeId)
 
@@ -418,17 +476,29 @@ class RemoteStore:
     async def has(self, chunk_id: bytes, *, timeout_s=None) -> bool:
         return (await self.has_many([chunk_id], timeout_s=timeout_s))[0]
 
-    async def put(self, chunk_id: bytes, data: bytes, *, timeout_s=None) -> bool:
+    async def put(self, chunk_id: bytes, data: bytes, *, after_index: int = 0,
+                  timeout_s=None) -> bool:
         """True if newly stored there, False if it already was; both durable."""
+        return (await self.put_stamped(chunk_id, data, after_index=after_index,
+                                       timeout_s=timeout_s)).written
+
+    async def put_stamped(self, chunk_id: bytes, data: bytes, *, after_index: int = 0,
+                          timeout_s=None) -> PutResult:
+        """(newly stored, the copy's stamp there): the stamp is at least
+        ``after_index`` and that node's applied metadata index."""
         t = self._t(timeout_s)
         if len(data) <= self.whole_bytes_max:
-            return _check(await self.cap.put(id=chunk_id, data=data, timeout_s=t), self.peer).stored
-        return await self._put_pieces(chunk_id, data, t)
+            reply = _check(await self.cap.put(id=chunk_id, data=data, afterIndex=after_index,
+                                              timeout_s=t), self.peer)
+            return PutResult(reply.stored, reply.stamp)
+        return await self._put_pieces(chunk_id, data, after_index, t)
 
-    async def _put_pieces(self, chunk_id: bytes, data: bytes, t: float) -> bool:
-        begun = _check(await self.cap.putBegin(id=chunk_id, sizeBytes=len(data), timeout_s=t), self.peer)
+    async def _put_pieces(self, chunk_id: bytes, data: bytes, after_index: int,
+                          t: float) -> PutResult:
+        begun = _check(await self.cap.putBegin(id=chunk_id, sizeBytes=len(data),
+                                               afterIndex=after_index, timeout_s=t), self.peer)
         if begun.present:
-            return False
+            return PutResult(False, begun.stamp)
         write_id = begun.writeId
         view = memoryview(data)
         try:
@@ -438,7 +508,8 @@ class RemoteStore:
                                                timeout_s=t), self.peer)
             reply = await self.cap.putCommit(writeId=write_id, timeout_s=t)
             write_id = 0
-            return _check(reply, self.peer).stored
+            _check(reply, self.peer)
+            return PutResult(reply.stored, reply.stamp)
         finally:
             if write_id:
                 with trio.move_on_after(t, shield=True):
@@ -479,8 +550,41 @@ class RemoteStore:
     async def verify(self, chunk_id: bytes, *, timeout_s=None) -> int:
         return _check(await self.cap.verify(id=chunk_id, timeout_s=self._t(timeout_s)), self.peer).sizeBytes
 
+    async def raise_stamp(self, chunk_id: bytes, after_index: int, *,
+                          timeout_s=None) -> int | None:
+        """Raise that node's copy's stamp to at least ``after_index`` (and
+        its applied index), as a put of a present chunk does; the stamp
+        afterwards, or None when it holds no copy. This is a putBegin that
+        sends no bytes (the schema has no other call answering stamps)."""
+        t = self._t(timeout_s)
+        begun = _check(await self.cap.putBegin(id=chunk_id, sizeBytes=0, afterIndex=after_index,
+                                               timeout_s=t), self.peer)
+        if begun.present:
+            return begun.stamp
+        with trio.move_on_after(t, shield=True):
+            try:
+                await self.cap.putAbort(writeId=begun.writeId, timeout_s=t)
+            except rpc.RpcError:
+                pass  # the server reaps idle writes anyway
+        return None
+
+    async def stamp_of(self, chunk_id: bytes, *, timeout_s=None) -> int | None:
+        """The stamp of that node's copy (None: no copy), raised to that
+        node's applied index first: more protection, never less."""
+        return await self.raise_stamp(chunk_id, 0, timeout_s=timeout_s)
+
     async def delete(self, chunk_id: bytes, *, timeout_s=None) -> bool:
-        return _check(await self.cap.delete(id=chunk_id, timeout_s=self._t(timeout_s)), self.peer).existed
+        """Delete that node's copy whatever its stamp; True if it had one."""
+        return await self.delete_below(chunk_id, 0, timeout_s=timeout_s) != "absent"
+
+    async def delete_below(self, chunk_id: bytes, mark: int, *, timeout_s=None) -> DeleteOutcome:
+        """Delete that node's copy if stamped below ``mark`` (0: any):
+        "deleted", "kept" (a copy stamped at or above mark stays) or "absent"."""
+        reply = _check(await self.cap.delete(id=chunk_id, mark=mark, timeout_s=self._t(timeout_s)),
+                       self.peer)
+        if reply.kept:
+            return "kept"
+        return "deleted" if reply.existed else "absent"
 
     async def stats(self, *, timeout_s=None) -> dict:
         """store.capnp's Stats as a dict (camelCase keys, as on the wire)."""

@@ -2,10 +2,11 @@
 
 ChunkWriter: bytes go to a temp file in tmp/ as they arrive, hashed on the way
 with the xxh3_128 streaming hasher. ``commit`` checks the digest against the
-claimed id, fsyncs the file and only then lets the store publish it with a
-rename; any failure before that removes the temp file, so a refused or
-abandoned write leaves nothing behind. Order of work in commit:
-verify → fsync(file) → rename → fsync(dir).
+claimed id, stamps the file (its mtime, see chunkstore), fsyncs it and only
+then lets the store publish it with a rename; any failure before that
+removes the temp file, so a refused or abandoned write leaves nothing
+behind. Order of work in commit: verify → stamp → fsync(file) → rename →
+fsync(dir).
 
 ChunkReader: reads in bounded pieces and hashes as it goes. The final piece is
 handed out only after the whole chunk verified; on a mismatch (or a read error
@@ -26,7 +27,7 @@ import xxhash
 from .errors import ChunkNotFound, ChunkTooLarge, CorruptChunk, HashMismatch, NoSpace
 
 if TYPE_CHECKING:
-    from .chunkstore import ChunkStore
+    from .chunkstore import ChunkStore, PutResult
 
 # Read errors that mean the medium, not the caller, is at fault: the copy is
 # treated as corrupt so a replica can replace it.
@@ -36,9 +37,10 @@ _MEDIA_ERRNOS = frozenset({errno.EIO, errno.EBADMSG, errno.EUCLEAN})
 class ChunkWriter:
     """One chunk being written; call write() per piece, then commit()."""
 
-    def __init__(self, store: ChunkStore, chunk_id: bytes) -> None:
+    def __init__(self, store: ChunkStore, chunk_id: bytes, stamp: int = 0) -> None:
         self._store = store
         self.chunk_id = chunk_id
+        self.stamp = stamp
         self.size_bytes = 0
         self._hasher = xxhash.xxh3_128()
         self._reserved_bytes = 0
@@ -77,20 +79,23 @@ class ChunkWriter:
                 raise
         self.size_bytes += size
 
-    def commit(self) -> bool:
-        """Verify, make durable, publish. True if newly stored, False if the
-        store already held the chunk. HashMismatch leaves nothing stored."""
+    def commit(self) -> PutResult:
+        """Verify, stamp, make durable, publish: (newly stored, the copy's
+        stamp). A chunk the store already held keeps its copy, whose stamp
+        is raised instead. HashMismatch leaves nothing stored."""
         if self.finished:
             raise RuntimeError("commit after commit/abort")
         try:
             actual = self._hasher.digest()
             if actual != self.chunk_id:
                 raise HashMismatch(self.chunk_id, actual)
+            os.utime(self._fd, ns=(self.stamp, self.stamp))
             if self._store.fsync_enabled:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
-            stored = self._store.install(self._tmp_path, self.chunk_id, self.size_bytes)
+            stored = self._store.install(self._tmp_path, self.chunk_id, self.size_bytes,
+                                         self.stamp)
         except BaseException:
             self.abort()
             raise

@@ -22,7 +22,7 @@ async def astore(tmp_path, disk):
 
 async def test_async_put_get_has_delete(astore):
     cid, data = make_chunk(1, 3000)
-    assert await astore.put(cid, data)
+    assert (await astore.put(cid, data)).written
     assert await astore.has(cid)
     assert await astore.get(cid) == data
     assert await astore.size_of(cid) == 3000
@@ -41,7 +41,7 @@ async def test_put_stream_from_an_async_source(astore):
             await trio.sleep(0)
             yield data[i:i + 7000]
 
-    assert await astore.put_stream(cid, frames())
+    assert (await astore.put_stream(cid, frames())).written
     async with aclosing(astore.get_stream(cid, piece_bytes=16384)) as pieces:
         got = [p async for p in pieces]
     assert b"".join(got) == data and max(map(len, got)) == 16384
@@ -51,7 +51,7 @@ async def test_twenty_mib_chunk_streams_in_bounded_pieces(tmp_path):
     astore = await AsyncChunkStore.open(tmp_path / "big", chunk_bytes_max=32 << 20)
     data = bytes(range(256)) * (20 * 4096)
     cid = chunk_id_of(data)
-    assert await astore.put_stream(cid, (data[i:i + (1 << 20)] for i in range(0, len(data), 1 << 20)))
+    assert (await astore.put_stream(cid, (data[i:i + (1 << 20)] for i in range(0, len(data), 1 << 20)))).written
     total = 0
     async with astore.open_reader(cid, piece_bytes=1 << 20) as reader:
         assert reader.size_bytes == len(data)
@@ -100,7 +100,7 @@ async def test_concurrent_puts_of_the_same_chunk_store_it_once(astore):
     results = []
 
     async def one():
-        results.append(await astore.put_stream(cid, [data[:100_000], data[100_000:]]))
+        results.append((await astore.put_stream(cid, [data[:100_000], data[100_000:]])).written)
 
     async with trio.open_nursery() as nursery:
         for _ in range(8):

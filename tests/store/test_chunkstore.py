@@ -34,7 +34,7 @@ def corrupt_on_disk(store, chunk_id: bytes, offset: int = 0) -> None:
 def test_put_get_has_delete(store):
     cid, data = make_chunk(1)
     assert not store.has(cid)
-    assert store.put(cid, data) is True
+    assert store.put(cid, data).written is True
     assert store.has(cid)
     assert store.get(cid) == data
     assert store.size_of(cid) == len(data)
@@ -54,14 +54,14 @@ def test_file_layout_is_fanned_out_by_id_prefix(store, tmp_path):
 
 def test_put_is_deduplicated_and_accounted_once(store):
     cid, data = make_chunk(3, 5000)
-    assert store.put(cid, data) is True
-    assert store.put(cid, data) is False
+    assert store.put(cid, data).written is True
+    assert store.put(cid, data).written is False
     assert (store.chunk_count, store.used_bytes) == (1, 5000)
 
 
 def test_empty_chunk_round_trips(store):
     cid = chunk_id_of(b"")
-    assert store.put(cid, b"")
+    assert store.put(cid, b"").written
     assert store.get(cid) == b""
     assert list(store.get_stream(cid)) == []
 
@@ -95,7 +95,7 @@ def test_corrupt_chunk_is_detected_on_get_and_quarantined(store, tmp_path):
     assert not store.has(cid)
     assert (store.chunk_count, store.used_bytes, store.quarantined_count) == (0, 0, 1)
     # The good copy can be put back (what repair will do).
-    assert store.put(cid, data) is True
+    assert store.put(cid, data).written is True
     assert store.get(cid) == data
 
 
@@ -179,7 +179,7 @@ def test_put_that_would_cross_the_reserve_raises_nospace(open_store, disk):
     store = open_store(disk_reserve_bytes=1 << 20)
     disk.free_bytes = (1 << 20) + 4096
     small_id, small = make_chunk(10, 4000)
-    assert store.put(small_id, small)
+    assert store.put(small_id, small).written
     big_id, big = make_chunk(11, 8192)
     with pytest.raises(NoSpace) as info:
         store.put(big_id, big)
@@ -217,7 +217,7 @@ def test_streaming_put_and_get_of_a_20_mib_chunk(open_store):
     assert len(data) == 20 << 20
     cid = chunk_id_of(data)
     pieces = (data[i:i + 300_000] for i in range(0, len(data), 300_000))
-    assert store.put_stream(cid, pieces) is True
+    assert store.put_stream(cid, pieces).written is True
     got = list(store.get_stream(cid, piece_bytes=1 << 20))
     assert all(len(p) <= 1 << 20 for p in got)
     assert len(got) == 20
@@ -315,3 +315,86 @@ def test_resume_point_must_lie_in_the_range(store):
         store.list_ids(outside, after_id=cid)
     assert store.list_ids(KeyRange.full(key), after_id=cid) == []
     assert store.list_ids(KeyRange.full(key)) == [cid]
+
+
+# ---- stamps ----------------------------------------------------------------------
+
+
+def test_stamps_only_go_up_and_survive_reopen(open_store):
+    store = open_store()
+    cid, data = make_chunk(200)
+    assert store.stamp_of(cid) is None
+    assert store.put(cid, data, 5) == (True, 5)
+    assert store.put(cid, data, 3) == (False, 5)      # a lower ask never lowers it
+    assert store.put(cid, data, 9) == (False, 9)      # dedup raises it
+    assert store.raise_stamp(cid, 7) == 9
+    assert store.raise_stamp(make_chunk(201)[0], 7) is None
+    assert os.stat(store.chunk_path(cid)).st_mtime_ns == 9
+    store = open_store()
+    assert store.stamp_of(cid) == 9
+    assert store.put_stream(cid, [data[:10], data[10:]], 4) == (False, 9)
+
+
+def test_piecewise_writer_stamps_before_publishing(store):
+    cid, data = make_chunk(202, 5000)
+    with store.open_writer(cid, 41) as writer:
+        writer.write(data[:2000])
+        writer.write(data[2000:])
+        assert writer.commit() == (True, 41)
+    assert store.stamp_of(cid) == 41
+    # A second writer of a present chunk raises the copy instead of replacing it.
+    with store.open_writer(cid, 50) as writer:
+        writer.write(data)
+        assert writer.commit() == (False, 50)
+    assert store.stamp_of(cid) == 50 and store.chunk_count == 1
+
+
+def test_delete_below_keeps_a_copy_stamped_at_or_above_the_mark(store):
+    cid, data = make_chunk(203)
+    store.put(cid, data, 10)
+    assert store.delete_below(cid, 10) == "kept"
+    assert store.delete_below(cid, 5) == "kept"
+    assert store.has(cid) and store.chunk_count == 1
+    assert store.delete_below(cid, 11) == "deleted"
+    assert store.delete_below(cid, 11) == "absent"
+    assert (store.chunk_count, store.used_bytes) == (0, 0)
+    store.put(cid, data, 10**12)
+    assert store.delete_below(cid, 0) == "deleted"   # mark 0: whatever the stamp
+    with pytest.raises(ValueError):
+        store.delete_below(cid, -1)
+
+
+def test_delete_below_is_atomic_against_a_put_of_the_same_id(open_store):
+    """A put that returns stamp >= mark always leaves a copy behind, however
+    it interleaves with delete_below(mark): either the delete came first (and
+    the put wrote a new copy) or the put raised the stamp first (and the
+    delete kept it)."""
+    import threading
+
+    store = open_store(fsync_enabled=False)
+    cid, data = make_chunk(204, 3000)
+    outcomes = set()
+    for _ in range(300):
+        store.put(cid, data, 5)
+        barrier = threading.Barrier(2)
+        got: dict[str, object] = {}
+
+        def put():
+            barrier.wait()
+            got["put"] = store.put(cid, data, 10)
+
+        def delete():
+            barrier.wait()
+            got["delete"] = store.delete_below(cid, 10)
+
+        threads = [threading.Thread(target=put), threading.Thread(target=delete)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert store.stamp_of(cid) == 10, got
+        assert got["put"] == ((True, 10) if got["delete"] == "deleted" else (False, 10)), got
+        outcomes.add(got["delete"])
+        assert store.delete_below(cid, 11) == "deleted"
+    assert store.chunk_count == 0 and os.listdir(store.data_dir + "/tmp") == []
+    assert outcomes <= {"deleted", "kept"}

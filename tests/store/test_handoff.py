@@ -73,3 +73,33 @@ async def test_an_unreachable_replica_keeps_our_copy(cluster):
     _, dropped, kept, _ = await drop_handed_over(
         cluster.stores["n0"], "n0", after, pool, R, timeout_s=5)
     assert dropped == 0 and kept == len(moved)
+
+
+async def test_handed_over_copies_keep_their_protection(cluster):
+    ids, before, after, moved = await _join_after_writes(cluster, 1300, 60)
+    pool = NamePool(cluster)
+    await _pull_to_n4(cluster, after, pool)
+    n0 = cluster.stores["n0"]
+    for c in moved:
+        await n0.raise_stamp(c, 500)
+    late = set(moved[:1])
+
+    class RaisedMeanwhile:
+        """n0's store, where a writer raises ``late`` copies right after the
+        walk read their stamps: those must stay."""
+
+        def __getattr__(self, name):
+            return getattr(n0, name)
+
+        async def stamps_of(self, chunk_ids):
+            stamps = await n0.stamps_of(chunk_ids)
+            for c in late & set(chunk_ids):
+                await n0.raise_stamp(c, 900)
+            return stamps
+
+    _, dropped, kept, _ = await drop_handed_over(RaisedMeanwhile(), "n0", after, pool, R,
+                                                 timeout_s=5)
+    assert (dropped, kept) == (len(moved) - len(late), len(late))
+    for c in moved:
+        assert all(cluster.stores[h].store.stamp_of(c) >= 500 for h in after.replicas(ring_key(c), R))
+        assert n0.store.has(c) == (c in late)

@@ -135,3 +135,28 @@ async def test_scrub_hook_restores_a_corrupt_chunk(cluster):
     report = await scrub(cluster.stores["n4"], bytes_per_s=1e9, on_corrupt=repairer.restore)
     assert report.corrupt_ids == [cid]
     assert await cluster.stores["n4"].get(cid) == data
+
+
+async def test_copies_keep_their_stamps_when_repair_moves_them(cluster):
+    """A copy must not lose its protection by moving: a pushed copy carries
+    the pusher's stamp, a pulled one the source's (or the puller's applied
+    index when that is higher)."""
+    from server.store.keyrange import ring_key
+
+    cid, data = make_chunk(2000, 3000)
+    owner, second, third = cluster.ring.replicas(ring_key(cid), 3)
+    await cluster.stores[owner].put(cid, data, 70)
+    report = await repair_pass(cluster, owner).run()        # pushes to the other two
+    assert report.chunks_pushed == 2
+    assert {cluster.stores[n].store.stamp_of(cid) for n in (second, third)} == {70}
+
+    await cluster.stores[second].delete(cid)
+    for holder in (owner, third):
+        await cluster.stores[holder].raise_stamp(cid, 90)
+    report = await repair_pass(cluster, second).run()       # pulls from a holder
+    assert report.chunks_pulled == 1
+    assert cluster.stores[second].store.stamp_of(cid) == 90
+    assert await cluster.stores[third].delete_below(cid, 0) == "deleted"
+    report = await repair_pass(cluster, third, applied_index=lambda: 120).run()
+    assert report.chunks_pulled == 1
+    assert cluster.stores[third].store.stamp_of(cid) == 120

@@ -28,10 +28,10 @@ def patient_clock():
 
 
 @contextlib.asynccontextmanager
-async def served(tmp_path, limits=ServiceLimits(), name="node", **options):
+async def served(tmp_path, limits=ServiceLimits(), name="node", service_options=None, **options):
     options.setdefault("fsync_enabled", False)
     astore = await AsyncChunkStore.open(tmp_path / name, **options)
-    service = StoreService(astore, limits)
+    service = StoreService(astore, limits, **(service_options or {}))
     try:
         async with rpc.memory_pair(bootstrap_b=service.server()) as (a, _b):
             cap = await a.bootstrap(store_capnp.ChunkStore)
@@ -208,3 +208,90 @@ async def test_summaries_and_ids_match_the_local_store(tmp_path):
         assert sorted(diff.missing_local) == sorted(c for i, (c, _) in enumerate(chunks) if i % 50 == 0 and i % 70)
         assert sorted(diff.missing_remote) == sorted(c for i, (c, _) in enumerate(chunks) if i % 70 == 0 and i % 50)
         local.close()
+
+
+# ---- stamps, delete by mark, fault injection -----------------------------------
+
+
+async def test_puts_reply_stamps_of_at_least_after_index_and_the_applied_index(tmp_path):
+    applied = [7]
+    options = dict(service_options={"applied_index": lambda: applied[0]})
+    async with served(tmp_path, **options) as (remote, service):
+        cid, data = make_chunk(300, 5000)
+        assert await remote.put_stamped(cid, data, after_index=3) == (True, 7)
+        assert await remote.put_stamped(cid, data, after_index=12) == (False, 12)
+        applied[0] = 20
+        assert await remote.put_stamped(cid, data) == (False, 20)
+        assert service.astore.store.stamp_of(cid) == 20
+        # Piecewise: putBegin of a present chunk raises it too.
+        pieces = RemoteStore(remote.cap, "node", timeout_s=5, piece_bytes=1000, whole_bytes_max=1000)
+        assert await pieces.put_stamped(cid, data, after_index=25) == (False, 25)
+        other, other_data = make_chunk(301, 5000)
+        assert await pieces.put_stamped(other, other_data, after_index=4) == (True, 20)
+
+
+async def test_put_commit_stamps_with_the_applied_index_at_commit(tmp_path):
+    applied = [5]
+    options = dict(service_options={"applied_index": lambda: applied[0]})
+    async with served(tmp_path, **options) as (remote, service):
+        cid, data = make_chunk(302, 3000)
+        begun = await remote.cap.putBegin(id=cid, sizeBytes=len(data), afterIndex=2, timeout_s=5)
+        assert begun.status == "ok" and not begun.present
+        await remote.cap.putPiece(writeId=begun.writeId, offset=0, data=data, timeout_s=5)
+        applied[0] = 9  # the node applied more while the pieces came
+        reply = await remote.cap.putCommit(writeId=begun.writeId, timeout_s=5)
+        assert (reply.status, reply.stored, reply.stamp) == ("ok", True, 9)
+
+
+async def test_delete_by_mark_keeps_newer_copies(tmp_path):
+    async with served(tmp_path) as (remote, service):
+        cid, data = make_chunk(303)
+        await remote.put_stamped(cid, data, after_index=10)
+        assert await remote.delete_below(cid, 10) == "kept"
+        assert await remote.has(cid)
+        assert await remote.delete_below(cid, 11) == "deleted"
+        assert await remote.delete_below(cid, 11) == "absent"
+        await remote.put_stamped(cid, data, after_index=10)
+        assert await remote.delete(cid) is True    # mark 0: unconditional
+        assert await remote.delete(cid) is False
+
+
+async def test_remote_stamp_of_and_raise_stamp(tmp_path):
+    options = dict(service_options={"applied_index": lambda: 4})
+    async with served(tmp_path, **options) as (remote, service):
+        cid, data = make_chunk(304)
+        assert await remote.stamp_of(cid) is None
+        assert service.writes_open == 0 and tmp_files(service) == []  # the probe write was dropped
+        await service.astore.put(cid, data, 2)
+        assert await remote.stamp_of(cid) == 4      # raised to that node's applied index
+        assert await remote.raise_stamp(cid, 30) == 30
+        assert service.astore.store.stamp_of(cid) == 30
+
+
+async def test_fault_hook_refuses_every_nth_put(tmp_path, caplog):
+    options = dict(service_options={"environ": {"CHORDFS_FAULT_OVERLOAD_EVERY": "3"}})
+    with caplog.at_level("WARNING"):
+        async with served(tmp_path, **options) as (remote, service):
+            assert "TEST-ONLY FAULT INJECTION" in caplog.text
+            statuses = []
+            for seed in range(6):
+                cid, data = make_chunk(310 + seed)
+                try:
+                    await remote.put(cid, data)
+                    statuses.append("ok")
+                except RemoteStoreError as e:
+                    statuses.append(e.status)
+            assert statuses == ["ok", "ok", "overloaded"] * 2
+            cid, data = make_chunk(320)
+            replies = [await remote.cap.putBegin(id=cid, sizeBytes=len(data), timeout_s=5)
+                       for _ in range(3)]
+            assert [str(r.status) for r in replies] == ["ok", "ok", "overloaded"]
+            assert service.faults_injected == 3
+
+
+async def test_no_fault_hook_without_the_variable(tmp_path):
+    async with served(tmp_path, service_options={"environ": {}}) as (remote, service):
+        for seed in range(6):
+            cid, data = make_chunk(330 + seed)
+            await remote.put(cid, data)
+        assert service.overload_every == 0 and service.faults_injected == 0
