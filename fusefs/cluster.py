@@ -7,17 +7,21 @@ cluster.
   ``Unavailable`` → EIO; how an uncertain proposal is retried is described
   there).
 - Chunks go through ``server.store.replication.ReplicatedStore`` on a ring
-  view of the configured nodes: a put returns after W fsynced copies, a get
-  reads the owner, then its successors.
+  view of the configured nodes: a put returns after the cluster's
+  ``write_quorum_min`` fsynced copies (busy replicas retried, full ones
+  skipped, missing copies left to repair and counted), with the lowest
+  stamp of its copies; a get asks the owner, hedging to the successors when
+  it is slow (module docstring there).
 
 Durability and ``sync``: a proposal returns only once it is committed
-(written and fsynced on a quorum) and applied, and a chunk put once W
+(written and fsynced on a quorum) and applied, and a chunk put once W_min
 replicas fsynced it, so everything acknowledged already survives the crash
 of any minority; ``sync`` has nothing left to do.
 
 ``has_chunks`` always answers "not stored": ``ReplicatedStore.put`` asks
-every replica ``has`` before sending bytes, so asking first would only add a
-round trip per chunk and could not tell whether W copies exist anyway.
+every replica ``has`` before sending the bytes of a large chunk, so asking
+first would only add a round trip per chunk and could not tell whether W
+copies exist anyway.
 
 Ring view: first the node list given at mount time (every node also stores
 chunks); then, every ``ring_refresh_s``, the alive and suspect members one
@@ -114,6 +118,19 @@ def placed_members(reported: Sequence[tuple[str, str]], configured: Sequence[str
     return sorted(names)
 
 
+def storable_bytes(node_bytes: Sequence[int], copies: int) -> int:
+    """How many bytes fit when each is stored on ``copies`` distinct nodes
+    holding ``node_bytes`` each: the largest S with sum(min(b, S)) >= copies*S.
+    With the nodes sorted largest first that is the minimum over j < copies
+    of (sum of all but the j largest) / (copies - j); on equal nodes it is
+    sum / copies, and 0 when fewer than ``copies`` nodes have any room."""
+    assert copies >= 1 and all(b >= 0 for b in node_bytes), (copies, node_bytes)
+    ordered = sorted(node_bytes, reverse=True)
+    if len(ordered) < copies:
+        return 0
+    return min(sum(ordered[j:]) // (copies - j) for j in range(copies))
+
+
 def parse_nodes(text: str) -> tuple[str, ...]:
     """``host:port,host:port`` → names; ValueError with one sentence."""
     nodes = tuple(part.strip() for part in text.split(",") if part.strip())
@@ -176,28 +193,42 @@ class ClusterBackend(Backend):
             q.init("listxattr").listIno = ino
         return await self.meta.query("listxattr", NamesReply, fill)
 
-    async def manifest(self, ino: int, start_idx: int = 0,
+    async def manifest(self, ino: int, start: int = 0,
                        limit: int | None = None) -> ManifestPage:
         def fill(q):
             g = q.init("manifest")
-            g.fileIno, g.startIdx, g.pageLimit = ino, start_idx, limit or 0
+            g.fileIno, g.startOff, g.pageLimit = ino, start, limit or 0
         return await self.meta.query("manifest", ManifestPage, fill)
 
     async def statfs(self) -> FsStat:
+        """Space as a user sees it: every byte is stored R times on R
+        distinct nodes, so total and free are what one more file of R copies
+        could still take: ``storable_bytes`` of the nodes' capacities
+        (chunk bytes held + free above the reserve) and of their free bytes.
+        On nodes with equal space that is the sum over the nodes divided by
+        R; on unequal nodes it is less (the largest node cannot hold two
+        copies of one chunk). df's "used" (total - free) therefore counts
+        every copy, divided by R. Nodes that do not answer in time are left
+        out (and R is capped by the number that did); a node with less than a chunk free is logged and skipped for
+        new placements (``ReplicatedStore.mark_full``). ``used_bytes`` is
+        the metadata's sum of file sizes."""
         def fill(q):
             q.statfs = None
         meta = await self.meta.query("statfs", StatFs, fill)
-        used, free = await self._store_space()
-        # Every byte is stored R times: report what one more copy-set fits.
-        copies = max(1, min(self.chunks.R, len(self.ring)))
+        spaces = await self._store_space()
+        # Capped by the nodes that answered: one that is down for a moment
+        # would otherwise make the whole filesystem look full.
+        copies = max(1, min(self.chunks.R, len(spaces)))
         return FsStat(inodes=meta.inodes, used_bytes=meta.bytes,
-                      total_bytes=(used + free) // copies, free_bytes=free // copies,
+                      total_bytes=storable_bytes([used + free for used, free in spaces.values()], copies),
+                      free_bytes=storable_bytes([free for _, free in spaces.values()], copies),
                       name_bytes_max=meta.name_bytes_max)
 
-    async def _store_space(self) -> tuple[int, int]:
-        """(used, free) bytes summed over the ring's chunk stores that
-        answer in time."""
-        totals = [0, 0]
+    async def _store_space(self) -> dict[str, tuple[int, int]]:
+        """node -> (chunk bytes held, bytes free above its reserve), for the
+        ring's chunk stores that answer in time; a full one is logged and
+        marked full for placement."""
+        spaces: dict[str, tuple[int, int]] = {}
 
         async def one(addr: str) -> None:
             with trio.move_on_after(self.cfg.attempt_timeout_s):
@@ -208,13 +239,17 @@ class ClusterBackend(Backend):
                 except (rpc.RpcError, StoreError) as exc:
                     log.info(kv("cluster.stats_failed", node=addr, kind=type(exc).__name__))
                     return
-                totals[0] += stats["usedBytes"]
-                totals[1] += max(0, stats["freeBytes"] - stats["reserveBytes"])
+                free = max(0, stats["freeBytes"] - stats["reserveBytes"])
+                spaces[addr] = (stats["usedBytes"], free)
+                if free < max(1, stats["chunkBytesMax"]):
+                    log.warning(kv("cluster.node_full", node=addr, free_bytes=free,
+                                   reserve_bytes=stats["reserveBytes"]))
+                    self.chunks.mark_full(addr)
 
         async with trio.open_nursery() as nursery:
             for addr in sorted(self.ring.names):
                 nursery.start_soon(one, addr)
-        return totals[0], totals[1]
+        return spaces
 
     # ------------------------------------------------------------ ring view
 
@@ -288,24 +323,32 @@ class ClusterBackend(Backend):
 
     # ------------------------------------------------------------ chunks
 
-    async def put_chunks(self, chunks: Sequence[tuple[bytes, bytes]]) -> None:
+    async def put_chunks(self, chunks: Sequence[tuple[bytes, bytes]], after_index: int = 0) -> int:
+        """Store the chunks (each on at least the write quorum; missing
+        copies are left to repair and counted in ``data_path_stats``) and
+        return the lowest stamp over every acked copy of every chunk: the
+        ``observed`` index a commit of these chunks may claim
+        (../shared spec "Stamps"); ``after_index`` when ``chunks`` is empty."""
         errors: list[BackendError] = []
+        stamps: list[int] = []
         try:
             with trio.fail_after(self.cfg.chunk_deadline_s):
                 async with trio.open_nursery() as nursery:
                     for chunk_id, data in chunks:
                         await self._put_slots.acquire()
-                        nursery.start_soon(self._put_one, chunk_id, data, errors)
+                        nursery.start_soon(self._put_one, chunk_id, data, after_index, stamps, errors)
         except trio.TooSlowError:
             raise Unavailable(f"chunk upload took over {self.cfg.chunk_deadline_s:g}s") from None
         if errors:
             raise errors[0]
+        return min(stamps, default=after_index)
 
-    async def _put_one(self, chunk_id: bytes, data: bytes, errors: list) -> None:
+    async def _put_one(self, chunk_id: bytes, data: bytes, after_index: int,
+                       stamps: list[int], errors: list) -> None:
         # Errors are collected, not raised: one failed chunk must not turn
         # into an exception group the FUSE layer would not recognise.
         try:
-            result = await self.chunks.put(chunk_id, data)
+            result = await self.chunks.put(chunk_id, data, after_index)
         except WriteQuorumNotMet as exc:
             errors.append(Unavailable(str(exc)))
             return
@@ -314,8 +357,9 @@ class ClusterBackend(Backend):
             return
         finally:
             self._put_slots.release()
+        stamps.append(result.stamp)
         log.debug(kv("cluster.chunk_put", chunk=chunk_id.hex(), acked=len(result.acked),
-                     uploaded=len(result.uploaded)))
+                     uploaded=len(result.uploaded), stamp=result.stamp))
 
     async def get_chunk(self, chunk_id: bytes) -> bytes:
         try:
@@ -336,7 +380,13 @@ class ClusterBackend(Backend):
     async def sync(self) -> None:
         """Nothing to do: acknowledged means durable on a quorum already."""
 
+    def data_path_stats(self) -> dict[str, int]:
+        """Counters of the chunk path (retries, redirects, copies left to
+        repair, hedged reads...), for the mount to expose."""
+        return dataclasses.asdict(self.chunks.stats)
+
     async def aclose(self) -> None:
+        log.info(kv("cluster.data_path", **self.data_path_stats()))
         self.pool.close()
 
 

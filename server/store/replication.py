@@ -183,13 +183,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _ok(reply, peer: str):
-    status = str(reply.status)
-    if status != "ok":
-        raise RemoteStoreError(status, reply.message, peer)
-    return reply
-
-
 @dataclasses.dataclass
 class _Copy:
     """The outcome of one copy's attempts on one node."""
@@ -412,50 +405,22 @@ class ReplicatedStore:
 
     async def _store_copy(self, remote: RemoteStore, chunk_id: bytes, data: bytes,
                           after_index: int) -> tuple[bool, int]:
-        """(stored, stamp) of one replica's copy: a dedup lookup first for
-        large chunks, then a whole put or, above the stub's whole-put size,
-        a piecewise one."""
-        t = remote.timeout_s
+        """(stored, stamp) of one replica's copy. A large chunk is looked up
+        first; when present, a stub that always goes piecewise sends only
+        ``putBegin``, which raises the copy's stamp and answers it (should
+        the copy vanish meanwhile, the pieces follow on that write)."""
         if self.dedup and len(data) >= self.limits.dedup_bytes_min and await remote.has(chunk_id):
-            stored, stamp = await self._put_pieces(remote, chunk_id, data, after_index)
-            if not stored:
+            piecewise = RemoteStore(remote.cap, remote.peer, timeout_s=remote.timeout_s,
+                                    piece_bytes=remote.piece_bytes, whole_bytes_max=0)
+            copy = await piecewise.put_stamped(chunk_id, data, after_index=after_index)
+            if copy.written:
+                self.stats.bytes_uploaded += len(data)
+            else:
                 self.stats.dedup_skips += 1
-            return stored, stamp
-        if len(data) <= remote.whole_bytes_max:
-            reply = _ok(await remote.cap.put(id=chunk_id, data=data, afterIndex=after_index,
-                                             timeout_s=t), remote.peer)
-            self.stats.bytes_uploaded += len(data)
-            return reply.stored, reply.stamp
-        return await self._put_pieces(remote, chunk_id, data, after_index)
-
-    async def _put_pieces(self, remote: RemoteStore, chunk_id: bytes, data: bytes,
-                          after_index: int) -> tuple[bool, int]:
-        """putBegin (which, for a copy already there, raises its stamp and
-        answers it: no bytes sent) → putPiece... → putCommit."""
-        t, peer = remote.timeout_s, remote.peer
-        begun = _ok(await remote.cap.putBegin(id=chunk_id, sizeBytes=len(data), afterIndex=after_index,
-                                              timeout_s=t), peer)
-        if begun.present:
-            return False, begun.stamp
-        write_id = begun.writeId
-        view = memoryview(data)
-        try:
-            for offset in range(0, len(data), remote.piece_bytes):
-                piece = bytes(view[offset:offset + remote.piece_bytes])
-                _ok(await remote.cap.putPiece(writeId=write_id, offset=offset, data=piece,
-                                              timeout_s=t), peer)
-            reply = await remote.cap.putCommit(writeId=write_id, timeout_s=t)
-            write_id = 0
-            reply = _ok(reply, peer)
-            self.stats.bytes_uploaded += len(data)
-            return reply.stored, reply.stamp
-        finally:
-            if write_id:
-                with trio.move_on_after(t, shield=True):
-                    try:
-                        await remote.cap.putAbort(writeId=write_id, timeout_s=t)
-                    except rpc.RpcError:
-                        pass  # the server reaps idle writes anyway
+            return copy.written, copy.stamp
+        copy = await remote.put_stamped(chunk_id, data, after_index=after_index)
+        self.stats.bytes_uploaded += len(data)
+        return copy.written, copy.stamp
 
     # ---- get ---------------------------------------------------------------
 
