@@ -1,6 +1,6 @@
 """Metadata state machine throughput on this machine, single-threaded.
 
-Prints applies/s for create, rename and setattr (one SQLite transaction per
+Prints applies/s for create, rename, setattr, commit_write and tick (one SQLite transaction per
 Raft entry, and batches of entries per transaction as the Raft service can
 apply a committed run at once), lookup/getattr/s, readdir of a large
 directory (first page and total), and database size, measured at
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import tempfile
 import time
@@ -76,6 +77,22 @@ def bench_applies(b: Bench, ops: int) -> dict[str, tuple[float, float]]:
     return out
 
 
+def bench_writes(b: Bench, ops: int) -> tuple[float, float, int]:
+    """CommitWrites of one 4 KiB slice each at seeded random offsets of a
+    64 MiB file (each cuts whatever it overlaps), then Ticks."""
+    rng = random.Random(1)
+    mk = b.encode([t.Create(ROOT, b"written", 0o644, 0, 0, T0_NS)])
+    ino = b.store.apply(*mk[0]).attr.ino
+    writes = b.encode(t.CommitWrite(ino, (i % 4 + 1) << 24, T0_NS + i, [t.Slice(
+        rng.randrange(1 << 24) * 4, 4096, b"w" + i.to_bytes(15, "big"), 0, 4096, fresh=True)],
+        observed=b.index) for i in range(ops))  # b.index: the entry before this one
+    per_s = b.run(writes, BATCH)
+    ticks = b.encode(t.Tick(T0_NS + i * 10**9) for i in range(ops))
+    tick_s = b.run(ticks, 1)
+    extents = len(b.store.extents_in(ino, 0, 1 << 26))
+    return per_s, tick_s, extents
+
+
 def bench_queries(b: Bench, ops: int) -> tuple[float, float]:
     d = b.store.lookup(ROOT, b"d1").attr.ino
     names = [b"moved-%07d" % i for i in range(ops)]
@@ -90,15 +107,16 @@ def bench_queries(b: Bench, ops: int) -> tuple[float, float]:
 
 
 def bench_readdir(b: Bench, entries: int) -> tuple[float, float, int]:
-    """Fills one directory with files of one chunk each, then lists it."""
+    """Fills one directory with files of one block each, then lists it."""
     mk = b.encode([t.Mkdir(ROOT, b"big", 0o755, 0, 0, T0_NS)])
     big = b.store.apply(*mk[0]).attr.ino
-    base = b.store.statfs().next_ino
+    base, start = b.store.statfs().next_ino, b.index
     cmds = []
     for i in range(entries):
         cmds.append(t.Create(big, b"entry-%08d" % i, 0o644, 1000, 1000, T0_NS + i))
         cmds.append(t.CommitWrite(base + i, 1 << 20, T0_NS + i,
-                                  [t.ChunkRef(0, i.to_bytes(16, "big"), 1 << 20)]))
+                                  [t.Slice(0, 1 << 20, i.to_bytes(16, "big"), 0, 1 << 20,
+                                           fresh=True)], observed=start + 2 * i + 1))
     b.run(b.encode(cmds), 1000)
     start = time.perf_counter()
     page = b.store.readdir(big)
@@ -123,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"applies/s ({args.ops} each; 1 entry per transaction | {BATCH} per transaction):")
         for name, (single, batched) in applies.items():
             print(f"  {name:8s} {single:10,.0f} | {batched:10,.0f}")
+        writes, ticks, extents = bench_writes(b, args.ops)
+        print(f"  commit   {'':10s} | {writes:10,.0f}  (4 KiB block slices at random offsets, "
+              f"{extents:,} extents after)")
+        print(f"  tick     {ticks:10,.0f} |")
         lookups, getattrs = bench_queries(b, args.ops)
         print(f"lookup/s {lookups:,.0f}   getattr/s {getattrs:,.0f}")
         first, total, count = bench_readdir(b, args.dir_entries)
@@ -132,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         b.store.checkpoint()
         size = os.path.getsize(os.path.join(tmp, "meta.db"))
         per_million = size / inodes * 1_000_000
-        print(f"database: {size / 2**20:.1f} MiB for {inodes:,} inodes (entry + one chunk each for "
+        print(f"database: {size / 2**20:.1f} MiB for {inodes:,} inodes (entry + one block each for "
               f"{count:,} of them) -> ~{per_million / 2**20:.0f} MiB per million inodes "
               f"(extrapolated linearly from {inodes:,}, not measured at a million)")
         b.store.close()
