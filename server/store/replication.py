@@ -21,9 +21,13 @@ replica does not fail the put:
   ``full_memory_s`` (unless too few others are left);
 - once the quorum acked, the copies still running get a grace of
   ``straggler_wait_factor`` times what the quorum took (clamped to
-  [``straggler_wait_min_s``, ``straggler_wait_max_s``]) and are then
-  cancelled: a replica that accepts connections but never answers costs a
-  put that grace, never the per-call deadline.
+  [``straggler_wait_min_s``, ``straggler_wait_max_s``]; the maximum when
+  one of them is retrying after ``overloaded``: alive, its copy will likely
+  land), or only ``straggler_wait_known_slow_s`` when every one of them is
+  remembered as slow, and are then cancelled. A straggler that said
+  nothing during the put (not even ``overloaded``) is remembered as slow:
+  a replica that accepts connections but never answers costs one put the
+  grace and the following ones the short wait, never the per-call deadline.
 
 Copies missing when the put returns (fewer than min(R, ring size) acked) are
 left to repair: counted in ``stats.copies_missing`` and logged
@@ -160,9 +164,10 @@ class ReplicationLimits:
     backoff_initial_s: float = 0.01
     backoff_max_s: float = 0.5
     retry_budget_s: float = 5.0          # all attempts of one copy
-    straggler_wait_factor: float = 2.0   # times what the quorum took
-    straggler_wait_min_s: float = 0.2
+    straggler_wait_factor: float = 4.0   # times what the quorum took
+    straggler_wait_min_s: float = 0.5
     straggler_wait_max_s: float = 2.0
+    straggler_wait_known_slow_s: float = 0.05  # when every straggler is remembered slow
     spill_replicas_max: int = 2          # successors past the set a redirected copy may use
     dedup_bytes_min: int = 64 * 1024     # smaller chunks skip the `has` round trip
 
@@ -171,8 +176,10 @@ class ReplicationLimits:
             raise ValueError("put_attempts_max >= 1, spill_replicas_max and dedup_bytes_min >= 0")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s or self.retry_budget_s <= 0:
             raise ValueError("need 0 < backoff_initial_s <= backoff_max_s and retry_budget_s > 0")
-        if not 0 <= self.straggler_wait_min_s <= self.straggler_wait_max_s:
-            raise ValueError("need 0 <= straggler_wait_min_s <= straggler_wait_max_s")
+        if not 0 <= self.straggler_wait_known_slow_s <= self.straggler_wait_min_s \
+                <= self.straggler_wait_max_s:
+            raise ValueError("need 0 <= straggler_wait_known_slow_s <= straggler_wait_min_s "
+                             "<= straggler_wait_max_s")
 
 
 class _Unreachable(Exception):
@@ -199,6 +206,8 @@ class _PutState:
     spares: list[str]
     running: int
     tried: list[str] = dataclasses.field(default_factory=list)
+    in_flight: set[str] = dataclasses.field(default_factory=set)
+    heard: set[str] = dataclasses.field(default_factory=set)  # answered `overloaded`: alive
     acked: dict[str, int] = dataclasses.field(default_factory=dict)  # name -> stamp
     uploaded: set[str] = dataclasses.field(default_factory=set)
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -317,10 +326,7 @@ class ReplicatedStore:
             if targets:
                 await st.decided.wait()
             if not st.all_done.is_set() and targets:
-                lim = self.limits
-                grace = min(lim.straggler_wait_max_s, max(
-                    lim.straggler_wait_min_s, lim.straggler_wait_factor * (trio.current_time() - started)))
-                with trio.move_on_after(grace):
+                with trio.move_on_after(self._straggler_grace_s(st, trio.current_time() - started)):
                     await st.all_done.wait()
                 nursery.cancel_scope.cancel()
         self._note_stragglers(st)
@@ -336,20 +342,33 @@ class ReplicatedStore:
         return PutResult(acked, tuple(n for n in acked if n in st.uploaded), failed,
                          {n: st.acked[n] for n in acked})
 
+    def _straggler_grace_s(self, st: _PutState, quorum_s: float) -> float:
+        lim = self.limits
+        now = trio.current_time()
+        if all(self.health.penalized(name, now) for name in st.in_flight):
+            return lim.straggler_wait_known_slow_s
+        if st.in_flight & st.heard:  # busy but alive: its retry will likely land
+            return lim.straggler_wait_max_s
+        return min(lim.straggler_wait_max_s, max(lim.straggler_wait_min_s,
+                                                 lim.straggler_wait_factor * quorum_s))
+
     def _note_stragglers(self, st: _PutState) -> None:
         now = trio.current_time()
         for name in st.tried:
             if name not in st.acked and name not in st.failed:
                 st.failed[name] = "no answer within the grace after the quorum; left to repair"
                 self.stats.stragglers_cancelled += 1
-                self.health.penalize(name, now)
+                if name not in st.heard:
+                    self.health.penalize(name, now)
 
     async def _fill_slot(self, st: _PutState, name: str, chunk_id: bytes, data: bytes,
                          after_index: int, deadline: float) -> None:
         """One wanted copy: on ``name``, or past it on a spare when it is full."""
         while True:
             st.tried.append(name)
-            copy = await self._copy_to(name, chunk_id, data, after_index, deadline)
+            st.in_flight.add(name)
+            copy = await self._copy_to(name, chunk_id, data, after_index, deadline, st.heard)
+            st.in_flight.discard(name)
             if copy.kind == "acked":
                 st.acked[name] = copy.stamp
                 if copy.stored:
@@ -374,9 +393,9 @@ class ReplicatedStore:
         return self._rng.uniform(ceiling / 2, ceiling)
 
     async def _copy_to(self, name: str, chunk_id: bytes, data: bytes, after_index: int,
-                       deadline: float) -> _Copy:
+                       deadline: float, heard: set[str]) -> _Copy:
         """One copy on ``name``, retrying ``overloaded`` with backoff until
-        the attempts or the time run out."""
+        the attempts or the time run out (``name`` joins ``heard`` then)."""
         attempt = 0
         while True:
             attempt += 1
@@ -397,6 +416,7 @@ class ReplicatedStore:
                 return _Copy("refused", _reason(e))
             except rpc.RpcError as e:  # e.g. a protocol error closing the connection
                 return _Copy("unreachable", _reason(e))
+            heard.add(name)
             delay = self._backoff_s(attempt)
             if attempt >= self.limits.put_attempts_max or trio.current_time() + delay > deadline:
                 return _Copy("refused", f"{why} (after {attempt} attempts)")

@@ -7,6 +7,7 @@ asked). ``stop`` kills every process it started, by PID, and waits for it."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import signal
 import subprocess
@@ -117,7 +118,9 @@ class Cluster:
             proc.wait()
 
 
-def start_cluster(base: pathlib.Path, n: int = 3) -> Cluster:
+def start_cluster(base: pathlib.Path, n: int = 3,
+                  node_env: dict[int, dict[str, str]] | None = None) -> Cluster:
+    """``node_env``: extra environment variables of node i (fault hooks)."""
     base.mkdir(parents=True, exist_ok=True)
     addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
     cluster = Cluster(base, addrs, [])
@@ -129,7 +132,8 @@ def start_cluster(base: pathlib.Path, n: int = 3) -> Cluster:
                      addr.split(":")[1], "--data-dir", str(base / f"n{i}"),
                      "--seeds", cluster.spec, "--log-level", "warning"]
                     + (["--init"] if i == 0 else []),
-                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err))
+                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                    env={**os.environ, **(node_env or {}).get(i, {})}))
         cluster.wait_leader(voters=n if n % 2 else n - 1)
         cluster.wait_ring()
     except BaseException:

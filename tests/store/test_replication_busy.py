@@ -161,7 +161,7 @@ async def test_backoff_grows_and_a_replica_that_stays_busy_is_left_to_repair(
     busy = replicas["n2"]
     busy.overload_every = 1  # every put
     # A grace after the quorum long enough for every attempt (by default
-    # the stragglers get 0.2 s: the test below).
+    # the stragglers get 0.5 s: the test below).
     rs = make_store(ring, replicas, limits=ReplicationLimits(straggler_wait_min_s=2.0))
     cid, data = chunk_owned_by(rs, "n2")
     started = trio.current_time()
@@ -185,14 +185,17 @@ async def test_backoff_grows_and_a_replica_that_stays_busy_is_left_to_repair(
 
 async def test_retries_of_a_busy_straggler_end_with_the_grace(ring, replicas, autojump_clock):
     replicas["n2"].overload_every = 1
-    rs = make_store(ring, replicas)
+    rs = make_store(ring, replicas, limits=ReplicationLimits(backoff_initial_s=0.5, backoff_max_s=1.0))
     cid, data = chunk_owned_by(rs, "n2")
     started = trio.current_time()
     result = await rs.put(cid, data)
     assert len(result.acked) == 2 and "left to repair" in result.failed["n2"]
-    assert trio.current_time() - started == pytest.approx(rs.limits.straggler_wait_min_s)
+    # Busy but alive: the longest grace.
+    assert trio.current_time() - started == pytest.approx(rs.limits.straggler_wait_max_s)
     assert 1 < replicas["n2"].puts < rs.limits.put_attempts_max
     assert rs.stats.copies_missing == 1 and rs.stats.stragglers_cancelled == 1
+    # It answered (busy, not dead): not remembered as slow, the next put waits as long.
+    assert not rs.health.penalized("n2", trio.current_time())
 
 
 async def test_retries_stop_at_the_time_budget(ring, replicas, autojump_clock):
@@ -264,6 +267,12 @@ async def test_a_replica_that_never_answers_costs_a_put_only_the_grace(ring, rep
     assert trio.current_time() - started == pytest.approx(rs.limits.straggler_wait_min_s)
     assert rs.stats.stragglers_cancelled == 1 and rs.stats.copies_missing == 1
     assert rs.health.penalized("n4", trio.current_time())
+    # Remembered as slow: the next puts wait for it only briefly.
+    for size in (5000, 6000):
+        started = trio.current_time()
+        result = await rs.put(*chunk_owned_by(rs, "n4", position=1, size=size))
+        assert trio.current_time() - started == pytest.approx(rs.limits.straggler_wait_known_slow_s)
+        assert "n4" in result.failed
 
 
 async def test_an_unreachable_replica_does_not_count_against_the_quorum(ring, replicas, autojump_clock):
