@@ -28,12 +28,13 @@ than before. A CommitWrite names, per block, whether its writer stored it
 itself (``fresh``, with ``observed`` = the least stamp its stores returned)
 or relied on a copy being there (dedup). ``check_blocks`` accepts:
   live             always;
-  dying or gone    only fresh with observed >= mark (those copies survive the
-                   deletes of that mark, which spare copies stamped >= mark);
-  unknown          only fresh with log_time(observed) within one upload
-                   window of now (a node sweeps a copy of a block it does not
-                   know only once its stamp is a window old in log time, and
-                   by then it has applied the commit, so it knows the block).
+  otherwise        only fresh, with log_time(observed) within one upload
+                   window of now (a node sweeps a copy of a block that is
+                   gone or unknown to it only once the copy's stamp is a
+                   window old in log time, and by then it has applied this
+                   commit, so it knows the block), and for a dying or gone
+                   block observed >= mark (GC of that mark spares copies
+                   stamped >= mark).
 Anything else is refused with ESTALE: the writer stores the blocks again and
 retries. Log time comes only from Tick entries (the leader's clock, kept
 monotonic here); ``clock`` rows map index -> log time for two windows.
@@ -134,17 +135,11 @@ def check_blocks(conn: sqlite3.Connection, slices: list[Slice], observed: int) -
                            (block_id,)).fetchone()
         if row is not None and row[0] > 0:
             continue
-        if not fresh:
+        if window_ok is None:
+            then = log_time_at(conn, observed)
+            window_ok = then is not None and now - then <= UPLOAD_WINDOW_NS
+        if not fresh or not window_ok or (row is not None and observed < row[1]):
             refused.append(block_id)
-        elif row is not None:
-            if observed < row[1]:
-                refused.append(block_id)
-        else:
-            if window_ok is None:
-                then = log_time_at(conn, observed)
-                window_ok = then is not None and now - then <= UPLOAD_WINDOW_NS
-            if not window_ok:
-                refused.append(block_id)
     return refused
 
 
@@ -185,6 +180,10 @@ def settle(conn: sqlite3.Connection, deltas: Deltas, index: int) -> None:
         row = conn.execute("SELECT refs, live FROM block WHERE block_id = ?",
                            (block_id,)).fetchone()
         if row is None:
+            if refs == 0:
+                # Named and overwritten within one command: nothing refers
+                # to it, so it stays unknown and the sweeper reclaims it.
+                continue
             assert refs > 0, "a block without a row gains references"
             conn.execute("INSERT INTO block VALUES (?, ?, ?, ?, NULL, NULL)",
                          (block_id, size, refs, live))

@@ -417,11 +417,6 @@ def test_a_split_extent_never_passes_through_zero_refs(d):
     check_layout(d.store)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server/meta/blocks.py settle(): a block with no row whose slices a later "
-    "slice of the same CommitWrite/Compact overwrites nets 0 refs and trips "
-    "'assert refs > 0, a block without a row gains references': the commit "
-    "answers EIO (apply_faults += 1) instead of applying"))
 def test_a_new_block_overwritten_in_its_own_commit(d):
     f = d.create(ROOT, b"f")
     r = commit(d, f, blk(1), t.Slice(0, 8, data=b"12345678"))
