@@ -12,13 +12,14 @@ Actors, interleaved one step at a time by a seeded ``random.Random``:
   every holder the copies stamped below each mark (one step per delete),
   then proposes ForgetChunks(ids, marks);
 - a ticker (log time), and holders that apply the log late and sweep: a
-  copy of a block their applied state does not know, once its stamp is an
-  upload window old in log time.
+  copy of a block that is gone or unknown in their applied state, once its
+  stamp is an upload window old in log time.
 After every step: no extent in the state names a block with no copy left.
 A broken deleter (ignoring marks) or state machine (accepting dedup of a
-dying block) is caught for some seed, so the check can fail. A sweeper that
-also sweeps gone blocks loses a late revival (shown by hand: the random
-schedules rarely stall a writer that long).
+dying block) is caught for some seed, so the check can fail. A gone block
+revived from copies stamped at its mark but a window old is refused: the
+sweeper may have removed them (shown by hand, with the old rule as the
+broken variant: random schedules rarely stall a writer that long).
 
 Replay one seed: ``run_race(seed)`` (the failure message prints it).
 """
@@ -67,12 +68,10 @@ class View:
 
 
 class Race:
-    def __init__(self, seed: int, *, deleter_ignores_mark: bool = False,
-                 sweep_gone: bool = False) -> None:
+    def __init__(self, seed: int, *, deleter_ignores_mark: bool = False) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
         self.deleter_ignores_mark = deleter_ignores_mark
-        self.sweep_states = {"unknown", "gone"} if sweep_gone else {"unknown"}
         self.store = MetaStore(":memory:", InitParams(now_ns=T0_NS))
         self.index = 0
         self.views: list[View] = []
@@ -173,7 +172,7 @@ class Race:
     def sweep(self, h: Holder) -> None:
         view = self.view(h.applied)
         for block, stamp in list(h.copies.items()):
-            if view.states[block] not in self.sweep_states:
+            if view.states[block] not in ("unknown", "gone"):
                 continue
             then = view.log_time_at(stamp)
             if then is None or view.now - then > W:
@@ -267,11 +266,11 @@ def test_accepting_dedup_of_a_dying_block_is_caught(monkeypatch):
     print(f"dedup of dying accepted: {_report(race)}")
 
 
-def _revival_of_a_swept_gone_block(sweep_gone: bool) -> Race:
+def _late_revival_of_a_gone_block() -> tuple[Race, t.EntryReply]:
     """By hand: X dies at mark M; a writer stores X stamped M (surviving the
     GC's deletes below M) and stalls; the GC forgets X (a tombstone for one
     window); a window after the stamp a holder sweeps; the writer commits."""
-    race = Race(0, sweep_gone=sweep_gone)
+    race = Race(0)
     f, x, h = race.files[0], BLOCKS[0], race.holders[0]
     h.copies[x] = race.index
     assert race.do(t.CommitWrite(f, 8, T0_NS, [t.Slice(0, 8, x, 0, 8, fresh=True)],
@@ -285,22 +284,27 @@ def _revival_of_a_swept_gone_block(sweep_gone: bool) -> Race:
     race.do(t.Tick(T0_NS + W + 10**9))
     h.applied = race.index
     race.sweep(h)
-    assert race.store.block_state(x) == ("gone", mark)
+    assert race.store.block_state(x) == ("gone", mark) and x not in h.copies
     r = race.do(t.CommitWrite(f, 8, T0_NS, [t.Slice(0, 8, x, 0, 8, fresh=True)], mark))
-    assert r.err == 0, r
     race.check()
-    return race
+    return race, r
 
 
-def test_a_sweeper_leaving_tombstoned_blocks_alone_keeps_a_late_revival():
-    assert _revival_of_a_swept_gone_block(sweep_gone=False).lost is None
+def test_a_late_revival_of_a_swept_gone_block_is_refused():
+    race, r = _late_revival_of_a_gone_block()
+    assert r.err == errno.ESTALE and race.lost is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server/meta/blocks.py check_blocks() accepts a fresh revival of a gone "
-    "block on observed >= mark alone, however old the stamp is in log time: "
-    "a sweeper that also sweeps copies of gone blocks a window old (as issue "
-    "11's sweeper is described) deletes them first. Either check_blocks dates "
-    "gone revivals like unknown blocks, or the sweeper must leave tombstones alone"))
-def test_a_sweeper_of_gone_blocks_loses_a_late_revival():
-    assert _revival_of_a_swept_gone_block(sweep_gone=True).lost is None
+def test_accepting_gone_revivals_on_the_mark_alone_is_caught(monkeypatch):
+    """The rule before 952dfc5: observed >= mark, however old the stamp."""
+    real = blocks.check_blocks
+
+    def undated(conn, slices, observed):
+        return [b for b in real(conn, slices, observed)
+                if not (blocks.block_state(conn, b)[0] == "gone"
+                        and observed >= blocks.block_state(conn, b)[1]
+                        and all(s.fresh for s in slices if s.block_id == b))]
+
+    monkeypatch.setattr(blocks, "check_blocks", undated)
+    race, r = _late_revival_of_a_gone_block()
+    assert r.err == 0 and race.lost is not None
