@@ -486,6 +486,23 @@ def test_compact_with_a_dying_block_needs_fresh_copies_too(d):
     check_layout(d.store)
 
 
+def test_clone_shares_blocks_and_later_writes_stay_apart(d):
+    f = d.create(ROOT, b"f")
+    commit(d, f, blk(1), t.Slice(8, 3, data=b"abc"), blk(2, off=20))
+    r = d.do(t.Clone, src=f, parent=ROOT, name=b"g", mode=0o600, uid=1, gid=2)
+    assert r.err == 0 and r.attr.size == 28 and r.attr.mode & 0o7777 == 0o600
+    g = r.attr.ino
+    assert read_file(d.store, g) == read_file(d.store, f)
+    assert [d.store.block_refs(bid(n)) for n in (1, 2)] == [2, 2]
+    commit(d, g, t.Slice(0, 8, data=b"GGGGGGGG"))
+    d.do(t.SetAttr, ino=f, size=4)
+    assert read_file(d.store, f) == fake_block(bid(1), 8)[:4]
+    assert read_file(d.store, g)[:11] == b"GGGGGGGGabc"
+    assert [d.store.block_refs(bid(n)) for n in (1, 2)] == [1, 1]
+    assert d.store.statfs().bytes == 4 + 28
+    check_layout(d.store)
+
+
 # ---------------------------------------------------------------- two writers
 
 MIB = 1 << 20
