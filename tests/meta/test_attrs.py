@@ -218,10 +218,6 @@ def test_xattr_flags_and_limits(d):
     assert d.store.getxattr(999, b"user.a").err == errno.ENOENT
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server/meta/schema.py add_counters(): state.bytes sums file sizes in "
-    "SQLite, which turns an int64 overflow into a REAL (two files of 2**63-1 "
-    "bytes give 1.8e19); statfs then answers a float the codec cannot encode"))
 def test_statfs_survives_files_whose_sizes_sum_past_int64(d):
     from server.meta import codec
     for name in (b"a", b"b"):
