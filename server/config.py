@@ -81,8 +81,6 @@ class NodeConfig:
     repair_bytes_per_s: int = _setting(64 * MIB, 1, 1 << 40)
     scrub_bytes_per_s: int = _setting(16 * MIB, 1, 1 << 40)
     scrub_interval_s: float = _setting(7 * 86400.0, 1.0, 365 * 86400.0)
-    gc_grace_s: float = _setting(3600.0, 0.0, 30 * 86400.0,
-                                 doc="age before an unreferenced chunk is deleted")
     metrics_port: int = _setting(0, 0, 65535, doc="Prometheus endpoint; 0 disables")
     log_level: str = _setting("info", choices=_LOG_LEVELS)
     secret_file: str = _setting("", doc="file holding the cluster secret")

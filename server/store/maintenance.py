@@ -1,6 +1,7 @@
-"""Data maintenance on one node: repair, scrub and chunk GC (DESIGN "Repair").
+"""Data maintenance on one node: repair, scrub, chunk GC and the sweep of
+uncommitted uploads (DESIGN "Repair").
 
-Three loops in the service's own nursery, each of which logs a failed pass
+Four loops in the service's own nursery, each of which logs a failed pass
 and tries again later, so no maintenance error ever stops the node:
 
 * repair: a ``RepairPass`` of this node over the ring's current view, after
@@ -20,31 +21,30 @@ and tries again later, so no maintenance error ever stops the node:
   ``min(scrub_interval_s, scrub_first_delay_s)``: a node restarting more
   often than the interval still scrubs, without re-reading the disk at
   every start.
-* GC (only while this node leads the metadata group): take
-  ``gc_candidates(now, grace)`` from the leader's MetaStore, delete each
-  chunk on its replica set plus ``gc_extra_replicas`` successors (copies a
-  recent membership change left there), then propose ``ForgetChunks`` for
-  the chunks every one of those nodes confirmed deleted; the others keep
-  their gc row and are retried on the next pass.
+* GC (only while this node leads the metadata group): take dying blocks
+  ``gc_candidates(limit) -> [(id, mark)]`` from the metadata replica, ask
+  each block's replica set plus ``gc_extra_replicas`` successors (copies a
+  recent membership change left there) to ``delete(id, mark)``, which
+  deletes only a copy stamped below the mark, then propose
+  ``ForgetChunks(ids, marks)`` for the blocks every one of those nodes
+  answered (deleted, absent, or kept a newer copy). The log decides: a
+  block revived after its mark was committed needed copies stamped at or
+  above the mark (server/meta/blocks.py), which these deletes spare, and
+  ForgetChunks forgets a block only if it is still dying with that mark;
+  so no reference re-check and no wall-clock grace is needed. A block some
+  node did not answer for is retried after ``gc_retry_s`` while the rest
+  drain (at most ``gc_deferred_max`` remembered). A pass that found a full
+  batch and forgot some starts the next one at once: GC drains at disk
+  speed, ``gc_chunks_in_flight_max`` blocks at a time.
+* sweep (every node with a metadata replica): ``Sweeper`` walks the local
+  store and deletes copies of blocks no commit can still use (uploads never
+  committed), see server/store/sweep.py.
 
-GC and dedup race. A writer whose ``ReplicatedStore.put`` finds the chunk
-already on the replicas (``has``) skips the upload, then commits a manifest
-that references it. If that chunk is a GC candidate and GC deletes it
-between the writer's ``has`` and its commit, the file points at a chunk
-nobody holds. The grace period does not help: it protects uploads that have
-not yet been committed, not dedup hits on old garbage. Mitigation here:
-right before deleting, GC waits for ReadIndex and re-reads the chunk's
-reference count in the leader's own MetaStore, skipping chunks referenced
-again; after deleting it reads again and logs ``gc.race_lost`` (an error)
-if a commit slipped in meanwhile, so the loss is at least visible. The
-window between the re-check and the deletes remains; closing it needs the
-writer in the protocol (e.g. a Raft-ordered "dying" mark that makes a
-CommitWrite referencing a dying chunk fail so the client re-uploads).
-
-Other known gaps: copies outside the replica set plus the extra successors
-(several membership changes ago) are not deleted by GC, nor are copies
-repair no longer needs after a join; a repair pass racing GC can copy a
-chunk back to a node GC just emptied (a leak, never a loss).
+Known gaps: copies outside the replica set plus the extra successors
+(several membership changes ago) are left to the sweeper once their block
+is forgotten and its tombstone expired; a repair pass racing GC can copy
+a block back to a node GC just emptied (a leak the sweeper reclaims,
+never a loss).
 
 Invariants: every network call has a deadline (rpc_deadline_ms per call,
 a maximum per pass); every queue and batch is bounded; only ``run`` holds a
@@ -54,14 +54,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from collections.abc import Callable
 
 import trio
 
 import rpc
 from rpc.logfmt import kv
-from server.meta import chunks as meta_chunks
 from server.meta import codec
 from server.meta.types import ForgetChunks
 from server.raft.messages import RaftError, Role
@@ -74,6 +71,7 @@ from .keyrange import ring_key
 from .repair import RepairPass, RepairReport
 from .scrub import ScrubReport, scrub_forever
 from .service import RemoteStore, RemoteStoreError, store_capnp
+from .sweep import Sweeper, SweepLimits
 
 log = logging.getLogger("chordfs.store.maintenance")
 
@@ -93,10 +91,12 @@ class MaintenanceLimits:
     restore_s_max: float = 30.0
     failure_backoff_s: float = 5.0
     gc_interval_s: float = 30.0
-    gc_batch_max: int = 256
+    gc_batch_max: int = 1024            # ForgetChunks takes up to 4096
     gc_extra_replicas: int = 2
-    gc_chunks_in_flight_max: int = 8
+    gc_chunks_in_flight_max: int = 32   # x (R + extra) delete calls
     gc_pass_s_max: float = 120.0
+    gc_retry_s: float = 60.0            # a block a node did not answer for
+    gc_deferred_max: int = 4096
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -106,12 +106,13 @@ class MaintenanceLimits:
 
 @dataclasses.dataclass
 class GcReport:
-    candidates: int = 0
-    referenced_again: int = 0
-    deleted: int = 0
-    unconfirmed: int = 0
+    candidates: int = 0       # dying blocks taken this pass
+    copies_deleted: int = 0
+    copies_kept: int = 0      # stamped at or above the mark: a newer upload
+    copies_absent: int = 0
+    unconfirmed: int = 0      # blocks some node did not answer for: retried later
     forgotten: int = 0
-    races_lost: int = 0
+    skipped_deferred: int = 0
 
 
 class Maintenance:
@@ -119,14 +120,15 @@ class Maintenance:
 
     def __init__(self, cfg, store: AsyncChunkStore, ring, pool, metadata=None, *,
                  limits: MaintenanceLimits = MaintenanceLimits(),
-                 clock_ns: Callable[[], int] = time.time_ns):
+                 sweep_limits: SweepLimits = SweepLimits()):
         self.cfg, self.store, self.ring, self.pool = cfg, store, ring, pool
         self.metadata = metadata
         self.limits = limits
         self.name = cfg.node_name
         self.timeout_s = cfg.rpc_deadline_ms / 1000
-        # gc rows carry the proposer's wall-clock time, so GC compares to it.
-        self._clock_ns = clock_ns
+        self.sweeper = (Sweeper(store, metadata.reader, self.name, limits=sweep_limits)
+                        if metadata is not None else None)
+        self._gc_deferred: dict[bytes, float] = {}  # block id -> trio time to retry
         self._wake = trio.Event()
         self._last_event_s = 0.0
         self._resume: tuple[object, int] | None = None  # (view, plan index)
@@ -152,6 +154,8 @@ class Maintenance:
             "restored": self.restored, "restore_failed": self.restore_failed,
             "handed_off": self.handed_off,
             "gc_last": dataclasses.asdict(self.gc_last) if self.gc_last else None,
+            "sweep_last": (dataclasses.asdict(self.sweeper.last)
+                           if self.sweeper and self.sweeper.last else None),
         }
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -163,10 +167,11 @@ class Maintenance:
                 nursery.start_soon(self._scrub_loop)
                 if self.metadata is not None:
                     nursery.start_soon(self._gc_loop)
+                    await nursery.start(self.sweeper.run)
                 log.info(kv("maintenance.started", node=self.name,
                             repair_bytes_per_s=self.cfg.repair_bytes_per_s,
                             scrub_interval_s=self.cfg.scrub_interval_s,
-                            gc=self.metadata is not None))
+                            gc=self.metadata is not None, sweep=self.sweeper is not None))
                 task_status.started(self)
         finally:
             sub.close()
@@ -208,7 +213,8 @@ class Maintenance:
         self._resume = None
         repair = RepairPass(self.store, self.name, view, self.pool, _identity,
                             self.cfg.replication_factor, bytes_per_s=self.cfg.repair_bytes_per_s,
-                            timeout_s=self.timeout_s, on_progress=self._on_progress)
+                            timeout_s=self.timeout_s, on_progress=self._on_progress,
+                            applied_index=self._applied_index)
         started_s = trio.current_time()
         self.repair_running = RepairReport(next_index=resume)
         report = None
@@ -301,7 +307,8 @@ class Maintenance:
     async def _restore(self, chunk_id: bytes) -> None:
         """scrub's on_corrupt: fetch a good copy from the current replicas."""
         repair = RepairPass(self.store, self.name, self.ring.view(), self.pool, _identity,
-                            self.cfg.replication_factor, timeout_s=self.timeout_s)
+                            self.cfg.replication_factor, timeout_s=self.timeout_s,
+                            applied_index=self._applied_index)
         ok = False
         with trio.move_on_after(self.limits.restore_s_max):
             try:
@@ -315,80 +322,103 @@ class Maintenance:
             self.restore_failed += 1
         log.info(kv("scrub.restore", node=self.name, chunk=chunk_id.hex(), ok=ok))
 
+    def _applied_index(self) -> int:
+        """This node's applied metadata index: the least stamp its copies get."""
+        return self.metadata.reader.applied_index if self.metadata is not None else 0
+
     # ---- GC -------------------------------------------------------------
 
     def _leads(self) -> bool:
         return self.metadata.group.service.core.role == Role.LEADER
 
     async def _gc_loop(self) -> None:
+        next_s = self.limits.gc_interval_s
         while True:
-            await trio.sleep(self.limits.gc_interval_s)
+            await trio.sleep(next_s)
+            next_s = self.limits.gc_interval_s
             if not self._leads():
                 continue
             try:
                 with trio.fail_after(self.limits.gc_pass_s_max):
-                    await self._gc_once()
-            except Exception as e:  # noqa: BLE001 - rows stay for the next pass
+                    report = await self._gc_once()
+            except Exception as e:  # noqa: BLE001 - blocks stay dying for the next pass
                 log.warning(kv("gc.failed", node=self.name, error=f"{type(e).__name__}: {e}"))
+                continue
+            if report.candidates >= self.limits.gc_batch_max and report.forgotten:
+                next_s = 0  # more are waiting and the pass got somewhere: no pause
 
-    def _refs(self, chunk_id: bytes) -> int:
-        return meta_chunks.chunk_refs(self.metadata.reader.conn, chunk_id)
+    def _gc_batch(self, report: GcReport) -> list[tuple[bytes, int]]:
+        """Dying blocks to delete now, oldest mark first, passing over the
+        ones deferred after a node did not answer for them."""
+        now = trio.current_time()
+        self._gc_deferred = {c: t for c, t in self._gc_deferred.items() if t > now}
+        wanted = self.limits.gc_batch_max + len(self._gc_deferred)
+        batch = []
+        for chunk_id, mark in self.metadata.reader.gc_candidates(wanted):
+            if chunk_id in self._gc_deferred:
+                report.skipped_deferred += 1
+            elif len(batch) < self.limits.gc_batch_max:
+                batch.append((chunk_id, mark))
+        return batch
 
-    async def _gc_once(self) -> None:
-        grace_ns = int(self.cfg.gc_grace_s * 1e9)
-        ids = self.metadata.reader.gc_candidates(self._clock_ns(), grace_ns, self.limits.gc_batch_max)
-        if not ids:
-            return
-        report = GcReport(candidates=len(ids))
-        service = self.metadata.group.service
-        # Everything committed so far applied here, so the re-check below
-        # sees a CommitWrite that re-referenced a candidate.
-        await service.read_index(timeout_s=self.timeout_s)
-        live = [c for c in ids if self._refs(c) == 0]
-        report.referenced_again = len(ids) - len(live)
-        confirmed: list[bytes] = []
+    async def _gc_once(self) -> GcReport:
+        report = self.gc_last = GcReport()
+        batch = self._gc_batch(report)
+        report.candidates = len(batch)
+        if not batch:
+            return report
+        done: list[tuple[bytes, int]] = []
         slots = trio.Semaphore(self.limits.gc_chunks_in_flight_max)
         async with trio.open_nursery() as nursery:
-            for chunk_id in live:
+            for chunk_id, mark in batch:
                 await slots.acquire()
-                nursery.start_soon(self._delete_everywhere, chunk_id, confirmed, slots)
-        report.deleted, report.unconfirmed = len(confirmed), len(live) - len(confirmed)
-        for chunk_id in confirmed:
-            if self._refs(chunk_id):
-                report.races_lost += 1
-                log.error(kv("gc.race_lost", node=self.name, chunk=chunk_id.hex()))
-        if confirmed:
-            cmd = codec.encode_command(ForgetChunks(chunk_ids=confirmed))
+                nursery.start_soon(self._delete_everywhere, chunk_id, mark, done, report, slots)
+        report.unconfirmed = len(batch) - len(done)
+        answered = {c for c, _ in done}
+        self._defer([c for c, _ in batch if c not in answered])
+        if done:
+            cmd = ForgetChunks(chunk_ids=[c for c, _ in done], marks=[m for _, m in done])
             try:
-                await service.propose(cmd, timeout_s=self.timeout_s)
-                report.forgotten = len(confirmed)
-            except RaftError as e:  # rows stay; deleting again is harmless
+                await self.metadata.group.service.propose(codec.encode_command(cmd),
+                                                          timeout_s=self.timeout_s)
+                report.forgotten = len(done)
+            except RaftError as e:  # still dying; deleting again is harmless
                 log.info(kv("gc.forget_failed", node=self.name, error=str(e)))
-        self.gc_last = report
         log.info(kv("gc.pass", node=self.name, **dataclasses.asdict(report)))
+        return report
 
-    async def _delete_everywhere(self, chunk_id: bytes, confirmed: list[bytes],
-                                 slots: trio.Semaphore) -> None:
+    def _defer(self, chunk_ids: list[bytes]) -> None:
+        retry_s = trio.current_time() + self.limits.gc_retry_s
+        for chunk_id in chunk_ids:
+            if len(self._gc_deferred) >= self.limits.gc_deferred_max:
+                break  # the rest is simply retried on the next pass
+            self._gc_deferred[chunk_id] = retry_s
+
+    async def _delete_everywhere(self, chunk_id: bytes, mark: int, done: list,
+                                 report: GcReport, slots: trio.Semaphore) -> None:
         try:
-            view = self.ring.view()
-            names = view.replicas(ring_key(chunk_id),
-                                  self.cfg.replication_factor + self.limits.gc_extra_replicas)
-            failed: list[str] = []
+            names = self.ring.view().replicas(
+                ring_key(chunk_id), self.cfg.replication_factor + self.limits.gc_extra_replicas)
+            outcomes: dict[str, str] = {}
             async with trio.open_nursery() as nursery:
                 for name in names:
-                    nursery.start_soon(self._delete_on, name, chunk_id, failed)
-            if not failed:
-                confirmed.append(chunk_id)
+                    nursery.start_soon(self._delete_on, name, chunk_id, mark, outcomes)
+            report.copies_deleted += sum(o == "deleted" for o in outcomes.values())
+            report.copies_kept += sum(o == "kept" for o in outcomes.values())
+            report.copies_absent += sum(o == "absent" for o in outcomes.values())
+            if len(outcomes) == len(names):
+                done.append((chunk_id, mark))
         finally:
             slots.release()
 
-    async def _delete_on(self, name: str, chunk_id: bytes, failed: list[str]) -> None:
+    async def _delete_on(self, name: str, chunk_id: bytes, mark: int,
+                         outcomes: dict[str, str]) -> None:
         try:
             with trio.fail_after(self.timeout_s):
                 cap = await self.pool.bootstrap(name, store_capnp.ChunkStore, timeout_s=self.timeout_s)
-                await RemoteStore(cap, name, timeout_s=self.timeout_s).delete(chunk_id)
+                remote = RemoteStore(cap, name, timeout_s=self.timeout_s)
+                outcomes[name] = await remote.delete_below(chunk_id, mark)
         except (rpc.RpcError, RemoteStoreError, trio.TooSlowError) as e:
-            failed.append(name)
             log.info(kv("gc.delete_failed", node=self.name, on=name, chunk=chunk_id.hex(),
                         error=f"{type(e).__name__}: {e}"[:200]))
 

@@ -66,7 +66,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
      "config key 'listen_port' in node.toml must be an integer, not a string ('7070')"),
     ("listen_port = true", "config key 'listen_port' in node.toml must be an integer, not a boolean"),
     ("seeds = \"n2:7070\"", "config key 'seeds' in node.toml must be a list of strings, not a string ('n2:7070')"),
-    ("gc_grace_s = \"1h\"", "config key 'gc_grace_s' in node.toml must be a number, not a string ('1h')"),
+    ("scrub_interval_s = \"1h\"", "config key 'scrub_interval_s' in node.toml must be a number, not a string ('1h')"),
     ("listen_port = 70000", "config key 'listen_port' in node.toml must be between 1 and 65535, got 70000"),
     ("replication_factor = 0", "config key 'replication_factor' in node.toml must be between 1 and 16, got 0"),
     ('log_level = "loud"', "config key 'log_level' in node.toml must be one of debug, info, warning, error, got 'loud'"),
@@ -123,9 +123,9 @@ def test_flags_override_toml_and_name_themselves_in_errors(tmp_path):
     add_config_arguments(parser)
     args = parser.parse_args(
         ["--config", str(path), "--listen-port", "7072", "--seeds", "n2:7070, n3:7070",
-         "--gc-grace-s", "60"])
+         "--scrub-interval-s", "60"])
     cfg = config_from_args(args)
-    assert (cfg.listen_port, cfg.seeds, cfg.gc_grace_s) == (7072, ("n2:7070", "n3:7070"), 60.0)
+    assert (cfg.listen_port, cfg.seeds, cfg.scrub_interval_s) == (7072, ("n2:7070", "n3:7070"), 60.0)
     with pytest.raises(ConfigError) as info:
         config_from_args(parser.parse_args(["--config", str(path), "--listen-port", "x"]))
     assert str(info.value) == "flag --listen-port must be an integer, got 'x'"
