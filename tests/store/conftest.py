@@ -8,6 +8,7 @@ import random
 import types
 
 import pytest
+import trio.testing
 
 from server.store import ChunkStore, chunk_id_of
 
@@ -61,3 +62,21 @@ def open_store(tmp_path, disk):
 @pytest.fixture
 def store(open_store) -> ChunkStore:
     return open_store()
+
+
+@pytest.fixture
+def patient_clock():
+    """Virtual time that jumps only after 0.5 s of real idleness: stores
+    work in threads, and a clock that jumps the moment every task waits
+    would fire RPC deadlines while a thread is busy on the disk."""
+    return trio.testing.MockClock(autojump_threshold=0.5)
+
+
+@pytest.fixture
+async def cluster(nursery, tmp_path):
+    """A 5-node in-memory chunk store cluster (memcluster.py)."""
+    from .memcluster import open_cluster
+
+    c = await open_cluster(nursery, tmp_path)
+    yield c
+    c.close()

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import random
 
-import pytest
 import trio
-import trio.testing
 
 from server.config import NodeConfig
 from server.meta import codec
@@ -64,21 +62,6 @@ class FakeMetadata:
         if not self.reader.dying:
             self.drained.set()
         return self.reader.applied_index, 1, None
-
-
-@pytest.fixture
-def patient_clock():
-    """Virtual time that jumps only after 0.5 s of real idleness: stores
-    work in threads, and a clock that jumps whenever every task waits would
-    fire RPC deadlines while a thread is on the disk."""
-    return trio.testing.MockClock(autojump_threshold=0.5)
-
-
-@pytest.fixture
-async def cluster(nursery, tmp_path):
-    c = await open_cluster(nursery, tmp_path)
-    yield c
-    c.close()
 
 
 def deleter(cluster, metadata, **limits) -> Maintenance:
@@ -192,3 +175,52 @@ async def test_no_copy_stamped_at_or_above_its_mark_is_ever_deleted(cluster):
             for cid in store.store.list_ids(None, None, 10_000)}
     assert left == expected_left
     assert metadata.reader.dying == {}
+
+
+async def test_with_the_real_state_machine_blocks_go_from_dying_to_gone_to_swept(cluster):
+    """The reader methods GC and the sweeper call, on a real MetaStore:
+    a file's blocks die, GC deletes below the mark and forgets them; the copy
+    a writer stored again after the death stays, and the sweeper removes it
+    once the block's tombstone expired (its stamp is a window old by then)."""
+    from server.meta import types as t
+    from server.store.sweep import Sweeper
+    from tests.meta.helpers import Driver
+
+    d = Driver()
+    d.do(t.Tick, now_ns=d.now_ns)
+    window_s = d.store.upload_window_ns() // 10**9
+    f = d.create(t.ROOT_INO, b"f")
+    blocks = [make_chunk(800 + i, 900) for i in range(3)]
+    slices, stamps = [], []
+    for i, (cid, data) in enumerate(blocks):
+        for name in gc_set(cluster, cid)[:R]:
+            stamps.append((await cluster.stores[name].put(cid, data, d.index)).stamp)
+        slices.append(t.Slice(900 * i, 900, cid, 0, 900, fresh=True))
+    assert d.do(t.CommitWrite, ino=f, size=2700, slices=slices, observed=min(stamps)).err == 0
+    assert d.do(t.SetAttr, ino=f, size=0).err == 0
+    mark = d.index
+    assert sorted(d.store.gc_candidates(10)) == sorted((cid, mark) for cid, _ in blocks)
+    # A writer stores blocks[0] again after its death, on one node; never commits.
+    keeper = gc_set(cluster, blocks[0][0])[0]
+    await cluster.stores[keeper].put(*blocks[0], d.index)
+    d.do(t.Tick, now_ns=d.store.log_time_ns() + (window_s + 1) * 10**9)  # GC comes late
+
+    metadata = FakeMetadata()
+    metadata.reader = d.store
+
+    async def propose(data, *, timeout_s):
+        return d.index + 1, 1, d.apply(codec.decode_command(data))
+
+    metadata.propose = propose
+    report = await deleter(cluster, metadata)._gc_once()
+    assert report.forgotten == 3 and report.copies_kept == 1
+    assert [d.store.block_state(cid)[0] for cid, _ in blocks] == ["gone"] * 3
+    assert {n for cid, _ in blocks for n in cluster.holders(cid)} == {keeper}
+
+    sweeper = Sweeper(cluster.stores[keeper], d.store, keeper)
+    report = await sweeper.sweep_pass()     # a window old, but gone and stamped after the mark
+    assert (report.swept, report.kept_known) == (0, 1)
+    d.do(t.Tick, now_ns=d.store.log_time_ns() + (window_s + 1) * 10**9)
+    assert d.store.block_state(blocks[0][0]) == ("unknown", 0)  # the tombstone expired
+    report = await sweeper.sweep_pass()
+    assert report.swept == 1 and not cluster.holders(blocks[0][0])

@@ -3,8 +3,6 @@ replica of the new view confirms it, and says how many it had to keep."""
 
 from __future__ import annotations
 
-import pytest
-
 from server.ring.ringmath import Ring
 from server.store.handoff import drop_handed_over
 from server.store.keyrange import ring_key
@@ -12,16 +10,9 @@ from server.store.repair import RepairPass
 from server.store.replication import ReplicatedStore
 
 from .conftest import make_chunk
-from .memcluster import NamePool, open_cluster
+from .memcluster import NamePool
 
 R = 3
-
-
-@pytest.fixture
-async def cluster(nursery, tmp_path):
-    c = await open_cluster(nursery, tmp_path)
-    yield c
-    c.close()
 
 
 async def _join_after_writes(cluster, first_seed: int, count: int):

@@ -16,7 +16,6 @@ from server.store.repair import RepairPass, plan
 from server.store.replication import ReplicatedStore
 
 from .conftest import make_chunk
-from .memcluster import open_cluster
 
 
 @pytest.fixture
@@ -25,13 +24,6 @@ def fast_clock():
     clock would fire RPC deadlines whenever a worker thread is busy on the
     disk, and 20x keeps the (long) deadlines far from any disk call."""
     return trio.testing.MockClock(rate=20)
-
-
-@pytest.fixture
-async def cluster(nursery, tmp_path):
-    c = await open_cluster(nursery, tmp_path)
-    yield c
-    c.close()
 
 
 def repair_pass(cluster, name, **kw) -> RepairPass:

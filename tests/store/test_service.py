@@ -9,7 +9,6 @@ import os
 
 import pytest
 import trio
-import trio.testing
 
 import rpc
 from server.store import AsyncChunkStore, ChunkStore, KeyRange, chunk_id_of, reconcile
@@ -18,12 +17,6 @@ from server.store.service import RemoteStore, RemoteStoreError, ServiceLimits, S
 from .conftest import FakeDisk, make_chunk
 
 
-@pytest.fixture
-def patient_clock():
-    """Virtual time that jumps only after 0.5 s of real idleness: the store
-    works in threads, and a clock that jumps the moment every task waits
-    would fire deadlines while a thread is busy on the disk."""
-    return trio.testing.MockClock(autojump_threshold=0.5)
 
 
 
