@@ -1,13 +1,17 @@
 """chordfs FUSE mounts against a local directory, same run, same disk:
-sequential write/read MB/s, small-file create/read/stat per second, and
-``ls -l`` of a 10,000-file directory. Mounts measured: the LocalBackend, and
-with ``--cluster`` also a real local cluster of three ``chordfs node``
-processes on 127.0.0.1 (3 replicas, Raft metadata).
+sequential write/read MB/s, random 4 KiB writes per second (into the
+sequential file, then fsync and close), small-file create/read/stat per
+second, and ``ls -l`` of a 10,000-file directory. Mounts measured: the
+LocalBackend, and with ``--cluster`` also a real local cluster of three
+``chordfs node`` processes on 127.0.0.1 (3 replicas, Raft metadata).
+``--writeback both`` measures each chordfs mount with the kernel's
+writeback cache off and on (``-o nowriteback`` / ``-o writeback``).
 
     .venv/bin/python benchmarks/fuse_bench.py [--dir BASE] [--size-mib 256] [--cluster]
+        [--writeback off|on|both]
 
-Cold reads drop the kernel page cache (root only) and, for chordfs, remount
-so the chunk cache starts empty too. If writing the first 64 MiB on the
+Cold reads drop the kernel page cache (root only) and, for chordfs, run
+``chordfs drop-cache`` so the mount's chunk cache starts empty too. If writing the first 64 MiB on the
 slowest mount takes more than ``SLOW_S``, the sequential size falls back to
 64 MiB; if it creates fewer than ``LS_SLOW_CREATES_S`` files per second, the
 ``ls -l`` directory holds ``LS_FILES_SLOW`` files instead (both printed, and
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import random
 import shutil
 import subprocess
 import sys
@@ -33,6 +38,10 @@ LS_FILES = 10_000
 LS_FILES_SLOW = 2000
 LS_SLOW_CREATES_S = 300.0
 SLOW_S = 4.0
+RANDOM_WRITE_BYTES = 4096
+RANDOM_WRITES_MAX = 20_000
+RANDOM_WRITE_S = 10.0
+RANDOM_SEED = 11
 
 
 def drop_caches() -> None:
@@ -47,14 +56,15 @@ class Mounted:
     """A mount of a local data directory, or of a cluster when ``data`` is a
     str of HOST:PORT,..."""
 
-    def __init__(self, data: pathlib.Path | str, mnt: pathlib.Path) -> None:
-        self.data, self.mnt, self.proc = data, mnt, None
+    def __init__(self, data: pathlib.Path | str, mnt: pathlib.Path, options: str = "") -> None:
+        self.data, self.mnt, self.options, self.proc = data, mnt, options, None
 
     def __enter__(self) -> pathlib.Path:
         self.mnt.mkdir(parents=True, exist_ok=True)
         source = [self.data] if isinstance(self.data, str) else ["--local", str(self.data)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fusefs.mount", *source, str(self.mnt), "--foreground"],
+            [sys.executable, "-m", "fusefs.mount", *source, str(self.mnt), "--foreground",
+             *(["-o", self.options] if self.options else [])],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while not os.path.ismount(self.mnt):
@@ -92,6 +102,24 @@ def seq_read(path: pathlib.Path) -> float:
     return total / (time.perf_counter() - start) / 1e6
 
 
+def random_writes(path: pathlib.Path) -> float:
+    """4 KiB writes at random aligned offsets of an existing file, until
+    ``RANDOM_WRITES_MAX`` or ``RANDOM_WRITE_S``; then fsync and close, which
+    count: a cache that only defers the work must not look faster."""
+    rng = random.Random(RANDOM_SEED)
+    blocks = path.stat().st_size // RANDOM_WRITE_BYTES
+    payload = os.urandom(RANDOM_WRITE_BYTES)
+    fd = os.open(path, os.O_WRONLY)
+    start = time.perf_counter()
+    done = 0
+    while done < RANDOM_WRITES_MAX and time.perf_counter() - start < RANDOM_WRITE_S:
+        os.pwrite(fd, payload, rng.randrange(blocks) * RANDOM_WRITE_BYTES)
+        done += 1
+    os.fsync(fd)
+    os.close(fd)
+    return done / (time.perf_counter() - start)
+
+
 def small_files(d: pathlib.Path) -> tuple[float, float, float]:
     d.mkdir()
     payload = os.urandom(SMALL_BYTES)
@@ -125,12 +153,18 @@ def ls_big_dir(d: pathlib.Path, files: int) -> float:
     return time.perf_counter() - start
 
 
-def run_suite(base: pathlib.Path, size: int, ls_files: int, remount) -> dict:
+def drop_mount_cache(mnt: pathlib.Path) -> None:
+    subprocess.run([sys.executable, "-m", "server.cli", "drop-cache", str(mnt)],
+                   cwd=ROOT, check=True)
+
+
+def run_suite(base: pathlib.Path, size: int, ls_files: int, drop_cache) -> dict:
     out = {"write MB/s": seq_write(base / "seq.bin", size)}
-    base = remount(base)
+    drop_cache(base)
     drop_caches()
     out["cold read MB/s"] = seq_read(base / "seq.bin")
     out["warm read MB/s"] = seq_read(base / "seq.bin")
+    out["random 4 KiB writes/s"] = random_writes(base / "seq.bin")
     out["creates/s (4 KiB)"], out["reads/s (4 KiB)"], out["stats/s"] = small_files(base / "small")
     out["ls -l (s)"] = ls_big_dir(base / "big", ls_files)
     return out
@@ -160,24 +194,19 @@ def pick_ls_files(mnt: pathlib.Path) -> int:
     return LS_FILES
 
 
-def measure_mount(data: pathlib.Path | str, mnt: pathlib.Path, size: int | None,
+def measure_mount(data: pathlib.Path | str, mnt: pathlib.Path, options: str, size: int | None,
                   size_mib: int, ls_files: int | None) -> tuple[dict, int, int]:
-    """Runs the suite on a mount of ``data`` (remounting before cold reads);
-    picks the sizes on this mount when not given."""
-    state = {"mount": Mounted(data, mnt)}
-    state["mount"].__enter__()
-
-    def remount(_: pathlib.Path) -> pathlib.Path:
-        state["mount"].__exit__()
-        state["mount"] = Mounted(data, mnt)
-        return state["mount"].__enter__()
-
-    try:
-        size = size or pick_size(mnt, size_mib)
-        ls_files = ls_files or pick_ls_files(mnt)
-        return run_suite(mnt, size, ls_files, remount), size, ls_files
-    finally:
-        state["mount"].__exit__()
+    """Runs the suite in a fresh directory of a mount of ``data`` (dropping
+    the mount's caches before cold reads); picks the sizes on this mount when
+    not given."""
+    with Mounted(data, mnt, options) as root:
+        work = pathlib.Path(tempfile.mkdtemp(prefix="run-", dir=root))
+        size = size or pick_size(work, size_mib)
+        ls_files = ls_files or pick_ls_files(work)
+        out = run_suite(work, size, ls_files, lambda _: drop_mount_cache(root))
+    print(f"{data} -o {options}: " + ", ".join(f"{k} {v:.4g}" for k, v in out.items()),
+          file=sys.stderr, flush=True)
+    return out, size, ls_files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--cluster", action="store_true",
                         help="also measure a mount of a real local 3-node cluster")
+    parser.add_argument("--writeback", choices=("off", "on", "both"), default="off",
+                        help="the kernel writeback cache on the chordfs mounts (both: a column "
+                             "for each)")
     parser.add_argument("--ls-files", type=int, default=None,
                         help="files in the ls -l directory (default: 10,000, or 2,000 on a "
                              "mount creating fewer than 300 files/s)")
@@ -194,18 +226,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--ls-files must be at least 1")
     base = pathlib.Path(tempfile.mkdtemp(prefix="fusebench-", dir=args.dir))
     results, size, ls_files = {}, None, args.ls_files
+    modes = {"off": [""], "on": ["+wb"], "both": ["", "+wb"]}[args.writeback]
+    options = {"": "nowriteback", "+wb": "writeback"}
     try:
         if args.cluster:
             sys.path.insert(0, str(ROOT))
             from tests.fuse.realcluster import start_cluster
             cluster = start_cluster(base / "cluster")
             try:
-                results["cluster"], size, ls_files = measure_mount(
-                    cluster.spec, base / "cmnt", None, args.size_mib, ls_files)
+                for mode in modes:
+                    results["cluster" + mode], size, ls_files = measure_mount(
+                        cluster.spec, base / "cmnt", options[mode], size, args.size_mib,
+                        ls_files)
             finally:
                 cluster.stop()
-        results["chordfs"], size, ls_files = measure_mount(
-            base / "data", base / "mnt", size, args.size_mib, ls_files)
+        for mode in modes:
+            results["chordfs" + mode], size, ls_files = measure_mount(
+                base / f"data{mode}", base / "mnt", options[mode], size, args.size_mib,
+                ls_files)
         local = base / "local"
         local.mkdir()
         results["local dir"] = run_suite(local, size, ls_files, lambda p: p)
@@ -213,15 +251,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
     print(f"sequential size: {size >> 20} MiB; small files: {SMALL_FILES} x {SMALL_BYTES} B; "
           f"ls -l of {ls_files} files")
-    names = [n for n in ("chordfs", "cluster", "local dir") if n in results]
+    names = [n for n in ("chordfs", "chordfs+wb", "cluster", "cluster+wb", "local dir")
+             if n in results]
     plain = results["local dir"]
     ratios = [n for n in names if n != "local dir"]
     print(f"{'':24}" + "".join(f"{n:>12}" for n in names)
-          + "".join(f"{n + '/local':>16}" for n in ratios))
+          + "".join(f"{n + '/local':>18}" for n in ratios))
     for key in plain:
         print(f"{key:24}" + "".join(f"{results[n][key]:12.{1 if results[n][key] >= 1 else 3}f}"
                                     for n in names)
-              + "".join(f"{results[n][key] / plain[key]:16.3g}" for n in ratios))
+              + "".join(f"{results[n][key] / plain[key]:18.3g}" for n in ratios))
     return 0
 
 
