@@ -28,7 +28,9 @@ from .raft.messages import RaftError, Role
 from .raft.server import RaftServer
 from .ring.service import RingPeerServer, RingService
 from .store.aiostore import AsyncChunkStore
+from .store.compactor import Compactor
 from .store.maintenance import Maintenance
+from .store.replication import ReplicatedStore
 from .store.service import ChunkStoreServer, StoreService
 
 log = logging.getLogger("chordfs.node")
@@ -97,6 +99,7 @@ class Node:
         self.metadata: MetadataGroup | None = None
         self.pool: Pool | None = None
         self.maintenance: Maintenance | None = None
+        self.compactor: Compactor | None = None
         self.effective: NodeConfig = config  # with the cluster's settings once known
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -105,7 +108,9 @@ class Node:
         self.store = await AsyncChunkStore.open(
             os.path.join(cfg.data_dir, "chunks"), threads_max=cfg.store_threads_max,
             chunk_bytes_max=cfg.chunk_bytes_max, disk_reserve_bytes=cfg.disk_reserve_bytes)
-        self.store_service = StoreService(self.store)
+        # Copies are stamped with this node's applied metadata index (at
+        # least): the block lifecycle's proof (server/meta/blocks.py) needs it.
+        self.store_service = StoreService(self.store, applied_index=self._applied_index)
         try:
             await self._serve(task_status)
         finally:
@@ -139,6 +144,8 @@ class Node:
                 # and GC proposes through the metadata group.
                 self.maintenance = Maintenance(cfg, self.store, self.ring, pool, self.metadata)
                 await nursery.start(self.maintenance.run)
+                self.compactor = self._compactor(cfg, pool, nursery)
+                nursery.start_soon(self.compactor.run)
                 sdnotify.notify("READY=1")
                 log.info(kv("node.ready", node=cfg.node_name, listen=cfg.listen_addr,
                             data_dir=cfg.data_dir))
@@ -152,6 +159,17 @@ class Node:
                     nursery.cancel_scope.cancel()
                     break
         log.info(kv("node.stopped", node=cfg.node_name))
+
+    def _applied_index(self) -> int:
+        return self.metadata.reader.applied_index if self.metadata is not None else 0
+
+    def _compactor(self, cfg, pool, nursery) -> Compactor:
+        """Rewrites fragmented file ranges while this node leads metadata;
+        it stores blocks like a mount does, through the ring's view."""
+        chunks = ReplicatedStore(pool, self.ring.view, lambda name: name,
+                                 R=cfg.replication_factor, repair_nursery=nursery)
+        chunks.W_min = cfg.write_quorum_min
+        return Compactor(cfg.node_name, self.metadata, chunks)
 
     async def _wait_joined(self, signals) -> bool:
         """Until the metadata replica holds the cluster's configuration;

@@ -90,12 +90,12 @@ class MaintenanceLimits:
     scrub_first_delay_s: float = 300.0
     restore_s_max: float = 30.0
     failure_backoff_s: float = 5.0
-    gc_interval_s: float = 30.0
+    gc_interval_s: float = 2.0         # a pass with nothing to do is one query
     gc_batch_max: int = 1024            # ForgetChunks takes up to 4096
     gc_extra_replicas: int = 2
     gc_chunks_in_flight_max: int = 32   # x (R + extra) delete calls
     gc_pass_s_max: float = 120.0
-    gc_retry_s: float = 60.0            # a block a node did not answer for
+    gc_retry_s: float = 10.0            # a block a node did not answer for
     gc_deferred_max: int = 4096
 
     def __post_init__(self) -> None:

@@ -54,7 +54,7 @@ log = logging.getLogger("chordfs.store.sweep")
 class SweepLimits:
     page_ids: int = 256
     page_interval_s: float = 0.05        # at most ~5,000 ids examined per second
-    pass_interval_s: float = 180.0       # the whole store at most this often
+    pass_interval_s: float = 10.0        # the whole store at most this often
     failure_backoff_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -77,7 +77,10 @@ class SweepReport:
 def verdict(state: str, mark: int, stamp: int, applied: int, now_ns: int,
             stamp_ns: int | None, window_ns: int) -> str:
     """"sweep", "known" or "young" for one copy (see the module docstring)."""
-    if state not in ("unknown", "gone") or (state == "gone" and stamp >= mark):
+    # A gone block's copies are judged like an unknown block's: the state
+    # machine accepts a revival only from copies stamped within one window
+    # (server/meta/blocks.py), so older ones can never be referenced again.
+    if state not in ("unknown", "gone"):
         return "known"
     if stamp > applied:
         return "young"
