@@ -134,7 +134,7 @@ async def _run_node(name: str, names: list[str], data_dir: str, node_box: list,
                                        tick_s=TICK_S, cfg=RAFT, init=InitParams(now_ns=0, chunk_bytes=chunk_bytes),
                                        bootstrap=name == names[0])
                     await nursery.start(md.run)
-                    service = StoreService(astore)
+                    service = StoreService(astore, applied_index=lambda: md.reader.applied_index)
                     await nursery.start(lambda task_status: rpc.serve_tcp(
                         lambda: NodeServer(name, md, pool, service, table), port,
                         task_status=task_status))
