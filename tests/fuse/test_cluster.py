@@ -25,8 +25,8 @@ from fusefs.cluster import ClusterConfig, open_cluster, placed_members
 from fusefs.clustermeta import MetaClient
 from fusefs.mount import helper_main, mount_main
 from server.meta import codec
-from server.meta.types import (RENAME_EXCHANGE, Attr, ChunkRef, CommitWrite, Create, Link,
-                               EntryReply, Mkdir, Rename, Rmdir, SetXattr, Symlink, Unlink)
+from server.meta.types import (RENAME_EXCHANGE, Attr, CommitWrite, Create, Link,
+                               EntryReply, Mkdir, Rename, Rmdir, SetXattr, Slice, Symlink, Unlink)
 from server.raft.wire import raft_capnp
 
 from tests.netutil import free_ports
@@ -51,14 +51,15 @@ async def _write_file(backend, parent: int, name: bytes, content: bytes, now: in
     """create + chunks + CommitWrite, as FileData does on close."""
     created = await backend.submit(Create(parent, name, 0o644, 0, 0, now))
     assert created.err == 0, created
-    refs, chunks = [], []
-    for idx, off in enumerate(range(0, len(content), CHUNK)):
+    slices, chunks = [], []
+    for off in range(0, len(content), CHUNK):
         data = content[off:off + CHUNK]
         chunks.append((chunk_id_of(data), data))
-        refs.append(ChunkRef(idx, chunk_id_of(data), len(data)))
+        slices.append(Slice(off, len(data), chunk_id_of(data), 0, len(data), fresh=True))
     assert await backend.has_chunks([cid for cid, _ in chunks]) == [False] * len(chunks)
-    await backend.put_chunks(chunks)
-    done = await backend.submit(CommitWrite(created.attr.ino, len(content), now + 1, chunks=refs))
+    observed = await backend.put_chunks(chunks) or 0
+    done = await backend.submit(CommitWrite(created.attr.ino, len(content), now + 1,
+                                            slices=slices, observed=observed))
     assert done.err == 0 and done.attr.size == len(content), done
     return created.attr.ino
 
@@ -66,8 +67,11 @@ async def _write_file(backend, parent: int, name: bytes, content: bytes, now: in
 async def _read_file(backend, ino: int) -> bytes:
     page = await backend.manifest(ino)
     assert page.err == 0 and page.done
-    parts = [await backend.get_chunk(ref.chunk_id) for ref in page.chunks]
-    return b"".join(parts)[:page.size]
+    out = bytearray(page.size)
+    for s in page.slices:
+        block = await backend.get_chunk(s.block_id)
+        out[s.off:s.off + s.length] = block[s.block_off:s.block_off + s.length]
+    return bytes(out)
 
 
 @integration
