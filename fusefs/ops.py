@@ -26,6 +26,19 @@ inode it is refused (EPERM). It lives in ``system.``, which the VFS passes
 to us without a write-permission check on the root directory (we check the
 caller ourselves), and which a mount without this channel refuses
 (EOPNOTSUPP) instead of storing it as an ordinary attribute.
+
+Setting ``CLONE_XATTR`` on a directory D with the value ``b"<ino>/<name>"``
+(``ino`` in decimal ASCII, then the new entry's name; what ``chordfs clone``
+does) creates D/name as a clone of regular file ``ino``: Clone shares the
+source's blocks, so no data moves. The VFS checks no permission for
+``system.*`` names, so we do, for every caller but root: write and search
+permission on D, read permission on the source, and proof that the caller
+reached the source by a path: the calling thread must hold it open on this
+mount (FUSE passes the thread id; an inode number alone would bypass the
+search permission of every directory above the source). The clone gets the caller's uid/gid and the
+source's permission bits, without setuid/setgid unless the caller is root.
+Buffered writes of the source on this mount are committed first. The name is
+never stored, listed or readable, like ``DROP_CACHE_XATTR``.
 """
 
 from __future__ import annotations
@@ -33,12 +46,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import time
 
 import pyfuse3
 import trio
 
-from server.meta.types import (Attr, Link, Mkdir, Mknod, ReleaseOrphan,
+from server.meta.types import (Attr, Clone, Link, Mkdir, Mknod, ReleaseOrphan,
                                RemoveReply, RemoveXattr, Rename, Rmdir,
                                SetAttr, SetXattr, Symlink, Unlink, Utime)
 
@@ -56,6 +70,8 @@ log = logging.getLogger("chordfs.fuse")
 
 STATFS_BLOCK_BYTES = 4096
 DROP_CACHE_XATTR = b"system.chordfs.drop_cache"
+CLONE_XATTR = b"system.chordfs.clone"
+CONTROL_XATTRS = (DROP_CACHE_XATTR, CLONE_XATTR)
 
 
 def _unsupported_xattr(name: bytes) -> bool:
@@ -64,6 +80,46 @@ def _unsupported_xattr(name: bytes) -> bool:
     mount come from the policy, not from the file: refuse both, don't
     pretend. EOPNOTSUPP also tells ls(1) to stop asking for every file."""
     return name.startswith(b"system.") or name == b"security.selinux"
+
+
+def parse_clone_value(value: bytes) -> tuple[int, bytes]:
+    """``b"<ino>/<name>"`` -> (ino, name); EINVAL if malformed (the name
+    itself is judged by the state machine)."""
+    digits, sep, name = value.partition(b"/")
+    if not sep or not digits.isdigit() or len(digits) > 20:
+        raise pyfuse3.FUSEError(errno.EINVAL)
+    return int(digits), name
+
+
+def caller_groups(ctx) -> frozenset[int]:
+    """The caller's gid and supplementary groups. FUSE passes only the
+    gid; the rest comes from /proc (world-readable; the caller is blocked
+    in its request, so the pid is still its own). Without /proc, the gid."""
+    groups = {ctx.gid}
+    try:
+        with open(f"/proc/{ctx.pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Groups:"):
+                    groups.update(int(g) for g in line.split()[1:])
+                    break
+    except (OSError, ValueError):
+        pass
+    return frozenset(groups)
+
+
+def may(attr: Attr, uid: int, groups: frozenset[int], want: int) -> bool:
+    """POSIX mode check of ``want`` (os.R_OK | W_OK | X_OK bits): the
+    owner's bits for the owner, the group's for a member, else the
+    others'; root may do anything here."""
+    if uid == 0:
+        return True
+    if uid == attr.uid:
+        bits = attr.mode >> 6
+    elif attr.gid in groups:
+        bits = attr.mode >> 3
+    else:
+        bits = attr.mode
+    return bits & want == want
 
 
 class ChordOps(FileOpsMixin, pyfuse3.Operations):
@@ -85,6 +141,8 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         self.invalidator = Invalidator()
         self.xattrs = XattrCache(timeouts.attr_s)
         self.dirs: dict[int, DirHandle] = {}
+        # fh -> (pid of the opener, ino): a clone's proof of path access.
+        self.openers: dict[int, tuple[int, int]] = {}
         self.nursery: trio.Nursery | None = None
         self.initialized = trio.Event()
         self._init_files()
@@ -297,7 +355,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
 
     @fuse_op
     async def getxattr(self, inode, name, ctx):
-        if name == DROP_CACHE_XATTR:
+        if name in CONTROL_XATTRS:
             raise pyfuse3.FUSEError(errno.ENODATA)
         if _unsupported_xattr(name):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
@@ -319,6 +377,9 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EPERM)
             await self.drop_caches()
             return
+        if name == CLONE_XATTR:
+            await self.clone_into(inode, value, ctx)
+            return
         if _unsupported_xattr(name):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         # pyfuse3 checks XATTR_CREATE/XATTR_REPLACE itself (with getxattr)
@@ -334,7 +395,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
 
     @fuse_op
     async def removexattr(self, inode, name, ctx):
-        if name == DROP_CACHE_XATTR:
+        if name in CONTROL_XATTRS:
             raise pyfuse3.FUSEError(errno.ENODATA)
         await self._submit_xattr_change(inode, RemoveXattr(inode, name, time.time_ns()))
 
@@ -358,6 +419,45 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         inodes = [pyfuse3.ROOT_INODE, *self.inodes.lookups]
         await self.invalidator.drop_all(inodes)
         log.info(kv("caches_dropped", chunk_bytes=chunk_bytes, inodes=len(inodes)))
+
+    async def open(self, inode, flags, ctx):
+        info = await super().open(inode, flags, ctx)
+        self.openers[info.fh] = (ctx.pid, inode)
+        return info
+
+    async def release(self, fh):
+        self.openers.pop(fh, None)
+        await super().release(fh)
+
+    async def clone_into(self, parent: int, value: bytes, ctx) -> None:
+        """CLONE_XATTR set on ``parent`` (see the module docstring)."""
+        src, name = parse_clone_value(value)
+        pattr = check(await self.backend.getattr(parent)).attr
+        if not stat.S_ISDIR(pattr.mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        groups = caller_groups(ctx)
+        if not may(pattr, ctx.uid, groups, os.W_OK | os.X_OK):
+            raise pyfuse3.FUSEError(errno.EACCES)
+        sattr = check(await self.backend.getattr(src)).attr
+        if stat.S_ISDIR(sattr.mode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if not stat.S_ISREG(sattr.mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if ctx.uid != 0 and not (ctx.pid and (ctx.pid, src) in self.openers.values()
+                                 and may(sattr, ctx.uid, groups, os.R_OK)):
+            raise pyfuse3.FUSEError(errno.EACCES)
+        data = self.files.get(src)
+        if data is not None and data.changed:
+            self._committed(await data.flush())
+        mode = sattr.mode & (0o7777 if ctx.uid == 0 else 0o1777)
+        attr = await self._submit_new(Clone(src, parent, name, mode, ctx.uid, ctx.gid,
+                                            time.time_ns()))
+        # The kernel may hold a negative dentry for the name (a lookup
+        # before the clone); it cannot know the entry we added. Queued: the
+        # caller of setxattr holds the directory's lock until we answer.
+        self.invalidator.entry(parent, name)
+        self.invalidator.inode(parent)
+        log.debug(kv("cloned", src=src, parent=parent, ino=attr.ino, size=attr.size))
 
     # ------------------------------------------------------------ shutdown
 

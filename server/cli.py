@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(the kernel's too) so the next read comes from the "
                                              "cluster: chordfs drop-cache MOUNTPOINT")
     drop.add_argument("mountpoint")
+    clone = sub.add_parser("clone", help="copy a file or a directory tree on a chordfs mount at "
+                                         "once, sharing its blocks (no data copied): "
+                                         "chordfs clone SRC DST")
+    clone.add_argument("src", help="a file or directory on a chordfs mount")
+    clone.add_argument("dst", help="a new path on the same mount (must not exist)")
+    clone.add_argument("-v", "--verbose", action="store_true",
+                       help="print a one-line summary")
     helper = sub.add_parser("install-mount-helper",
                             help="install /sbin/mount.chordfs so `mount -t chordfs` and fstab work")
     helper.add_argument("--target", default="/sbin/mount.chordfs")
@@ -103,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "drop-cache":
         from fusefs.mount import drop_cache_main
         return drop_cache_main(args.mountpoint)
+    if args.command == "clone":
+        from fusefs.clone import clone_main
+        return clone_main(args.src, args.dst, verbose=args.verbose)
     if args.command == "install-mount-helper":
         return _install_mount_helper(args.target)
     if args.command == "example-config":
