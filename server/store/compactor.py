@@ -113,19 +113,24 @@ class Compactor:
     def _fragmented_regions(self, ino: int) -> list[int]:
         reader = self.metadata.reader
         cb, size = reader.chunk_bytes(), self._size(ino)
-        counts: dict[int, list[int]] = {}
+        regions: dict[int, tuple[list[int], set[bytes]]] = {}
         start = 0
         while True:
             page = reader.manifest(ino, start)
             for s in page.slices:
-                entry = counts.setdefault(s.off - s.off % cb, [0, 0])
-                entry[0] += 1
-                entry[1] += 0 if s.block_id else s.length
+                counts, blocks = regions.setdefault(s.off - s.off % cb, ([0, 0], set()))
+                counts[0] += 1
+                counts[1] += 0 if s.block_id else s.length
+                if s.block_id:
+                    blocks.add(s.block_id)
             if page.done or page.err:
                 break
             start = page.next_off
-        return [r for r, (n, inline) in sorted(counts.items())
-                if n > 2 or (inline and size > INLINE_BYTES_MAX)]
+        # A region whose extents all name one block is as compact as a
+        # rewrite could make it (holes stay holes): rewriting it again would
+        # loop forever on a sparse file.
+        return [r for r, ((n, inline), blocks) in sorted(regions.items())
+                if (n > 2 and len(blocks) > 1) or (inline and size > INLINE_BYTES_MAX)]
 
     # ---------------------------------------------------------------- work
 

@@ -155,3 +155,21 @@ async def test_a_sparse_block_gets_its_extents_rewritten(autojump_clock):
     await compactor.run_once()
     assert meta.reader.block_state(bid)[0] == "dying"
     assert _content(meta, blocks, ino) == new + big[2 * CB:]
+
+
+async def test_a_sparse_region_in_one_block_is_left_alone(autojump_clock):
+    """Many extents of one block separated by holes: a rewrite could only
+    produce the same layout, so the compactor must not loop on it."""
+    meta, blocks = _Meta(), _Blocks()
+    ino = meta.do(t.Create(1, b"f", 0o644, 0, 0, 1)).attr.ino
+    packed = random.Random(3).randbytes(40 * 100)
+    pid = chunk_id_of(packed)
+    blocks.blocks[pid] = packed
+    slices = [t.Slice(i * 1000, 100, pid, i * 100, len(packed), fresh=True) for i in range(40)]
+    assert meta.do(t.CommitWrite(ino, 0, 2, slices, 0)).err == 0
+    assert meta.reader.fragmented_files() == [ino]
+    compactor = Compactor("n1", meta, blocks, limits=CompactorLimits(settle_s=1.0))
+    for _ in range(3):
+        await compactor.run_once()
+        await trio.sleep(1.5)
+    assert compactor.stats.regions_rewritten == 0

@@ -13,7 +13,9 @@ import pytest
 import trio
 
 import rpc
+from fusefs.cluster import ClusterConfig, open_cluster
 from rpc.pool import Pool
+from server.meta.types import ROOT_INO, CommitWrite, Create, Slice
 from server.ring.messages import Status
 from server.ring.ringmath import Ring
 from server.store.keyrange import chunk_id_of, ring_key
@@ -146,10 +148,15 @@ async def _scenario(cluster, pool, addrs, extra):
     store = ReplicatedStore(pool, ring, lambda name: name, R=R, timeout_s=5)
     chunks = {chunk_id_of(d): d for d in (chunk_bytes(7000 + i, 4096 + i) for i in range(CHUNKS))}
     ids = list(chunks)
+    stamps = []
     for cid, data in chunks.items():
         result = await store.put(cid, data)
         assert len(result.acked) == R
+        stamps.append(result.stamp)
     assert await copies_missing(pool, ring, ids) == 0
+    # A file names every chunk: uncommitted uploads are garbage the nodes'
+    # sweepers reclaim once their stamp is an upload window old.
+    await _commit_as_a_file(addrs, chunks, min(stamps))
 
     victim, rest = addrs[4], addrs[:4]
     held = sum(victim in ring.replicas(ring_key(c), R) for c in ids)
@@ -173,6 +180,18 @@ async def _scenario(cluster, pool, addrs, extra):
 
     await _corrupt_and_wait_for_scrub(cluster, chunks, live_ring)
     await _join_and_wait_for_data(cluster, pool, rest, extra, ids, alive)
+
+
+async def _commit_as_a_file(addrs, chunks, observed) -> None:
+    # One chunk per 4 MiB region: a layout the compactor leaves alone, so
+    # the chunks this test counts stay the file's blocks.
+    slices = [Slice(i << 22, len(data), cid, 0, len(data), fresh=True)
+              for i, (cid, data) in enumerate(chunks.items())]
+    async with open_cluster(ClusterConfig(tuple(addrs), ring_refresh_s=0)) as backend:
+        created = await backend.submit(Create(ROOT_INO, b"chunks", 0o644, 0, 0, 1))
+        assert created.err == 0, created
+        done = await backend.submit(CommitWrite(created.attr.ino, 0, 2, slices, observed))
+        assert done.err == 0, done
 
 
 async def _none_missing(pool, ring, ids) -> bool:
