@@ -16,7 +16,7 @@ import stat
 
 from . import blocks
 from .namespace import free_inode
-from .schema import Inode, add_counters, chunk_bytes, load
+from .schema import Inode, add_counters, file_errno, load
 from .types import (INLINE_BYTES_MAX, XATTR_CREATE, XATTR_NAME_BYTES_MAX,
                     XATTR_REPLACE, XATTR_VALUE_BYTES_MAX, CommitWrite, Compact,
                     EntryReply, ForgetChunks, ReleaseOrphan, RemoveXattr,
@@ -115,19 +115,9 @@ def removexattr(conn: sqlite3.Connection, cmd: RemoveXattr) -> Status:
     return Status(0)
 
 
-def _check_file(node: Inode | None) -> int:
-    if node is None:
-        return errno.ENOENT
-    if node.is_dir:
-        return errno.EISDIR
-    if not node.is_reg:
-        return errno.EINVAL
-    return 0
-
-
 def commit_write(conn: sqlite3.Connection, index: int, cmd: CommitWrite) -> EntryReply:
     node = load(conn, cmd.ino)
-    err = _check_file(node) or blocks.validate_slices(cmd.slices)
+    err = file_errno(node) or blocks.validate_slices(cmd.slices)
     if err:
         return EntryReply(err)
     if blocks.check_blocks(conn, cmd.slices, cmd.observed):
@@ -147,7 +137,7 @@ def compact(conn: sqlite3.Connection, index: int, cmd: Compact) -> Status:
     the compactor read it; the new slices stay inside the range and the
     file's size."""
     node = load(conn, cmd.ino)
-    err = _check_file(node) or blocks.validate_slices(cmd.slices, inline_allowed=False)
+    err = file_errno(node) or blocks.validate_slices(cmd.slices, inline_allowed=False)
     if err:
         return Status(err)
     if cmd.off < 0 or cmd.length <= 0 or any(

@@ -129,8 +129,11 @@ def check_blocks(conn: sqlite3.Connection, slices: list[Slice], observed: int) -
     refused = []
     now = log_time_ns(conn)
     window_ok = None
-    for block_id in {s.block_id: s for s in slices if s.block_id}:
-        fresh = all(s.fresh for s in slices if s.block_id == block_id)
+    fresh_of: dict[bytes, bool] = {}
+    for s in slices:
+        if s.block_id:
+            fresh_of[s.block_id] = fresh_of.get(s.block_id, True) and s.fresh
+    for block_id, fresh in fresh_of.items():
         row = conn.execute("SELECT refs, mark FROM block WHERE block_id = ?",
                            (block_id,)).fetchone()
         if row is not None and row[0] > 0:

@@ -14,7 +14,7 @@ import sqlite3
 import stat
 
 from . import blocks
-from .schema import (INODE_COLUMNS, Inode, add_counters, allocate_ino,
+from .schema import (INODE_COLUMNS, Inode, add_counters, allocate_ino, file_errno,
                      dir_is_empty, load, lookup_entry)
 from .types import (LINK_MAX, SYMLINK_BYTES_MAX, Clone, Create, EntryReply, Link,
                     Mkdir, Mknod, RemoveReply, Rmdir, Symlink, Unlink)
@@ -82,12 +82,9 @@ def create(conn: sqlite3.Connection, cmd: Create) -> EntryReply:
 
 def clone(conn: sqlite3.Connection, index: int, cmd: Clone) -> EntryReply:
     src = load(conn, cmd.src)
-    if src is None:
-        return EntryReply(errno.ENOENT)
-    if src.is_dir:
-        return EntryReply(errno.EISDIR)
-    if not src.is_reg:
-        return EntryReply(errno.EINVAL)
+    err = file_errno(src)
+    if err:
+        return EntryReply(err)
     err, pdir = _prepare(conn, cmd.parent, cmd.name)
     if err:
         return EntryReply(err)

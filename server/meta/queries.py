@@ -13,7 +13,7 @@ import errno
 import sqlite3
 
 from .namespace import check_name
-from .schema import INODE_COLUMNS, Inode, chunk_bytes, load, read_state
+from .schema import INODE_COLUMNS, Inode, chunk_bytes, file_errno, load, read_state
 from .types import (MANIFEST_PAGE_MAX, READDIR_PAGE_MAX, BytesReply, Slice,
                     DirEntry, DirPage, EntryReply, ManifestPage, NamesReply,
                     StatFs)
@@ -127,12 +127,9 @@ def manifest(conn: sqlite3.Connection, ino: int, start: int = 0,
     """Extents with off >= start in offset order, at most ``limit`` of them
     and about MANIFEST_INLINE_BYTES_MAX inline bytes; holes are absent."""
     node = load(conn, ino)
-    if node is None:
-        return ManifestPage(errno.ENOENT)
-    if node.is_dir:
-        return ManifestPage(errno.EISDIR)
-    if not node.is_reg:
-        return ManifestPage(errno.EINVAL)
+    err = file_errno(node)
+    if err:
+        return ManifestPage(err)
     limit = max(1, min(limit, MANIFEST_PAGE_MAX))
     slices: list[Slice] = []
     inline = 0

@@ -19,6 +19,7 @@ Invariants (checked by tests and, where cheap, asserted):
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import stat
 
@@ -189,6 +190,17 @@ def load(conn: sqlite3.Connection, ino: int) -> Inode | None:
         f"SELECT {INODE_COLUMNS} FROM inode WHERE ino = ?", (ino,)
     ).fetchone()
     return Inode(row) if row else None
+
+
+def file_errno(node: Inode | None) -> int:
+    """0 for a regular file, else the errno a file-only command answers."""
+    if node is None:
+        return errno.ENOENT
+    if node.is_dir:
+        return errno.EISDIR
+    if not node.is_reg:
+        return errno.EINVAL
+    return 0
 
 
 def lookup_entry(conn: sqlite3.Connection, parent: int, name: bytes) -> int | None:
