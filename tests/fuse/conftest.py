@@ -54,10 +54,15 @@ def start_mount(data: pathlib.Path | str, mnt: pathlib.Path, log: pathlib.Path,
     out = open(log, "ab")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     out.close()
-    mount = Mount(mnt, data, proc, log)
+    return wait_mounted(Mount(mnt, data, proc, log))
+
+
+def wait_mounted(mount: Mount) -> Mount:
+    """Until ``mount.path`` is a mountpoint; stops the mount process and
+    fails with its log if it exits or takes MOUNT_DEADLINE_S."""
     deadline = time.monotonic() + MOUNT_DEADLINE_S
-    while not os.path.ismount(mnt):
-        if proc.poll() is not None or time.monotonic() > deadline:
+    while not os.path.ismount(mount.path):
+        if mount.proc.poll() is not None or time.monotonic() > deadline:
             stop_mount(mount)
             raise AssertionError(f"mount did not appear:\n{mount.log_text()}")
         time.sleep(0.02)

@@ -10,14 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
 from fusefs.mount import drop_cache_main
 from fusefs.ops import DROP_CACHE_XATTR
 
-from .conftest import MOUNT_DEADLINE_S, ROOT, Mount, check_log, fuse_usable, stop_mount
+from .conftest import ROOT, Mount, check_log, fuse_usable, stop_mount, wait_mounted
 from .counting_mount import chunk_reads
 
 pytestmark = [pytest.mark.integration,
@@ -39,13 +38,7 @@ def counting_mount(tmp_path):
              "--local", str(tmp_path / "data"), str(mnt), "--foreground",
              "-o", f"chunk_kib={CHUNK_KIB}"],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    mount = Mount(mnt, tmp_path / "data", proc, log)
-    deadline = time.monotonic() + MOUNT_DEADLINE_S
-    while not os.path.ismount(mnt):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_mount(mount)
-            raise AssertionError(f"mount did not appear:\n{mount.log_text()}")
-        time.sleep(0.02)
+    mount = wait_mounted(Mount(mnt, tmp_path / "data", proc, log))
     try:
         yield mount
     finally:

@@ -7,7 +7,6 @@ import errno
 
 import pytest
 import trio
-import trio.testing
 
 from server.store import HashMismatch
 from server.store.replication import (ChunkUnavailable, ReplicatedStore, ReplicationLimits,
@@ -16,21 +15,6 @@ from server.store.replication import (ChunkUnavailable, ReplicatedStore, Replica
 from .conftest import FakeDisk, make_chunk
 from .memcluster import open_cluster
 
-
-@pytest.fixture
-def patient_clock():
-    """Virtual time that jumps only after 0.5 s of real idleness: the store
-    works in threads, and a clock that jumps the moment every task waits
-    would fire deadlines while a thread is busy on the disk."""
-    return trio.testing.MockClock(autojump_threshold=0.5)
-
-
-
-@pytest.fixture
-async def cluster(nursery, tmp_path):
-    c = await open_cluster(nursery, tmp_path)
-    yield c
-    c.close()
 
 
 def client(cluster, **kw) -> ReplicatedStore:
