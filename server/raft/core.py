@@ -165,6 +165,7 @@ class RaftNode(ElectionMixin, ReplicationMixin):
         self.lease_until = 0
         self.lease_rounds_from = -1  # rounds sent at or before it cannot extend the lease
         self.lease_revoked = False
+        self.commit_unsent = False  # a commit advance followers have not been sent
         self.transferee: NodeId | None = None
         self.prev_soft = SoftState(None, Role.FOLLOWER)
         self._ready_out: Ready | None = None
@@ -206,6 +207,8 @@ class RaftNode(ElectionMixin, ReplicationMixin):
         if self.heartbeat_elapsed >= self.cfg.heartbeat_interval_ticks:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat()
+        if self.commit_unsent:
+            self._broadcast_append()
 
     def propose(self, data: bytes) -> Proposed:
         self._check_can_propose()
@@ -520,6 +523,7 @@ class RaftNode(ElectionMixin, ReplicationMixin):
         self.transferee = None
         self.rounds, self.reads_waiting, self.lease_until = {}, [], 0
         self.lease_revoked = False
+        self.commit_unsent = False
 
     def _become_follower(self, term: int, leader: NodeId | None) -> None:
         self._reset(term)

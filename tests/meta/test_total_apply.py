@@ -272,6 +272,7 @@ def _replicate(datas: list[bytes], scratch: str) -> list[MetaStateMachine]:
     for data in datas:
         leader.propose(data)
         net.pump()
+    net.tick(nodes=[1])  # followers learn the last commit at the leader's next tick
     replicas, results = [], []
     for node, batch_size in zip(sorted(net.nodes), (1, 3, len(datas) + 1)):
         sm = _machine(f"{scratch}/{node}")

@@ -199,7 +199,7 @@ class Cluster:
         self.clients_on = True
         self.reads_served = 0
         self.stats = dict(crashes=0, partitions=0, wipes=0, wipes_refused=0,
-                          conf_changes=0, replace_changes=0, transfers=0,
+                          conf_changes=0, replace_changes=0, member_wipes=0, transfers=0,
                           elections=0, snapshots_installed=0)
 
     @staticmethod
@@ -325,6 +325,8 @@ class Cluster:
         fresh = SimNode(self, new_id, None, node.name)  # no bootstrap: it must be added
         fresh.crash()  # down until a restart, like any crashed machine
         self.nodes[new_id] = fresh
+        if any(node_id in m.members() for m in in_play):
+            self.stats["member_wipes"] += 1  # needs at least a removal and an add
         if node_id in self.to_add:  # a replacement replaced in turn
             self.to_add[new_id] = self.to_add.pop(node_id)
         elif any(node_id in m.members() for m in in_play):

@@ -142,8 +142,15 @@ def test_leader_commits_current_term_entry_on_quorum():
     p = leader.propose(b"a")
     net.pump()
     assert leader.log.committed == p.index
-    assert all(n.log.committed == p.index for n in net.nodes.values())
-    assert [e.data for e in net.applied[2] if e.kind == EntryKind.COMMAND] == [b"a"]
+    # Followers learn the commit from the next append or, with none to
+    # send, at the leader's next tick -- never a message just for it.
+    assert all(n.log.committed < p.index for i, n in net.nodes.items() if i != 1)
+    q = leader.propose(b"b")
+    net.pump()
+    assert all(n.log.committed >= p.index for n in net.nodes.values())
+    net.tick(nodes=[1])
+    assert all(n.log.committed == q.index for n in net.nodes.values())
+    assert [e.data for e in net.applied[2] if e.kind == EntryKind.COMMAND] == [b"a", b"b"]
 
 
 def test_old_term_entry_is_not_committed_by_counting_replicas():
