@@ -15,8 +15,10 @@ Open files unlinked here are orphans (see ``InodeTable``); their last
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
+import stat
 import time
 
 import pyfuse3
@@ -24,12 +26,14 @@ import pyfuse3
 from rpc.logfmt import kv
 from server.meta.types import Attr, Create, ReleaseOrphan, SetAttr
 
+from .access import caller_groups, may
 from .errors import check, fuse_op
 from .filedata import FileData
 
 log = logging.getLogger("chordfs.fuse.files")
 
 STAMPS_MAX = 65536
+CREATE_OPEN_TRIES = 3
 
 
 class FileOpsMixin:
@@ -68,8 +72,22 @@ class FileOpsMixin:
 
     @fuse_op
     async def create(self, parent_inode, name, mode, flags, ctx):
-        attr = await self._submit_new(Create(
-            parent_inode, name, mode, ctx.uid, ctx.gid, time.time_ns()))
+        for _ in range(CREATE_OPEN_TRIES):
+            try:
+                attr = await self._submit_new(Create(
+                    parent_inode, name, mode, ctx.uid, ctx.gid, time.time_ns()))
+                break
+            except pyfuse3.FUSEError as e:
+                if e.errno != errno.EEXIST or flags & os.O_EXCL:
+                    raise
+            # The kernel asks us to create only a name it believes absent;
+            # it can be present when another mount created it after this
+            # kernel cached its absence. Without O_EXCL that is an open.
+            opened = await self._open_existing(parent_inode, name, flags, ctx)
+            if opened is not None:
+                return opened
+        else:
+            raise pyfuse3.FUSEError(errno.EEXIST)  # created and removed under us, again and again
         data = FileData(attr.ino, self.backend, self.reader, self.nursery)
         if self.chunk_bytes:
             data.start_empty(self.chunk_bytes, attr)
@@ -81,6 +99,37 @@ class FileOpsMixin:
         self.inodes.remember(attr.ino)
         fh = self._new_fh(attr.ino)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr)
+
+    async def _open_existing(self, parent: int, name: bytes, flags: int, ctx):
+        """create() of a name that exists: open it as open(2) would have,
+        permission checks included (the kernel checked none: it meant to
+        create). None when the name is gone again."""
+        reply = await self.backend.lookup(parent, name)
+        if reply.err == errno.ENOENT:
+            return None
+        attr = check(reply).attr
+        if stat.S_ISDIR(attr.mode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if not stat.S_ISREG(attr.mode):
+            raise pyfuse3.FUSEError(errno.EEXIST)  # the kernel would have followed a symlink
+        want = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(flags & os.O_ACCMODE,
+                                                                 os.R_OK | os.W_OK)
+        if flags & os.O_TRUNC:
+            want |= os.W_OK
+        if not may(attr, ctx.uid, caller_groups(ctx), want):
+            raise pyfuse3.FUSEError(errno.EACCES)
+        fh = self._new_fh(attr.ino)
+        try:
+            keep = await self._open_data(attr.ino, attr, self.files.get(attr.ino))
+            if flags & os.O_TRUNC:
+                attr = await self.files[attr.ino].setattr(
+                    SetAttr(attr.ino, time.time_ns(), size=0))
+                self._stamp(attr)
+        except BaseException:
+            await self._drop_handle(fh)
+            raise
+        self.invalidator.attr_now(attr.ino)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep), self._new_entry(attr)
 
     @fuse_op
     async def open(self, inode, flags, ctx):

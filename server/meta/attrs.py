@@ -16,7 +16,7 @@ import stat
 
 from . import blocks
 from .namespace import free_inode
-from .schema import Inode, add_counters, file_errno, load
+from .schema import Inode, add_counters, bytes_errno, file_errno, load
 from .types import (INLINE_BYTES_MAX, XATTR_CREATE, XATTR_NAME_BYTES_MAX,
                     XATTR_REPLACE, XATTR_VALUE_BYTES_MAX, CommitWrite, Compact,
                     EntryReply, ForgetChunks, ReleaseOrphan, RemoveXattr,
@@ -49,6 +49,9 @@ def setattr(conn: sqlite3.Connection, index: int, cmd: SetAttr) -> EntryReply:
             return EntryReply(errno.EISDIR)
         if not node.is_reg or cmd.size < 0:
             return EntryReply(errno.EINVAL)
+        err = bytes_errno(conn, cmd.size - node.size)
+        if err:
+            return EntryReply(err)
     if cmd.mode is not None:
         node.mode = stat.S_IFMT(node.mode) | (cmd.mode & 0o7777)
     if cmd.uid is not None:
@@ -120,11 +123,14 @@ def commit_write(conn: sqlite3.Connection, index: int, cmd: CommitWrite) -> Entr
     err = file_errno(node) or blocks.validate_slices(cmd.slices)
     if err:
         return EntryReply(err)
+    end = max((s.off + s.length for s in cmd.slices), default=0)
+    size = max(node.size, cmd.size, end)
+    err = bytes_errno(conn, size - node.size)
+    if err:
+        return EntryReply(err)
     if blocks.check_blocks(conn, cmd.slices, cmd.observed):
         return EntryReply(errno.ESTALE)
     blocks.write_slices(conn, node.ino, cmd.slices, index)
-    end = max((s.off + s.length for s in cmd.slices), default=0)
-    size = max(node.size, cmd.size, end)
     add_counters(conn, bytes_=size - node.size)
     node.size = size
     node.mtime = node.ctime = cmd.now_ns

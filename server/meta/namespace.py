@@ -14,8 +14,8 @@ import sqlite3
 import stat
 
 from . import blocks
-from .schema import (INODE_COLUMNS, Inode, add_counters, allocate_ino, file_errno,
-                     dir_is_empty, load, lookup_entry)
+from .schema import (INODE_COLUMNS, Inode, add_counters, allocate_ino, bytes_errno,
+                     dir_is_empty, file_errno, load, lookup_entry)
 from .types import (LINK_MAX, SYMLINK_BYTES_MAX, Clone, Create, EntryReply, Link,
                     Mkdir, Mknod, RemoveReply, Rmdir, Symlink, Unlink)
 from .validate import check_name
@@ -86,6 +86,8 @@ def clone(conn: sqlite3.Connection, index: int, cmd: Clone) -> EntryReply:
     if err:
         return EntryReply(err)
     err, pdir = _prepare(conn, cmd.parent, cmd.name)
+    if not err:
+        err = bytes_errno(conn, src.size)
     if err:
         return EntryReply(err)
     mode = stat.S_IFREG | (cmd.mode & 0o7777)

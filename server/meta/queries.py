@@ -112,8 +112,8 @@ def listxattr(conn: sqlite3.Connection, ino: int) -> NamesReply:
 
 def statfs(conn: sqlite3.Connection) -> StatFs:
     s = read_state(conn)
-    # Sparse files can sum past int64, where SQLite keeps a REAL: report
-    # the most the field can say rather than fail statfs for everyone.
+    # Commands that would count past int64 get EFBIG (schema.bytes_errno);
+    # a database written before that check may still hold a REAL here.
     used = min(int(s["bytes"]), 2**63 - 1)
     return StatFs(inodes=s["inodes"], bytes=used, chunks=s["chunks"],
                   next_ino=s["next_ino"], applied_index=s["applied_index"])

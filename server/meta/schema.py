@@ -222,6 +222,19 @@ def read_state(conn: sqlite3.Connection) -> dict:
     return dict(zip(names, cur.fetchone()))
 
 
+COUNTER_MAX = (1 << 63) - 1  # SQLite turns a larger integer into a REAL
+
+
+def bytes_errno(conn: sqlite3.Connection, grow: int) -> int:
+    """EFBIG when adding ``grow`` bytes would take the namespace's byte
+    counter past what it can count (statfs and df would fail for good);
+    checked before a command changes anything."""
+    if grow <= 0:
+        return 0
+    (used,) = conn.execute("SELECT bytes FROM state WHERE id = 0").fetchone()
+    return errno.EFBIG if used + grow > COUNTER_MAX else 0
+
+
 def add_counters(conn: sqlite3.Connection, *, inodes: int = 0, bytes_: int = 0,
                  chunks: int = 0) -> None:
     if inodes or bytes_ or chunks:

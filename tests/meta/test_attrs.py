@@ -218,10 +218,27 @@ def test_xattr_flags_and_limits(d):
     assert d.store.getxattr(999, b"user.a").err == errno.ENOENT
 
 
-def test_statfs_survives_files_whose_sizes_sum_past_int64(d):
+def test_sizes_the_namespace_cannot_count_get_efbig(d):
+    """`truncate -s 9223372036854775807 f` next to any data used to turn
+    the byte counter into a float (SQLite's REAL past int64), after which
+    statfs failed for good. Now the growth that does not fit is EFBIG and
+    changes nothing; shrinking still works, and the counter stays exact."""
     from server.meta import codec
-    for name in (b"a", b"b"):
-        assert d.do(t.SetAttr, ino=d.create(ROOT, name), size=2**63 - 1).err == 0
+    small = d.create(ROOT, b"small")
+    assert d.do(t.SetAttr, ino=small, size=10).err == 0
+    big = d.create(ROOT, b"big")
+    before = d.attr(big)
+    assert d.do(t.SetAttr, ino=big, size=2**63 - 1).err == errno.EFBIG
+    assert d.attr(big) == before
+    assert d.do(t.SetAttr, ino=big, size=2**63 - 11).err == 0  # exactly fits
+    assert d.do(t.CommitWrite, ino=small, size=11, now_ns=d.tick(),
+                slices=[t.Slice(10, 1, data=b"x")], observed=0).err == errno.EFBIG
+    assert d.do(t.Clone, src=small, parent=ROOT, name=b"twin", mode=0o644, uid=0, gid=0,
+                now_ns=d.tick()).err == errno.EFBIG
+    assert d.store.lookup(ROOT, b"twin").err == errno.ENOENT
     stats = d.store.statfs()
-    assert isinstance(stats.bytes, int)
+    assert type(stats.bytes) is int and stats.bytes == 2**63 - 1
     assert codec.decode(t.StatFs, codec.encode(stats)) == stats
+    assert d.do(t.SetAttr, ino=big, size=0).err == 0
+    assert d.store.statfs().bytes == 10
+    assert d.do(t.SetAttr, ino=small, size=2**63 - 1).err == 0  # alone it fits
