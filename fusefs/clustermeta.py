@@ -56,6 +56,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 import rpc
+from rpc import trace
 from rpc.logfmt import kv
 from rpc.schema import load as load_schema
 from server.meta import codec
@@ -214,7 +215,13 @@ class MetaClient:
         async def attempt(addr, timeout_s, sent):
             cap = await self.pool.bootstrap(addr, raft_capnp.Raft, timeout_s=timeout_s)
             sent[0] = True
-            return await cap.propose(command=data, forwarded=True, timeout_s=timeout_s)
+            if trace.ENABLED:
+                trace.mark(f"client.propose {type(command).__name__}")
+            try:
+                return await cap.propose(command=data, forwarded=True, timeout_s=timeout_s)
+            finally:
+                if trace.ENABLED:
+                    trace.mark("client.propose.done")
 
         exchange = isinstance(command, Rename) and command.flags & RENAME_EXCHANGE
         try:
@@ -278,7 +285,13 @@ class MetaClient:
 
         async def attempt(addr, timeout_s, sent):
             cap = await self.pool.bootstrap(addr, meta_capnp.Metadata, timeout_s=timeout_s)
-            return await cap.call("query", fill=params, timeout_s=timeout_s)
+            if trace.ENABLED:
+                trace.mark(f"client.query {op}")
+            try:
+                return await cap.call("query", fill=params, timeout_s=timeout_s)
+            finally:
+                if trace.ENABLED:
+                    trace.mark("client.query.done")
 
         reply, _ = await self._call(op, rid, attempt)
         try:

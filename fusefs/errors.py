@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
+from rpc import trace
 from rpc.logfmt import kv
 
 from .backend import BackendError, ChunkCorrupt, ChunkMissing, Unavailable
@@ -69,6 +70,8 @@ def fuse_op(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> T:
+        if trace.ENABLED:
+            trace.mark(f"fuse.{op}")
         try:
             with trio.fail_after(OP_DEADLINE_S):
                 return await fn(*args, **kwargs)
@@ -76,6 +79,9 @@ def fuse_op(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             raise
         except Exception as exc:  # noqa: BLE001 - see module docstring
             raise pyfuse3.FUSEError(errno_of(exc, op)) from None
+        finally:
+            if trace.ENABLED:
+                trace.mark(f"fuse.{op}.done")
 
     return wrapper
 

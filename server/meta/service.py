@@ -17,6 +17,7 @@ import trio
 
 import rpc
 from rpc import schema
+from rpc import trace
 from rpc.logfmt import kv
 
 from .. import identity
@@ -40,6 +41,8 @@ class MetadataServer(rpc.Server, interfaces=[meta_capnp.Metadata]):
     ``raft_pool`` (the node's connection pool, for forwarding)."""
 
     async def query(self, params, results):
+        if trace.ENABLED:
+            trace.mark("node.query")
         q = params.query
         md = self.metadata
         if md is None:
@@ -59,6 +62,8 @@ class MetadataServer(rpc.Server, interfaces=[meta_capnp.Metadata]):
             except trio.TooSlowError:
                 raise rpc.Overloaded("no quorum confirmed the read in time") from None
         results.reply = codec.encode(_run(md.reader, q))
+        if trace.ENABLED:
+            trace.mark("node.query.done")
 
     async def _forward_query(self, addr: str, leader: int, q, results) -> None:
         def fill(p):

@@ -10,6 +10,7 @@ import logging
 import trio
 
 import rpc
+from rpc import trace
 from rpc.logfmt import kv
 
 from .config import ChangeOp, ConfChange
@@ -85,6 +86,8 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
         if refused is not None:
             results.index, results.term, results.result = 0, 0, refused
             return
+        if trace.ENABLED:
+            trace.mark("node.propose")
         try:
             index, term, result = await service.propose(command, timeout_s=PROPOSE_TIMEOUT_S)
         except NotLeader as e:
@@ -98,6 +101,8 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
         except (ProposalDropped, ProposalFailed) as e:
             raise rpc.Overloaded(f"proposal not committed: {e}") from None
         results.index, results.term, results.result = index, term, result
+        if trace.ENABLED:
+            trace.mark("node.propose.done")
 
     @rpc.inline
     async def status(self, params, results):

@@ -24,6 +24,7 @@ import time
 
 import trio
 
+from rpc import trace
 from rpc.logfmt import kv
 
 from .messages import EntryKind, RaftError
@@ -103,6 +104,9 @@ class RaftService:
         """Queue peer messages for the core; returns how many were taken."""
         room = self._inbox_max - len(self._inbox)
         taken = messages[:room] if room < len(messages) else messages
+        if trace.ENABLED:
+            for m in taken:
+                trace.mark(f"raft.recv {type(m).__name__} {len(getattr(m, 'entries', ()))}")
         self._inbox.extend(taken)
         self.dropped_messages += len(messages) - len(taken)
         self._wake.set()
@@ -265,9 +269,13 @@ class RaftService:
 
     async def _persist(self, rd, inline: bool = True) -> None:
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+            if trace.ENABLED:
+                trace.mark(f"raft.persist {len(rd.entries)}")
             await self._run_disk(self._persist_cost, 1,
                                  inline and rd.snapshot is None and self._small(rd.entries),
                                  self.storage.save, rd.hard_state, rd.entries, rd.snapshot)
+            if trace.ENABLED:
+                trace.mark("raft.persist.done")
 
     async def _apply(self, rd) -> None:
         if rd.snapshot is not None:
@@ -275,9 +283,13 @@ class RaftService:
             self.applied = rd.snapshot.meta.index
             self._fail_waiters_upto(self.applied)
         if rd.committed:
+            if trace.ENABLED:
+                trace.mark(f"raft.apply {len(rd.committed)}")
             results = await self._run_disk(self._apply_cost, len(rd.committed),
                                            self._small(rd.committed),
                                            self._apply_entries, rd.committed)
+            if trace.ENABLED:
+                trace.mark("raft.apply.done")
             for entry, result in zip(rd.committed, results):
                 waiter = self._waiters.pop(entry.index, None)
                 if waiter is None:

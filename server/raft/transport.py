@@ -17,6 +17,7 @@ import logging
 import trio
 
 import rpc
+from rpc import trace
 from rpc.logfmt import kv
 
 from . import wire
@@ -158,6 +159,8 @@ class RaftTransport:
         def fill(p):
             wire.fill_batch(p, messages)
             p.clusterId, p.fromAddr = self.cluster_id, self.self_addr
+        if trace.ENABLED:
+            trace.mark(f"raft.send {' '.join(type(m).__name__ for m in messages)}")
         await cap.call("step", fill=fill, timeout_s=self._timeout_s)
 
     async def _send_parts(self, cap, node_id: int, m: InstallSnapshot) -> None:
