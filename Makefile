@@ -6,13 +6,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS := fuse3 libfuse3-dev pkg-config attr
+APT_PKGS := fuse3 libfuse3-dev pkg-config attr acl
 
 .PHONY: run test stop bench sysdeps venv clean install-mount-helper
 
 sysdeps:
 	@if ! pkg-config --exists fuse3 2>/dev/null || ! command -v fusermount3 >/dev/null \
-	     || ! command -v setfattr >/dev/null || ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
+	     || ! command -v setfattr >/dev/null || ! command -v setfacl >/dev/null || ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
 	  echo "installing system packages: $(APT_PKGS) python3-venv"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) python3-venv >/dev/null; \

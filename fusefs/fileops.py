@@ -75,7 +75,7 @@ class FileOpsMixin:
         for _ in range(CREATE_OPEN_TRIES):
             try:
                 attr = await self._submit_new(Create(
-                    parent_inode, name, mode, ctx.uid, ctx.gid, time.time_ns()))
+                    parent_inode, name, mode, ctx.uid, ctx.gid, time.time_ns(), ctx.umask))
                 break
             except pyfuse3.FUSEError as e:
                 if e.errno != errno.EEXIST or flags & os.O_EXCL:

@@ -16,7 +16,9 @@ Mount options (``-o a,b=c``): FUSE's own (``ro``, ``nosuid``, ``nodev``,
 (new data directories only), ``deadline`` (seconds a cluster metadata call
 may take with its retries before EIO, default 15), ``writeback`` /
 ``nowriteback`` (the kernel's writeback cache, default off; see
-``WRITEBACK_DEFAULT``) and ``noallow_other`` are chordfs's; fstab words
+``WRITEBACK_DEFAULT``), ``acl`` / ``noacl`` (POSIX ACLs, default on: the
+kernel enforces them, see server/meta/acl.py) and ``noallow_other`` are
+chordfs's; fstab words
 (``defaults``, ``_netdev``, ``nofail``, ``auto``, ...) are accepted and
 ignored. ``allow_other`` and ``default_permissions`` are on by default
 (DESIGN: a root mount is shared by every user, the kernel checks modes).
@@ -92,6 +94,7 @@ class MountConfig:
     foreground: bool
     log_file: str | None
     debug: bool
+    acls: bool = True
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,7 +128,7 @@ def parse_options(text: str) -> dict:
            "attr_timeout": 1.0, "entry_timeout": 1.0, "allow_other": True,
            "read_ahead_kb": READ_AHEAD_KB_DEFAULT, "cache_mib": CACHE_MIB_DEFAULT,
            "chunk_kib": CHUNK_BYTES_DEFAULT >> 10, "deadline": DEADLINE_S_DEFAULT,
-           "writeback": WRITEBACK_DEFAULT}
+           "writeback": WRITEBACK_DEFAULT, "acl": True}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
         if key in ("attr_timeout", "entry_timeout", "deadline"):
@@ -136,6 +139,8 @@ def parse_options(text: str) -> dict:
             out["allow_other"] = False
         elif item in ("writeback", "nowriteback"):
             out["writeback"] = item == "writeback"
+        elif item in ("acl", "noacl"):
+            out["acl"] = item == "acl"
         elif item in FUSE_PASSTHROUGH:
             out["fuse"].add(item)
         elif item in IGNORED or key.startswith("x-") or key == "comment":
@@ -176,7 +181,7 @@ def parse_args(argv: list[str]) -> MountConfig:
         timeouts=Timeouts(attr_s=opts["attr_timeout"], entry_s=opts["entry_timeout"]),
         read_ahead_kb=opts["read_ahead_kb"], cache_bytes=opts["cache_mib"] << 20,
         chunk_bytes=opts["chunk_kib"] << 10, writeback=opts["writeback"],
-        foreground=args.foreground,
+        foreground=args.foreground, acls=opts["acl"],
         log_file=args.log_file, debug=args.debug)
 
 
@@ -263,11 +268,12 @@ async def serve(cfg: MountConfig, ready_fd: int | None = None) -> None:
 
 async def _serve_backend(cfg: MountConfig, backend: Backend, ready_fd: int | None) -> None:
     ops = ChordOps(backend, timeouts=cfg.timeouts, cache_bytes=cfg.cache_bytes,
-                   writeback=cfg.writeback)
+                   writeback=cfg.writeback, acls=cfg.acls)
     pyfuse3.init(ops, cfg.mountpoint, set(cfg.fuse_options))
     source = cfg.data_dir or ",".join(cfg.nodes or ())
     log.info(kv("mounted", mountpoint=cfg.mountpoint, source=source,
-                options=",".join(sorted(cfg.fuse_options)), writeback=cfg.writeback))
+                options=",".join(sorted(cfg.fuse_options)), writeback=cfg.writeback,
+                acls=cfg.acls))
     _notify_ready(ready_fd, b"ok")
     try:
         ops.invalidator.start()

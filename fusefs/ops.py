@@ -52,11 +52,11 @@ import time
 import pyfuse3
 import trio
 
+from rpc.logfmt import kv
+from server.meta import acl
 from server.meta.types import (Attr, Clone, Link, Mkdir, Mknod, ReleaseOrphan,
                                RemoveReply, RemoveXattr, Rename, Rmdir,
                                SetAttr, SetXattr, Symlink, Unlink, Utime)
-
-from rpc.logfmt import kv
 
 from .access import caller_groups, may
 from .backend import Backend
@@ -75,11 +75,14 @@ CLONE_XATTR = b"system.chordfs.clone"
 CONTROL_XATTRS = (DROP_CACHE_XATTR, CLONE_XATTR)
 
 
-def _unsupported_xattr(name: bytes) -> bool:
-    """POSIX ACLs would be stored but never enforced (the kernel checks
-    modes only, without FUSE_CAP_POSIX_ACL), and SELinux labels of a FUSE
-    mount come from the policy, not from the file: refuse both, don't
-    pretend. EOPNOTSUPP also tells ls(1) to stop asking for every file."""
+def _unsupported_xattr(name: bytes, acls: bool) -> bool:
+    """POSIX ACLs are kept only when the kernel enforces them (FUSE_POSIX_ACL,
+    ``acls``); other system.* names have no meaning here, and SELinux labels
+    of a FUSE mount come from the policy, not from the file: refuse them,
+    don't pretend. EOPNOTSUPP also tells ls(1) to stop asking for every
+    file."""
+    if name in acl.NAMES:
+        return not acls
     return name.startswith(b"system.") or name == b"security.selinux"
 
 
@@ -95,8 +98,12 @@ def parse_clone_value(value: bytes) -> tuple[int, bytes]:
 class ChordOps(FileOpsMixin, pyfuse3.Operations):
     def __init__(self, backend: Backend, *, timeouts: Timeouts = Timeouts(),
                  cache_bytes: int = CACHE_BYTES_DEFAULT, writeback: bool = False,
-                 owner_uid: int | None = None) -> None:
+                 owner_uid: int | None = None, acls: bool = True) -> None:
         super().__init__()
+        # Read by pyfuse3 at FUSE INIT: the kernel enforces POSIX ACLs it
+        # reads as system.posix_acl_* xattrs and leaves the umask to us;
+        # the state machine keeps modes and ACLs in step (server/meta/acl.py).
+        self.enable_acl = acls
         # Read by pyfuse3 when FUSE INIT arrives: the kernel then buffers
         # writes in its page cache and sends them at writeback, fsync and
         # close (flush), and keeps size and mtime of regular files itself.
@@ -134,12 +141,29 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
 
     async def _submit_new(self, command) -> Attr:
         """Commit a command that creates a node; its attributes. A node we
-        just created has no extended attributes: the kernel's question for
-        security.capability before each write to it needs no round trip."""
+        just created has no extended attributes unless it inherited an ACL:
+        the kernel's question for security.capability before each write to
+        it then needs no round trip."""
         epoch = self.xattrs.epoch
+        plain = (not self.enable_acl or isinstance(command, (Symlink, Clone))
+                 or await self._no_default_acl(command.parent))
         attr = check(await self.backend.submit(command)).attr
-        self.xattrs.put_names(attr.ino, (), epoch)
+        if plain:
+            self.xattrs.put_names(attr.ino, (), epoch)
         return attr
+
+    async def _no_default_acl(self, parent: int) -> bool:
+        """Whether ``parent`` has no default ACL to pass on (cached like any
+        xattr answer, so this costs a query per directory per attr_timeout)."""
+        cached = self.xattrs.get(parent, acl.DEFAULT)
+        if cached is UNKNOWN:
+            epoch = self.xattrs.epoch
+            reply = await self.backend.getxattr(parent, acl.DEFAULT)
+            if reply.err not in (0, errno.ENODATA):
+                return False
+            cached = reply.value if reply.err == 0 else None
+            self.xattrs.put(parent, acl.DEFAULT, cached, epoch)
+        return cached is ABSENT or cached is None
 
     async def _submit_xattr_change(self, inode: int, command) -> None:
         # Dropping before makes a getxattr already on its way not cache its
@@ -201,12 +225,18 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
             atime=attr.st_atime_ns if fields.update_atime else Utime.OMIT,
             mtime=attr.st_mtime_ns if fields.update_mtime else Utime.OMIT,
         )
+        if fields.update_mode and self.enable_acl:
+            self.xattrs.drop(inode)  # chmod rewrites the access ACL (acl.py)
         data = self.files.get(inode)
-        if data is not None:
-            new = await data.setattr(cmd)
-            self._stamp(new)
-        else:
-            new = check(await self.backend.submit(cmd)).attr
+        try:
+            if data is not None:
+                new = await data.setattr(cmd)
+                self._stamp(new)
+            else:
+                new = check(await self.backend.submit(cmd)).attr
+        finally:
+            if fields.update_mode and self.enable_acl:
+                self.xattrs.drop(inode)
         return self._entry(new)
 
     @fuse_op
@@ -218,12 +248,12 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
     @fuse_op
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         return self._new_entry(await self._submit_new(Mknod(
-            parent_inode, name, mode, rdev, ctx.uid, ctx.gid, time.time_ns())))
+            parent_inode, name, mode, rdev, ctx.uid, ctx.gid, time.time_ns(), ctx.umask)))
 
     @fuse_op
     async def mkdir(self, parent_inode, name, mode, ctx):
         return self._new_entry(await self._submit_new(Mkdir(
-            parent_inode, name, mode, ctx.uid, ctx.gid, time.time_ns())))
+            parent_inode, name, mode, ctx.uid, ctx.gid, time.time_ns(), ctx.umask)))
 
     @fuse_op
     async def symlink(self, parent_inode, name, target, ctx):
@@ -327,7 +357,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
     async def getxattr(self, inode, name, ctx):
         if name in CONTROL_XATTRS:
             raise pyfuse3.FUSEError(errno.ENODATA)
-        if _unsupported_xattr(name):
+        if _unsupported_xattr(name, self.enable_acl):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         cached = self.xattrs.get(inode, name)
         if cached is ABSENT:
@@ -350,7 +380,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         if name == CLONE_XATTR:
             await self.clone_into(inode, value, ctx)
             return
-        if _unsupported_xattr(name):
+        if _unsupported_xattr(name, self.enable_acl):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         # pyfuse3 checks XATTR_CREATE/XATTR_REPLACE itself (with getxattr)
         # and does not pass the flags on.

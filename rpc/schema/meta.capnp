@@ -33,9 +33,9 @@ struct TimeSet {
   }
 }
 
-struct Create    { parent @0 :UInt64; name @1 :Data; mode @2 :UInt32; uid @3 :UInt32; gid @4 :UInt32; nowNs @5 :Int64; }
-struct Mkdir     { parent @0 :UInt64; name @1 :Data; mode @2 :UInt32; uid @3 :UInt32; gid @4 :UInt32; nowNs @5 :Int64; }
-struct Mknod     { parent @0 :UInt64; name @1 :Data; mode @2 :UInt32; rdev @3 :UInt64; uid @4 :UInt32; gid @5 :UInt32; nowNs @6 :Int64; }
+struct Create    { parent @0 :UInt64; name @1 :Data; mode @2 :UInt32; uid @3 :UInt32; gid @4 :UInt32; nowNs @5 :Int64; umask @6 :UInt32; }
+struct Mkdir     { parent @0 :UInt64; name @1 :Data; mode @2 :UInt32; uid @3 :UInt32; gid @4 :UInt32; nowNs @5 :Int64; umask @6 :UInt32; }
+struct Mknod     { parent @0 :UInt64; name @1 :Data; mode @2 :UInt32; rdev @3 :UInt64; uid @4 :UInt32; gid @5 :UInt32; nowNs @6 :Int64; umask @7 :UInt32; }
 struct Symlink   { parent @0 :UInt64; name @1 :Data; target @2 :Data; uid @3 :UInt32; gid @4 :UInt32; nowNs @5 :Int64; }
 struct Link      { ino @0 :UInt64; newParent @1 :UInt64; newName @2 :Data; nowNs @3 :Int64; }
 struct Unlink    { parent @0 :UInt64; name @1 :Data; nowNs @2 :Int64; keepOrphan @3 :Bool; }

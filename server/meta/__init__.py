@@ -22,8 +22,8 @@ Entry points:
   ``readlink``, ``getxattr``, ``listxattr``, ``statfs``, ``manifest``,
   ``orphans``.
 
-Decisions: modes arrive with the umask already applied by the kernel and are
-stored verbatim; unlink/rename of a last link frees the inode unless the
+Decisions: modes arrive with the caller's umask, applied unless the parent
+has a default POSIX ACL (``acl.py``); unlink/rename of a last link frees the inode unless the
 command says ``keep_orphan`` (file still open), then ``ReleaseOrphan`` frees
 it; an index at or below the applied one returns ``AlreadyApplied``.
 """

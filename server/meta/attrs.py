@@ -14,7 +14,7 @@ import errno
 import sqlite3
 import stat
 
-from . import blocks
+from . import acl, blocks
 from .namespace import free_inode
 from .schema import Inode, add_counters, bytes_errno, file_errno, load
 from .types import (INLINE_BYTES_MAX, XATTR_CREATE, XATTR_NAME_BYTES_MAX,
@@ -54,6 +54,7 @@ def setattr(conn: sqlite3.Connection, index: int, cmd: SetAttr) -> EntryReply:
             return EntryReply(err)
     if cmd.mode is not None:
         node.mode = stat.S_IFMT(node.mode) | (cmd.mode & 0o7777)
+        _chmod_acl(conn, node.ino, node.mode)
     if cmd.uid is not None:
         node.uid = cmd.uid
     if cmd.gid is not None:
@@ -80,8 +81,46 @@ def _touch(conn: sqlite3.Connection, ino: int, now_ns: int) -> None:
     conn.execute("UPDATE inode SET ctime = ? WHERE ino = ?", (now_ns, ino))
 
 
+def _chmod_acl(conn: sqlite3.Connection, ino: int, mode: int) -> None:
+    row = conn.execute("SELECT value FROM xattr WHERE ino = ? AND name = ?",
+                       (ino, acl.ACCESS)).fetchone()
+    entries = acl.decode(bytes(row[0])) if row is not None else []
+    if entries and not isinstance(entries, int):
+        conn.execute("UPDATE xattr SET value = ? WHERE ino = ? AND name = ?",
+                     (acl.encode(acl.chmod(entries, mode)), ino, acl.ACCESS))
+
+
+def _set_acl(conn: sqlite3.Connection, node: Inode, cmd: SetXattr) -> Status | None:
+    """The ACL rules of a set of an ACL xattr (acl.py): None when the value
+    is to be stored as it is, else the result, with what had to change
+    done."""
+    entries = acl.decode(cmd.value)
+    if isinstance(entries, int):
+        return Status(entries)
+    if cmd.name == acl.DEFAULT:
+        if not node.is_dir:
+            return Status(errno.EACCES)
+        return _drop_xattr(conn, node, cmd) if not entries else None
+    if not entries:
+        return _drop_xattr(conn, node, cmd)
+    node.mode = (node.mode & ~0o777) | acl.mode_bits(entries)
+    if acl.is_minimal(entries):
+        return _drop_xattr(conn, node, cmd)  # the mode says it all
+    node.ctime = cmd.now_ns
+    node.save(conn)
+    return None
+
+
+def _drop_xattr(conn: sqlite3.Connection, node: Inode, cmd: SetXattr) -> Status:
+    conn.execute("DELETE FROM xattr WHERE ino = ? AND name = ?", (node.ino, cmd.name))
+    node.ctime = cmd.now_ns
+    node.save(conn)
+    return Status(0)
+
+
 def setxattr(conn: sqlite3.Connection, cmd: SetXattr) -> Status:
-    if load(conn, cmd.ino) is None:
+    node = load(conn, cmd.ino)
+    if node is None:
         return Status(errno.ENOENT)
     err = _check_xattr_name(cmd.name)
     if err:
@@ -98,6 +137,10 @@ def setxattr(conn: sqlite3.Connection, cmd: SetXattr) -> Status:
         return Status(errno.EEXIST)
     if not exists and cmd.flags & XATTR_REPLACE:
         return Status(errno.ENODATA)
+    if cmd.name in acl.NAMES:
+        done = _set_acl(conn, node, cmd)
+        if done is not None:
+            return done
     conn.execute("INSERT OR REPLACE INTO xattr VALUES (?, ?, ?)",
                  (cmd.ino, cmd.name, cmd.value))
     _touch(conn, cmd.ino, cmd.now_ns)

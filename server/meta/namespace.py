@@ -13,7 +13,7 @@ import errno
 import sqlite3
 import stat
 
-from . import blocks
+from . import acl, blocks
 from .schema import (INODE_COLUMNS, Inode, add_counters, allocate_ino, bytes_errno,
                      dir_is_empty, file_errno, load, lookup_entry)
 from .types import (LINK_MAX, SYMLINK_BYTES_MAX, Clone, Create, EntryReply, Link,
@@ -45,15 +45,37 @@ def _prepare(conn: sqlite3.Connection, parent: int, name: bytes) -> tuple[int, I
     return 0, pdir
 
 
+def _inherited(conn: sqlite3.Connection, parent: int, mode: int,
+               umask: int) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """The mode and the ACL xattrs of a node created in ``parent``: its
+    default ACL masked by the mode asked for, or without one the umask
+    (acl.py)."""
+    row = conn.execute("SELECT value FROM xattr WHERE ino = ? AND name = ?",
+                       (parent, acl.DEFAULT)).fetchone()
+    entries = acl.decode(bytes(row[0])) if row is not None else []
+    if isinstance(entries, int) or not entries:
+        return mode & ~(umask & 0o777), []
+    mode, access = acl.inherit(entries, mode)
+    xattrs = [(acl.ACCESS, acl.encode(access))] if access else []
+    if stat.S_ISDIR(mode):
+        xattrs.append((acl.DEFAULT, bytes(row[0])))
+    return mode, xattrs
+
+
 def _new_inode(conn: sqlite3.Connection, pdir: Inode, name: bytes, mode: int,
                uid: int, gid: int, rdev: int, now_ns: int, *,
-               size: int = 0, target: bytes | None = None) -> Inode:
+               size: int = 0, target: bytes | None = None, umask: int | None = None) -> Inode:
     """Insert inode + entry and update the parent. A setgid directory passes
-    its group on, and its setgid bit to subdirectories (BSD group semantics)."""
+    its group on, and its setgid bit to subdirectories (BSD group semantics).
+    ``umask``: the node takes the parent's default ACL or else the umask
+    (None for symlinks and clones, whose modes are final)."""
     if pdir.mode & stat.S_ISGID:
         gid = pdir.gid
         if stat.S_ISDIR(mode):
             mode |= stat.S_ISGID
+    xattrs: list[tuple[bytes, bytes]] = []
+    if umask is not None:
+        mode, xattrs = _inherited(conn, pdir.ino, mode, umask)
     is_dir = stat.S_ISDIR(mode)
     ino = allocate_ino(conn)
     row = (ino, mode, uid, gid, size, 2 if is_dir else 1, rdev,
@@ -64,6 +86,8 @@ def _new_inode(conn: sqlite3.Connection, pdir: Inode, name: bytes, mode: int,
     )
     conn.execute("INSERT INTO dentry VALUES (?, ?, ?, ?)",
                  (pdir.ino, name, ino, stat.S_IFMT(mode)))
+    conn.executemany("INSERT INTO xattr VALUES (?, ?, ?)",
+                     [(ino, xname, value) for xname, value in xattrs])
     if is_dir:
         pdir.nlink += 1
     pdir.touch_change(now_ns)
@@ -76,7 +100,8 @@ def create(conn: sqlite3.Connection, cmd: Create) -> EntryReply:
     if err:
         return EntryReply(err)
     mode = stat.S_IFREG | (cmd.mode & 0o7777)
-    node = _new_inode(conn, pdir, cmd.name, mode, cmd.uid, cmd.gid, 0, cmd.now_ns)
+    node = _new_inode(conn, pdir, cmd.name, mode, cmd.uid, cmd.gid, 0, cmd.now_ns,
+                      umask=cmd.umask)
     return EntryReply(0, node.attr())
 
 
@@ -105,7 +130,8 @@ def mkdir(conn: sqlite3.Connection, cmd: Mkdir) -> EntryReply:
     if pdir.nlink >= LINK_MAX:
         return EntryReply(errno.EMLINK)
     mode = stat.S_IFDIR | (cmd.mode & 0o7777)
-    node = _new_inode(conn, pdir, cmd.name, mode, cmd.uid, cmd.gid, 0, cmd.now_ns)
+    node = _new_inode(conn, pdir, cmd.name, mode, cmd.uid, cmd.gid, 0, cmd.now_ns,
+                      umask=cmd.umask)
     return EntryReply(0, node.attr())
 
 
@@ -123,7 +149,7 @@ def mknod(conn: sqlite3.Connection, cmd: Mknod) -> EntryReply:
         return EntryReply(err)
     is_dev = kind in (stat.S_IFCHR, stat.S_IFBLK)
     node = _new_inode(conn, pdir, cmd.name, kind | (cmd.mode & 0o7777), cmd.uid,
-                      cmd.gid, cmd.rdev if is_dev else 0, cmd.now_ns)
+                      cmd.gid, cmd.rdev if is_dev else 0, cmd.now_ns, umask=cmd.umask)
     return EntryReply(0, node.attr())
 
 

@@ -7,9 +7,11 @@ success, otherwise an ``errno`` value; user errors never raise.
 Conventions shared by every command:
 - ``now_ns`` is stamped by the proposer; the applying node never reads a clock,
   so every replica computes the same times.
-- ``mode`` is final: the kernel already applied the umask before FUSE saw the
-  request, so the state machine stores the permission bits exactly as sent
-  (applying the umask again is the classic double-mask bug).
+- ``mode`` is the mode asked for. With POSIX ACLs on (FUSE_POSIX_ACL) the
+  kernel leaves the umask to the filesystem: Create, Mkdir and Mknod carry
+  the caller's ``umask``, which applies only when the parent directory has
+  no default ACL (then the default ACL does, see ``acl.py``); a mask the
+  kernel applied already is not changed by applying it again.
 - Names are bytes, 1..255 bytes, without ``/`` or NUL, and never ``.``/``..``
   (the FUSE layer answers ``.`` and ``..`` itself).
 """
@@ -63,6 +65,7 @@ class Create:
     uid: int
     gid: int
     now_ns: int
+    umask: int = 0  # applied unless the parent has a default ACL
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class Mkdir:
     uid: int
     gid: int
     now_ns: int
+    umask: int = 0  # applied unless the parent has a default ACL
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Mknod:
     uid: int
     gid: int
     now_ns: int
+    umask: int = 0  # applied unless the parent has a default ACL
 
 
 @dataclass(frozen=True)

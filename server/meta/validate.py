@@ -104,8 +104,8 @@ def _new_entry(cmd: Create | Mkdir | Mknod | Symlink) -> int:
         _ino(cmd.parent), _u32(cmd.uid), _u32(cmd.gid), _time(cmd.now_ns))
 
 
-def _create(cmd: Create | Mkdir) -> int:
-    return _new_entry(cmd) or _ranges(_u32(cmd.mode))
+def _create(cmd: Create | Mkdir | Clone) -> int:
+    return _new_entry(cmd) or _ranges(_u32(cmd.mode), _u32(getattr(cmd, "umask", 0)))
 
 
 def _mknod(cmd: Mknod) -> int:
@@ -116,7 +116,7 @@ def _mknod(cmd: Mknod) -> int:
         return errno.EPERM
     if kind not in _MKNOD_KINDS:
         return errno.EINVAL
-    return _new_entry(cmd) or _ranges((cmd.rdev, 0, INT64_MAX))
+    return _new_entry(cmd) or _ranges((cmd.rdev, 0, INT64_MAX), _u32(cmd.umask))
 
 
 def _symlink(cmd: Symlink) -> int:

@@ -82,9 +82,11 @@ def test_truncate_and_xattrs(any_mount):
         struct.pack("<HHI", tag, perm, uid) for tag, perm, uid in (
             (1, 6, 2**32 - 1), (2, 4, 65534), (4, 4, 2**32 - 1), (0x10, 4, 2**32 - 1),
             (0x20, 4, 2**32 - 1)))
+    os.setxattr(m / "f", "system.posix_acl_access", acl)  # enforced: test_acl.py
+    assert os.getxattr(m / "f", "system.posix_acl_access") == acl
     with pytest.raises(OSError) as info:
-        os.setxattr(m / "f", "system.posix_acl_access", acl)
-    assert info.value.errno == errno.EOPNOTSUPP  # never stored unenforced
+        os.setxattr(m / "f", "system.other", b"x")
+    assert info.value.errno == errno.EOPNOTSUPP  # no meaning here: never stored
     with pytest.raises(OSError) as info:
         os.getxattr(m / "f", "user.color")
     assert info.value.errno == errno.ENODATA
