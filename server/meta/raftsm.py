@@ -58,13 +58,19 @@ class MetaStateMachine:
         return [results[index] for index, _ in entries]
 
     def snapshot(self) -> bytes:
+        return self.snapshot_image(concurrent=False)[1]
+
+    def snapshot_image(self, *, concurrent: bool = True) -> tuple[int, bytes]:
+        """(applied index, image) of one moment. The Raft service calls it
+        from a worker thread while its driver goes on applying: the copy is
+        read through a connection of its own."""
         path = os.path.join(self._scratch, "snapshot.db")
         if os.path.exists(path):
             os.unlink(path)
         try:
-            self.store.snapshot_to(path)
+            index = self.store.snapshot_to(path, concurrent=concurrent)
             with open(path, "rb") as f:
-                return f.read()
+                return index, f.read()
         finally:
             if os.path.exists(path):
                 os.unlink(path)

@@ -199,13 +199,23 @@ class MetaStore:
 
     # ------------------------------------------------------------- snapshots
 
-    def snapshot_to(self, path: str) -> int:
+    def snapshot_to(self, path: str, *, concurrent: bool = False) -> int:
         """Write a consistent copy to ``path`` (which must not exist) and
         return the applied index it holds (read back from the copy, which
-        VACUUM INTO takes from one read transaction)."""
+        VACUUM INTO takes from one read transaction). ``concurrent``: from a
+        connection of its own, so applies on this store's connection go on
+        meanwhile (WAL: the copy is the state of one moment)."""
         if os.path.exists(path):
             raise FileExistsError(path)
-        self._conn.execute("VACUUM INTO ?", (path,))
+        if concurrent and self.path != ":memory:":
+            source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                     isolation_level=None)
+            try:
+                source.execute("VACUUM INTO ?", (path,))
+            finally:
+                source.close()
+        else:
+            self._conn.execute("VACUUM INTO ?", (path,))
         copy = sqlite3.connect(path, isolation_level=None)
         try:
             # The schema cookie counts schema changes *including* restores

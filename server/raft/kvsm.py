@@ -27,8 +27,13 @@ class RecordingStateMachine:
         return index.to_bytes(8, "big")
 
     def snapshot(self) -> bytes:
+        return self.snapshot_image()[1]
+
+    def snapshot_image(self) -> tuple[int, bytes]:
+        """(applied index, image) of one moment, safe beside apply."""
         with self._lock:
-            return json.dumps([[i, d.hex()] for i, d in self.applied]).encode()
+            return self._applied_index, json.dumps(
+                [[i, d.hex()] for i, d in self.applied]).encode()
 
     def restore(self, index: int, data: bytes) -> None:
         with self._lock:

@@ -87,6 +87,9 @@ class RaftService:
         self._read_ctx = 0
         self._pending_reads: dict[bytes, trio.Event] = {}
         self._snapshot_entries = snapshot_entries
+        self._nursery: trio.Nursery | None = None
+        self._compacting = False  # an image is being taken or saved
+        self._image: tuple[int, bytes] | None = None  # taken, not handed to the core yet
         self.applied = state_machine.applied_index()
         self._persist_cost = _Cost()  # per Ready
         self._apply_cost = _Cost()  # per entry
@@ -190,6 +193,7 @@ class RaftService:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._ticker)
             task_status.started(self)
             await self._drive()
@@ -229,7 +233,7 @@ class RaftService:
                 core.advance(rd)
                 self._feed()
                 await trio.lowlevel.checkpoint()  # inline disk work never starves the others
-            await self._maybe_compact()
+            self._maybe_compact()
 
     def _feed(self) -> None:
         core = self.core
@@ -332,7 +336,18 @@ class RaftService:
             waiter.error = ProposalFailed(f"index {i} was replaced by a snapshot")
             waiter.event.set()
 
-    async def _maybe_compact(self) -> None:
+    # ------------------------------------------------------------ compaction
+    # Taking the state machine's image (a VACUUM INTO of the whole database)
+    # and writing the snapshot file take seconds at millions of inodes:
+    # both run in worker threads while the driver goes on stepping,
+    # persisting and applying. The driver only hands the finished image to
+    # the core, between two Readies, and that is an in-memory operation.
+
+    def _maybe_compact(self) -> None:
+        if self._image is not None:
+            self._install_image()
+        if self._compacting:
+            return
         retained = self.applied - self.core.log.first_index()
         if retained < self._snapshot_entries:
             return
@@ -341,17 +356,44 @@ class RaftService:
             # a moment it has caught up rather than send it the whole
             # database. A follower that never catches up stops this at 4x.
             return
-        index = self.applied
-        data = await trio.to_thread.run_sync(self.sm.snapshot)
+        self._compacting = True
+        self._nursery.start_soon(self._take_image)
+
+    async def _take_image(self) -> None:
+        try:
+            self._image = await trio.to_thread.run_sync(self.sm.snapshot_image)
+        except Exception as e:  # noqa: BLE001 - the next cycle tries again
+            log.warning(kv("raft.snapshot_failed", node=self.core.id, term=self.core.term,
+                           error=f"{type(e).__name__}: {e}"))
+            self._compacting = False
+            return
+        self._wake.set()
+
+    def _install_image(self) -> None:
+        (index, data), self._image = self._image, None
         try:
             snap = self.core.compact(index, data)
         except RaftError as e:
             # e.g. a leader's snapshot arrived while ours was being taken:
-            # skip this round, the next cycle tries again.
+            # skip this round, a later cycle tries again.
             log.info(kv("raft.compact_skipped", node=self.core.id, term=self.core.term,
                         index=index, reason=str(e)))
+            self._compacting = False
             return
-        await trio.to_thread.run_sync(self.storage.save_snapshot, snap)
-        log.info(kv("raft.compacted", node=self.core.id, term=self.core.term, index=index,
-                    snapshot_bytes=len(data)))
+        self._nursery.start_soon(self._save_image, snap)
 
+    async def _save_image(self, snap) -> None:
+        started = trio.current_time()
+        try:
+            saved = await trio.to_thread.run_sync(self.storage.save_own_snapshot, snap)
+        except OSError as e:
+            # The log still holds everything the snapshot covers; without
+            # a disk to write to, the next persist fails loudly anyway.
+            log.error(kv("raft.snapshot_save_failed", node=self.core.id, term=self.core.term,
+                         index=snap.meta.index, error=str(e)))
+            return
+        finally:
+            self._compacting = False
+        log.info(kv("raft.compacted", node=self.core.id, term=self.core.term,
+                    index=snap.meta.index, snapshot_bytes=len(snap.data), saved=saved,
+                    took_s=round(trio.current_time() - started, 3)))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
+import threading
 
 import xxhash
 
@@ -102,6 +103,9 @@ class LogStorage:
     def __init__(self, directory: str, segment_bytes_max: int = 64 << 20) -> None:
         """Opens (creating if needed) and recovers `directory`."""
         self.dir, self.segment_bytes_max = directory, segment_bytes_max
+        # save() runs on the driver (or its worker thread) while a snapshot
+        # of our own may be finishing in another thread (save_own_snapshot).
+        self._lock = threading.RLock()
         os.makedirs(directory, exist_ok=True)
         for name in os.listdir(directory):
             if name.endswith(".tmp"):  # an atomic write that never finished
@@ -234,8 +238,12 @@ class LogStorage:
     def save(self, hard_state: HardState | None, entries, snapshot: Snapshot | None) -> None:
         """Persist one Ready in the order the core requires: snapshot, then
         entries (one fsync for all of them), then the hard state."""
+        with self._lock:
+            self._save(hard_state, entries, snapshot)
+
+    def _save(self, hard_state: HardState | None, entries, snapshot: Snapshot | None) -> None:
         if snapshot is not None:
-            self.save_snapshot(snapshot)
+            self._save_snapshot(snapshot)
         if entries:
             self.append(entries, sync=False)
             self.sync()
@@ -322,15 +330,46 @@ class LogStorage:
         self._entries = [e for e in self._entries if e.index < index]
         self._open_active()
 
-    def save_snapshot(self, snap: Snapshot) -> None:
-        """Write the snapshot atomically, then drop the log it covers.  A log
-        that does not hold the snapshot's last entry is dropped entirely
-        (the follower's log was replaced by the leader's snapshot)."""
+    @staticmethod
+    def _snapshot_blob(snap: Snapshot) -> bytes:
         meta = snap.meta
         mblob = meta.membership.encode()
         body = _SNAP.pack(_SNAP_MAGIC, meta.index, meta.term, len(mblob), len(snap.data))
         body += mblob + snap.data
-        write_atomic(os.path.join(self.dir, "snapshot"), body + _checksum(body))
+        return body + _checksum(body)
+
+    def save_own_snapshot(self, snap: Snapshot) -> bool:
+        """A snapshot of this node's own state machine, saved while the
+        driver goes on (from a worker thread): the file is written and
+        fsynced outside the lock; under it, one saved meanwhile at the same
+        index or later (a leader's InstallSnapshot) wins, else this one
+        replaces the old and the log it covers goes. True if saved."""
+        path = os.path.join(self.dir, "snapshot")
+        tmp = path + ".own.tmp"
+        with open(tmp, "wb") as f:
+            f.write(self._snapshot_blob(snap))
+            f.flush()
+            os.fsync(f.fileno())
+        with self._lock:
+            if self.snapshot is not None and self.snapshot.meta.index >= snap.meta.index:
+                os.unlink(tmp)
+                return False
+            os.replace(tmp, path)
+            _fsync_dir(self.dir)
+            self.snapshot = snap
+            self.compact(snap.meta.index)
+        return True
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        """Write the snapshot atomically, then drop the log it covers.  A log
+        that does not hold the snapshot's last entry is dropped entirely
+        (the follower's log was replaced by the leader's snapshot)."""
+        with self._lock:
+            self._save_snapshot(snap)
+
+    def _save_snapshot(self, snap: Snapshot) -> None:
+        meta = snap.meta
+        write_atomic(os.path.join(self.dir, "snapshot"), self._snapshot_blob(snap))
         old_first = self.first_index()
         self.snapshot = snap
         keeps_log = any(e.index == meta.index and e.term == meta.term for e in self._entries)

@@ -173,3 +173,41 @@ async def test_metadata_replicates_and_a_lagging_node_catches_up_by_snapshot(tmp
         sent = [r.getMessage() for r in caplog.records if "raft.snapshot_sent" in r.getMessage()]
         assert sent and all("parts=1 " not in s for s in sent), sent
         nursery.cancel_scope.cancel()
+
+
+async def test_compaction_never_stops_the_driver(tmp_path):
+    """Taking the state machine's image and saving the snapshot run beside
+    the driver: with the image held back, commits go on; once it is
+    released, the snapshot is saved and the log it covers is gone."""
+    import threading
+
+    release = threading.Event()
+    taking = threading.Event()
+
+    class SlowImage(RecordingStateMachine):
+        def snapshot_image(self):
+            image = super().snapshot_image()
+            taking.set()
+            release.wait(30)  # a VACUUM INTO of millions of inodes
+            return image
+
+    addrs = {1: f"127.0.0.1:{free_ports(1)[0]}"}
+    member = Member(1, addrs, str(tmp_path / "1"), lambda d: SlowImage(), snapshot_entries=20)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(member.run, int(addrs[1].rsplit(":", 1)[1]))
+        await _wait_for(lambda: _leader([member]) is member, 10, "a leader")
+        service = member.group.service
+        for i in range(25):
+            await service.propose(b"a%d" % i, timeout_s=5)
+        await _wait_for(taking.is_set, 10, "the image to be started")
+        first = member.group.storage.first_index()
+        for i in range(200):  # every one commits while the image is held
+            await service.propose(b"b%d" % i, timeout_s=5)
+        assert member.group.storage.snapshot is None and member.group.storage.first_index() == first
+        release.set()
+        await _wait_for(lambda: member.group.storage.snapshot is not None, 10, "the snapshot")
+        snap = member.group.storage.snapshot.meta.index
+        assert 20 <= snap < service.applied
+        assert member.group.storage.first_index() == snap + 1
+        assert [d for _, d in member.sm.applied][-1] == b"b199"
+        member.kill()
