@@ -207,7 +207,7 @@ async def test_compaction_never_stops_the_driver(tmp_path):
         release.set()
         await _wait_for(lambda: member.group.storage.snapshot is not None, 10, "the snapshot")
         snap = member.group.storage.snapshot.meta.index
-        assert 20 <= snap < service.applied
+        assert 20 <= snap <= service.applied  # a second round may have followed at once
         assert member.group.storage.first_index() == snap + 1
         assert [d for _, d in member.sm.applied][-1] == b"b199"
         member.kill()
