@@ -57,6 +57,11 @@ from .layout import Dirty, Extents, paint
 log = logging.getLogger("chordfs.fuse.data")
 
 UPLOADS_INFLIGHT_MAX = 4
+# A sequential reader has the blocks of this many bytes ahead fetched, this
+# many at a time per file: blocks of one file live on different owners, and
+# one 4 MiB block at a time left a cold read at half of MooseFS (issue 11).
+PREFETCH_BYTES = 16 << 20
+PREFETCH_INFLIGHT = 4
 # Written bytes kept before packing them into a block even if less than a
 # block is dirty (with chunk_bytes above it, a full block goes at once).
 DIRTY_BYTES_MAX = 8 << 20
@@ -190,7 +195,8 @@ class FileData:
         self.error: BaseException | None = None
         self._seq = 0
         self._slots = trio.Semaphore(UPLOADS_INFLIGHT_MAX)
-        self._prefetching = False
+        self._prefetching: set[bytes] = set()
+        self._read_end = -1  # where the last read ended: a sequential reader starts there
 
     # ------------------------------------------------------------ state
 
@@ -250,26 +256,32 @@ class FileData:
         for upload in self.uploads.values():
             paint(out, off, upload.ranges)
         paint(out, off, self.dirty.overlapping(off, end))
-        self._maybe_prefetch(end)
+        sequential = off == self._read_end
+        self._read_end = end
+        if sequential:
+            self._maybe_prefetch(end)
         return bytes(out)
 
     def _maybe_prefetch(self, end: int) -> None:
-        """A sequential reader past the middle of a block: fetch the next
-        block in the background, so it is cached when the reader gets there.
-        One at a time per file; failures are left for the real read."""
-        if self._prefetching:
-            return
-        here = self.view.overlapping(end - 1, end)
-        if not here or not here[0].block_id:
-            return
-        s = here[0]
-        if end - s.off < s.length // 2:
-            return
-        nxt = self.view.after(s.off + s.length)
-        if nxt is None or not nxt.block_id or nxt.block_id in self.reader.cache:
-            return
-        self._prefetching = True
-        self.nursery.start_soon(self._prefetch, nxt.block_id)
+        """A sequential reader: keep the blocks of the next PREFETCH_BYTES
+        after ``end`` fetched or on their way, PREFETCH_INFLIGHT at a time
+        per file, so that blocks on different owners come in parallel and
+        are cached when the reader gets there. Failures are left for the
+        real read."""
+        budget = PREFETCH_BYTES
+        pos = end
+        while budget > 0 and len(self._prefetching) < PREFETCH_INFLIGHT:
+            s = self.view.after(pos) if not self.view.overlapping(pos, pos + 1) \
+                else self.view.overlapping(pos, pos + 1)[0]
+            if s is None:
+                return
+            pos = s.off + s.length
+            budget -= s.length
+            if (not s.block_id or s.block_id in self._prefetching
+                    or s.block_id in self.pending_blocks or s.block_id in self.reader.cache):
+                continue
+            self._prefetching.add(s.block_id)
+            self.nursery.start_soon(self._prefetch, s.block_id)
 
     async def _prefetch(self, chunk_id: bytes) -> None:
         try:
@@ -277,7 +289,7 @@ class FileData:
         except Exception as exc:  # noqa: BLE001 - the real read reports it
             log.info(kv("prefetch_failed", ino=self.ino, kind=type(exc).__name__))
         finally:
-            self._prefetching = False
+            self._prefetching.discard(chunk_id)
 
     # ------------------------------------------------------------ writes
 
