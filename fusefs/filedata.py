@@ -212,14 +212,16 @@ class FileData:
         self.chunk_bytes = chunk_bytes
         self.attr = attr
 
-    async def load(self) -> None:
-        """(Re)read the layout, unless this mount holds uncommitted writes
-        (then our view is the newest, and a reload would drop them)."""
+    async def load(self) -> Attr | None:
+        """(Re)read the layout and return the attributes read with it,
+        unless this mount holds uncommitted writes (then our view is the
+        newest, a reload would drop them, and this returns None)."""
         async with self.lock:
             if not self.changed:
-                await self._load_locked()
+                return await self._load_locked()
+        return None
 
-    async def _load_locked(self) -> None:
+    async def _load_locked(self) -> Attr | None:
         """Read every extent (close-to-open: called at open when clean)."""
         assert not self.changed, "reload would drop buffered writes"
         view = Extents()
@@ -236,6 +238,7 @@ class FileData:
         self.view = view
         self.size = self.committed_size = page.size
         self.mtime_ns = None
+        return page.attr
 
     # ------------------------------------------------------------ reads
 

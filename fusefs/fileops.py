@@ -120,7 +120,7 @@ class FileOpsMixin:
             raise pyfuse3.FUSEError(errno.EACCES)
         fh = self._new_fh(attr.ino)
         try:
-            keep = await self._open_data(attr.ino, attr, self.files.get(attr.ino))
+            attr, keep = await self._open_data(attr.ino, self.files.get(attr.ino), attr)
             if flags & os.O_TRUNC:
                 attr = await self.files[attr.ino].setattr(
                     SetAttr(attr.ino, time.time_ns(), size=0))
@@ -133,11 +133,10 @@ class FileOpsMixin:
 
     @fuse_op
     async def open(self, inode, flags, ctx):
-        attr = check(await self.backend.getattr(inode)).attr
         data = self.files.get(inode)
         fh = self._new_fh(inode)
         try:
-            keep = await self._open_data(inode, attr, data)
+            attr, keep = await self._open_data(inode, data)
             if flags & os.O_TRUNC:
                 attr = await self.files[inode].setattr(
                     SetAttr(inode, time.time_ns(), size=0))
@@ -152,21 +151,26 @@ class FileOpsMixin:
             self.invalidator.attr_now(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
-    async def _open_data(self, ino: int, attr: Attr, data: FileData | None) -> bool:
-        """Install or refresh the file's data; returns keep_cache."""
+    async def _open_data(self, ino: int, data: FileData | None,
+                         attr: Attr | None = None) -> tuple[Attr, bool]:
+        """Install or refresh the file's data; returns its fresh attributes
+        and keep_cache. The layout query answers with the attributes too,
+        so a clean open costs one round trip."""
         if data is None:
             data = FileData(ino, self.backend, self.reader, self.nursery)
             self.files[ino] = data
-            await data.load()
+            fresh = await data.load()
             self.chunk_bytes = self.chunk_bytes or data.chunk_bytes
         elif data.changed:
+            fresh = None
+        else:
+            fresh = await data.load()
+        if fresh is None:
             # Open here with buffered writes: the kernel page cache already
             # reflects them, and our view is the newest there is.
-            return True
-        else:
-            await data.load()
-        data.attr = attr
-        return self.stamps.get(ino) == (attr.mtime_ns, attr.size)
+            return attr or check(await self.backend.getattr(ino)).attr, True
+        data.attr = fresh
+        return fresh, self.stamps.get(ino) == (fresh.mtime_ns, fresh.size)
 
     @fuse_op
     async def read(self, fh, off, size):

@@ -180,6 +180,7 @@ struct ManifestPage {
   slices @3 :List(Slice);
   nextOff @4 :UInt64;
   done @5 :Bool;
+  attr @6 :Attr;  # absent on error
 }
 
 struct StatFs {

@@ -148,7 +148,7 @@ def manifest(conn: sqlite3.Connection, ino: int, start: int = 0,
             slices.append(Slice(off, length, data=bytes(data)))
             inline += length
     next_off = slices[-1].off + slices[-1].length if slices else start
-    return ManifestPage(0, node.size, chunk_bytes(conn), slices, next_off, done)
+    return ManifestPage(0, node.size, chunk_bytes(conn), slices, next_off, done, node.attr())
 
 
 def orphans(conn: sqlite3.Connection, after_ino: int = 0, limit: int = 1000) -> list[int]:

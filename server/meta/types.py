@@ -374,6 +374,9 @@ class ManifestPage:
     slices: list[Slice] = field(default_factory=list)
     next_off: int = 0
     done: bool = True
+    # The file's attributes, on every page: an open needs them and the
+    # layout, and gets both in one round trip.
+    attr: Attr | None = None
 
 
 @dataclass(frozen=True)
