@@ -173,7 +173,8 @@ def test_manifest_pages_by_offset(d):
             break
     assert got == [dataclasses.replace(s, fresh=False) for s in slices] and pages == 4
     assert d.store.manifest(f, 3 * CB).slices[0].off == 4 * CB, "pages start at an extent"
-    assert d.store.manifest(f, 60 * CB) == t.ManifestPage(0, 50 * CB, CB, [], 60 * CB, True)
+    assert d.store.manifest(f, 60 * CB) == t.ManifestPage(0, 50 * CB, CB, [], 60 * CB, True,
+                                                          d.attr(f))  # attributes too
     assert d.store.manifest(ROOT).err == errno.EISDIR
     assert d.store.manifest(999).err == errno.ENOENT
 
