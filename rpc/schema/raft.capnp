@@ -79,6 +79,12 @@ interface Raft {
   # receiver's, is refused (a machine whose disk was replaced serves a new
   # id at the old address: messages for the old id must not reach it).
 
+  exchange @5 (messages :List(RaftMessage), clusterId :Text, fromAddr :Text)
+      -> (accepted :UInt32, answers :List(RaftMessage));
+  # step, answered once the receiver's driver has handled the batch: the
+  # messages it then has for the sender (a follower's answer to appends,
+  # after its fsync) ride back in `answers` instead of a call of their own.
+
   propose @1 (command :Data, forwarded :Bool) -> (index :UInt64, term :UInt64,
                                                  result :Data, leaderHint :UInt64,
                                                  notLeader :Bool, leaderAddr :Text);

@@ -68,4 +68,5 @@ def open_group(node_id: int, addrs: dict[int, str], data_dir: str, state_machine
     service = RaftService(core, storage, state_machine, transport, tick_s=tick_s,
                           snapshot_entries=snapshot_entries)
     transport.on_report(service.report)
+    transport.on_answers(service.deliver)
     return RaftGroup(node_id, storage, service, transport, dict(addrs), fresh)

@@ -17,9 +17,12 @@ from .config import ChangeOp, ConfChange
 from .messages import Compacted, NotLeader, ProposalDropped, ProtocolError, Role, Unavailable
 from .service import ProposalFailed
 from .snapparts import Joiner
-from .wire import SnapshotPart, message_from, raft_capnp
+from .wire import SnapshotPart, fill_message, message_from, raft_capnp
 
 PROPOSE_TIMEOUT_S = 10.0
+# How long an exchange waits for the driver's answers; later ones go back
+# as a step call of their own.
+ANSWER_WAIT_S = 0.5
 CHANGE_TIMEOUT_S = 10.0
 log = logging.getLogger("chordfs.raft")
 
@@ -41,6 +44,22 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
 
     @rpc.inline
     async def step(self, params, results):
+        service, messages = self._received(params)
+        results.accepted = service.deliver(messages)
+
+    async def exchange(self, params, results):
+        service, messages = self._received(params)
+        accepted, waiter = service.deliver_and_answer(messages)
+        results.accepted = accepted
+        if waiter is not None:
+            answers = await waiter.answers(ANSWER_WAIT_S)
+            out = results.init("answers", len(answers))
+            for i, m in enumerate(answers):
+                fill_message(out[i], m)
+
+    def _received(self, params):
+        """The batch's messages, checked (cluster, addressee, sender
+        address), with snapshot parts joined."""
         service = self._raft()
         ours, theirs = service.cluster_id, params.clusterId
         if ours != theirs:
@@ -74,7 +93,7 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
             except ValueError:
                 raise rpc.Failed(f"bad sender address {params.fromAddr!r}") from None
             service.transport.learn_address(messages[0].frm, params.fromAddr)
-        results.accepted = service.deliver(messages)
+        return service, messages
 
     async def propose(self, params, results):
         command = params.command

@@ -68,6 +68,24 @@ class _Waiter:
         self.error = None
 
 
+class AnswerWaiter:
+    """An exchange call waiting for what the driver has for its sender once
+    it has handled the call's batch (fed it, persisted and sent the Ready
+    that followed)."""
+    __slots__ = ("peer", "gen", "messages", "event")
+
+    def __init__(self, peer: int, gen: int):
+        self.peer, self.gen = peer, gen
+        self.messages: list = []
+        self.event = trio.Event()
+
+    async def answers(self, timeout_s: float) -> list:
+        with trio.move_on_after(timeout_s):
+            await self.event.wait()
+        self.event.set()  # whatever comes later goes by the transport
+        return self.messages
+
+
 class RaftService:
     def __init__(self, core, storage, state_machine, transport, *, tick_s: float,
                  inbox_messages_max: int = 4096, snapshot_entries: int = 10_000):
@@ -79,6 +97,8 @@ class RaftService:
         self._inbox: collections.deque = collections.deque()
         self._reports: collections.deque = collections.deque(maxlen=inbox_messages_max)
         self._inbox_max = inbox_messages_max
+        self._fed = 0  # batches of inbox messages fed to the core so far
+        self._waiters_by_peer: dict[int, AnswerWaiter] = {}
         self._ticks = 0
         self._next_tick_due = float("inf")  # set by the ticker
         self._wake = trio.Event()
@@ -114,6 +134,41 @@ class RaftService:
         self.dropped_messages += len(messages) - len(taken)
         self._wake.set()
         return len(taken)
+
+    def deliver_and_answer(self, messages) -> tuple[int, AnswerWaiter | None]:
+        """deliver(), and a waiter for the driver's answers to the sender
+        (one exchange per peer at a time; None when nothing was taken)."""
+        taken = self.deliver(messages)
+        if not taken:
+            return 0, None
+        peer = messages[0].frm
+        old = self._waiters_by_peer.get(peer)
+        if old is not None:
+            old.event.set()
+        waiter = self._waiters_by_peer[peer] = AnswerWaiter(peer, self._fed + 1)
+        return taken, waiter
+
+    def _send(self, messages) -> None:
+        """To the transport, except what an exchange call waits for."""
+        if not self._waiters_by_peer:
+            self.transport.send(messages)
+            return
+        rest = []
+        for m in messages:
+            waiter = self._waiters_by_peer.get(m.to)
+            if waiter is not None and not waiter.event.is_set():
+                waiter.messages.append(m)
+            else:
+                rest.append(m)
+        if rest:
+            self.transport.send(rest)
+
+    def _answer_waiters(self, fed: int) -> None:
+        """Release the exchanges whose batches the Readies so far handled."""
+        for peer, waiter in list(self._waiters_by_peer.items()):
+            if waiter.event.is_set() or waiter.gen <= fed:
+                waiter.event.set()
+                del self._waiters_by_peer[peer]
 
     def poke(self) -> None:
         """Wake the driver after calling the core directly (e.g. transfer)."""
@@ -220,23 +275,30 @@ class RaftService:
             self._wake = trio.Event()
             self._feed()
             while core.has_ready():
+                fed = self._fed  # what this Ready answers
                 rd = core.ready()
                 early = core.may_send_before_persist(rd)
                 if early:  # followers write while we write: one fsync less per commit
-                    self.transport.send(rd.messages)
+                    self._send(rd.messages)
                 # Early messages leave only once the driver yields: their
                 # Ready's write goes to a worker thread, overlapping it.
                 await self._persist(rd, inline=not (early and rd.messages))
                 if not early:
-                    self.transport.send(rd.messages)
+                    self._send(rd.messages)
+                if self._waiters_by_peer:
+                    self._answer_waiters(fed)
                 await self._apply(rd)
                 core.advance(rd)
                 self._feed()
                 await trio.lowlevel.checkpoint()  # inline disk work never starves the others
+            if self._waiters_by_peer:
+                self._answer_waiters(self._fed)
             self._maybe_compact()
 
     def _feed(self) -> None:
         core = self.core
+        if self._inbox:
+            self._fed += 1
         while self._inbox:
             m = self._inbox.popleft()
             try:

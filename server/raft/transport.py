@@ -73,9 +73,16 @@ class RaftTransport:
         # "snapshot" once a batch holding an InstallSnapshot was (not)
         # delivered -- the core needs both to leave probe/snapshot states.
         self._on_report = on_report or (lambda kind, node_id, ok: None)
+        # Messages that came back in an exchange's answer (see _step).
+        self._on_answers = lambda messages: None
+        self._no_exchange: set = set()  # capabilities of peers without it
+        self.answers_received = 0  # messages that came back in exchange replies
 
     def on_report(self, callback) -> None:
         self._on_report = callback
+
+    def on_answers(self, callback) -> None:
+        self._on_answers = callback
 
     def set_address(self, node_id: int, addr: str) -> None:
         self._addrs[node_id] = addr
@@ -156,11 +163,28 @@ class RaftTransport:
         return True
 
     async def _step(self, cap, messages) -> None:
+        """One call. Appends go as an exchange: the follower answers them
+        (after its fsync) in the reply, which saves it a call of its own
+        per commit and the leader that call's handling; everything else,
+        and peers that do not know exchange, as a plain step."""
         def fill(p):
             wire.fill_batch(p, messages)
             p.clusterId, p.fromAddr = self.cluster_id, self.self_addr
         if trace.ENABLED:
             trace.mark(f"raft.send {' '.join(type(m).__name__ for m in messages)}")
+        if cap not in self._no_exchange and any(type(m) is AppendEntries for m in messages):
+            try:
+                reply = await cap.call("exchange", fill=fill, timeout_s=self._timeout_s)
+            except rpc.Unimplemented:
+                self._no_exchange.add(cap)
+            else:
+                answers = [wire.message_from(r) for r in reply.answers]
+                if answers:
+                    self.answers_received += len(answers)
+                    if trace.ENABLED:
+                        trace.mark(f"raft.answers {' '.join(type(m).__name__ for m in answers)}")
+                    self._on_answers(answers)
+                return
         await cap.call("step", fill=fill, timeout_s=self._timeout_s)
 
     async def _send_parts(self, cap, node_id: int, m: InstallSnapshot) -> None:

@@ -211,3 +211,26 @@ async def test_compaction_never_stops_the_driver(tmp_path):
         assert member.group.storage.first_index() == snap + 1
         assert [d for _, d in member.sm.applied][-1] == b"b199"
         member.kill()
+
+
+async def test_followers_answer_appends_in_the_reply(tmp_path):
+    """A follower's answer to the leader's appends rides back on the
+    exchange call that brought them (after its fsync), not as a call of
+    its own: the leader hears an answer per commit from its calls."""
+    ports = free_ports(3)
+    addrs = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
+    members = [Member(i, addrs, str(tmp_path / str(i))) for i in addrs]
+    async with trio.open_nursery() as nursery:
+        for m, port in zip(members, ports):
+            await nursery.start(m.run, port)
+        await _wait_for(lambda: _leader(members) is not None, 10, "a leader")
+        leader = _leader(members)
+        before = leader.group.transport.answers_received
+        for i in range(40):
+            await _propose(addrs[leader.node_id], b"c%d" % i)
+        assert leader.group.transport.answers_received - before >= 40
+        await _wait_for(lambda: all(len(m.sm.applied) >= 40 for m in members), 10, "applies")
+        assert all([d for _, d in m.sm.applied if d.startswith(b"c")] ==
+                   [b"c%d" % i for i in range(40)] for m in members)
+        for m in members:
+            m.kill()
