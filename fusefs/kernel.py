@@ -208,6 +208,49 @@ async def dot_attrs(backend: Backend, ino: int) -> tuple[Attr, Attr]:
 
 # ---------------------------------------------------------------- invalidation
 
+class DirAttrs:
+    """Directory attributes that came back with this mount's own changes to
+    their entries (EntryReply/RemoveReply.parents), answered to the
+    kernel's getattr for up to ``ttl_s``: the kernel drops its cached
+    attributes of a directory after every create, unlink or rename in it,
+    and would ask at once, before the next one. Another mount's change
+    shows within the same attr_timeout as through the kernel's own cache.
+    Bounded; ``ttl_s`` 0 turns it off."""
+
+    def __init__(self, ttl_s: float, *, entries_max: int = 4096, clock=None) -> None:
+        self.ttl_s, self.entries_max = ttl_s, entries_max
+        self.clock = clock or trio.current_time
+        self._items: collections.OrderedDict[int, tuple[Attr, float]] = collections.OrderedDict()
+        self.hits = 0
+
+    def put(self, attrs) -> None:
+        if self.ttl_s <= 0:
+            return
+        until = self.clock() + self.ttl_s
+        for attr in attrs:
+            self._items[attr.ino] = (attr, until)
+            self._items.move_to_end(attr.ino)
+        while len(self._items) > self.entries_max:
+            self._items.popitem(last=False)
+
+    def get(self, ino: int) -> Attr | None:
+        item = self._items.get(ino)
+        if item is None:
+            return None
+        if item[1] <= self.clock():
+            del self._items[ino]
+            return None
+        self.hits += 1
+        return item[0]
+
+    def drop(self, ino: int | None = None) -> None:
+        """Forget ``ino``'s (a change whose reply carries no parents), or all."""
+        if ino is None:
+            self._items.clear()
+        else:
+            self._items.pop(ino, None)
+
+
 class Invalidator:
     def __init__(self, queue_max: int = INVALIDATIONS_MAX) -> None:
         self._queue: queue.Queue = queue.Queue(queue_max)

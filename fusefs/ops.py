@@ -63,7 +63,7 @@ from .backend import Backend
 from .errors import check, fuse_op, fuse_op_quiet
 from .filedata import CACHE_BYTES_DEFAULT, ChunkCache, ChunkReader
 from .fileops import FileOpsMixin
-from .kernel import (DOT, DOTDOT, DirHandle, InodeTable, Invalidator, Timeouts,
+from .kernel import (DOT, DOTDOT, DirAttrs, DirHandle, InodeTable, Invalidator, Timeouts,
                      dot_attrs, entry_attributes)
 from .xattrcache import ABSENT, UNKNOWN, XattrCache
 
@@ -117,6 +117,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         self.reader = ChunkReader(backend, self.cache)
         self.invalidator = Invalidator()
         self.xattrs = XattrCache(timeouts.attr_s)
+        self.dir_attrs = DirAttrs(timeouts.attr_s)
         self.dirs: dict[int, DirHandle] = {}
         # fh -> (pid of the opener, ino): a clone's proof of path access.
         self.openers: dict[int, tuple[int, int]] = {}
@@ -147,10 +148,11 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         epoch = self.xattrs.epoch
         plain = (not self.enable_acl or isinstance(command, (Symlink, Clone))
                  or await self._no_default_acl(command.parent))
-        attr = check(await self.backend.submit(command)).attr
+        reply = check(await self.backend.submit(command))
+        self.dir_attrs.put(reply.parents)
         if plain:
-            self.xattrs.put_names(attr.ino, (), epoch)
-        return attr
+            self.xattrs.put_names(reply.attr.ino, (), epoch)
+        return reply.attr
 
     async def _no_default_acl(self, parent: int) -> bool:
         """Whether ``parent`` has no default ACL to pass on (cached like any
@@ -168,6 +170,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
     async def _submit_xattr_change(self, inode: int, command) -> None:
         # Dropping before makes a getxattr already on its way not cache its
         # (older) answer; dropping after, one that read between the two.
+        self.dir_attrs.drop(inode)  # ctime, and the mode an ACL sets
         self.xattrs.drop(inode)
         try:
             check(await self.backend.submit(command))
@@ -211,7 +214,10 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
 
     @fuse_op
     async def getattr(self, inode, ctx):
-        return self._entry(check(await self.backend.getattr(inode)).attr)
+        attr = self.dir_attrs.get(inode)
+        if attr is None:
+            attr = check(await self.backend.getattr(inode)).attr
+        return self._entry(attr)
 
     @fuse_op
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -225,6 +231,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
             atime=attr.st_atime_ns if fields.update_atime else Utime.OMIT,
             mtime=attr.st_mtime_ns if fields.update_mtime else Utime.OMIT,
         )
+        self.dir_attrs.drop(inode)
         if fields.update_mode and self.enable_acl:
             self.xattrs.drop(inode)  # chmod rewrites the access ACL (acl.py)
         data = self.files.get(inode)
@@ -264,6 +271,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
     async def link(self, inode, new_parent_inode, new_name, ctx):
         reply = check(await self.backend.submit(Link(
             inode, new_parent_inode, new_name, time.time_ns())))
+        self.dir_attrs.put(reply.parents)
         return self._new_entry(reply.attr)
 
     @fuse_op
@@ -271,19 +279,25 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         keep = self.inodes.any_open
         reply = check(await self.backend.submit(Unlink(
             parent_inode, name, time.time_ns(), keep_orphan=keep)))
+        self.dir_attrs.put(reply.parents)
         await self._after_remove(reply, keep)
 
     @fuse_op
     async def rmdir(self, parent_inode, name, ctx):
-        check(await self.backend.submit(Rmdir(parent_inode, name, time.time_ns())))
+        reply = check(await self.backend.submit(Rmdir(parent_inode, name, time.time_ns())))
+        self.dir_attrs.drop(reply.ino)
+        self.dir_attrs.put(reply.parents)
 
     @fuse_op
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new,
                      flags, ctx):
         keep = self.inodes.any_open
+        # A moved directory changes too (ctime, '..'), and we hold no ino of it.
+        self.dir_attrs.drop()
         reply = check(await self.backend.submit(Rename(
             parent_inode_old, name_old, parent_inode_new, name_new, flags,
             time.time_ns(), keep_orphan=keep)))
+        self.dir_attrs.put(reply.parents)
         await self._after_remove(reply, keep)
 
     async def _after_remove(self, reply: RemoveReply, kept: bool) -> None:
@@ -416,6 +430,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         self.xattrs.epoch = epoch + 1
         # Reopening an unchanged file must not keep the kernel's pages either.
         self.stamps.clear()
+        self.dir_attrs.drop()
         inodes = [pyfuse3.ROOT_INODE, *self.inodes.lookups]
         await self.invalidator.drop_all(inodes)
         log.info(kv("caches_dropped", chunk_bytes=chunk_bytes, inodes=len(inodes)))

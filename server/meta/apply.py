@@ -34,11 +34,13 @@ after the node restarts.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import sqlite3
 from collections.abc import Callable, Iterable
 
 from . import attrs, namespace, rename, validate
+from .schema import load
 from .types import (COMMANDS, AlreadyApplied, Clone, CommitWrite, Compact, Create,
                     ForgetChunks, Tick, Link, Mkdir, Mknod, ReleaseOrphan,
                     RemoveXattr, Rename, Result, Rmdir, SetAttr, SetXattr,
@@ -89,6 +91,17 @@ def applied_index(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT applied_index FROM state WHERE id = 0").fetchone()[0]
 
 
+# The directories whose entries a command changes: their attributes go back
+# with its result (EntryReply/RemoveReply.parents).
+_PARENTS: dict[type, Callable[[object], tuple[int, ...]]] = {
+    Create: lambda cmd: (cmd.parent,), Mkdir: lambda cmd: (cmd.parent,),
+    Mknod: lambda cmd: (cmd.parent,), Symlink: lambda cmd: (cmd.parent,),
+    Clone: lambda cmd: (cmd.parent,), Link: lambda cmd: (cmd.new_parent,),
+    Unlink: lambda cmd: (cmd.parent,), Rmdir: lambda cmd: (cmd.parent,),
+    Rename: lambda cmd: tuple(dict.fromkeys((cmd.parent, cmd.new_parent))),
+}
+
+
 def _run(conn: sqlite3.Connection, index: int, cmd: object) -> Result:
     err = validate.check(cmd)
     if err:
@@ -97,6 +110,10 @@ def _run(conn: sqlite3.Connection, index: int, cmd: object) -> Result:
     result = _HANDLERS[type(cmd)](conn, index, cmd)
     assert result.err == 0 or conn.total_changes == before, (
         f"{type(cmd).__name__} changed state before failing with {result.err}")
+    parents = _PARENTS.get(type(cmd))
+    if parents is not None and result.err == 0:
+        nodes = (load(conn, ino) for ino in parents(cmd))
+        result = dataclasses.replace(result, parents=[n.attr() for n in nodes if n is not None])
     return result
 
 

@@ -301,6 +301,9 @@ class EntryReply:
 
     err: int = 0
     attr: Attr | None = None
+    # After a change to a directory's entries: its attributes now (the
+    # kernel drops its cached ones after every such change and would ask).
+    parents: list[Attr] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -311,6 +314,7 @@ class RemoveReply:
     err: int = 0
     ino: int = 0
     nlink: int = 0
+    parents: list[Attr] = field(default_factory=list)  # as in EntryReply
 
 
 @dataclass(frozen=True)

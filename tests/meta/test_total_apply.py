@@ -119,7 +119,9 @@ def test_poison_commands_are_refused_and_later_commands_apply(tmp_path):
         assert type(result) is type(codec.decode_result(sm.validate(codec.encode_command(cmd))))
         assert sm.applied_index() == index and _content(sm) == before
     assert sm.store.apply_faults == 0
-    assert _apply(sm, index + 1, t.Unlink(1, b"f", NOW)) == t.RemoveReply(0, 3, 0)
+    removed = _apply(sm, index + 1, t.Unlink(1, b"f", NOW))
+    assert (removed.err, removed.ino, removed.nlink) == (0, 3, 0)
+    assert [p.ino for p in removed.parents] == [1]  # the directory's attributes come back
     assert sm.store.lookup(1, b"f").err == errno.ENOENT
 
 
