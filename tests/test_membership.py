@@ -123,7 +123,10 @@ def test_a_wiped_voter_cannot_vote_as_itself_and_no_write_is_lost(tmp_path):
     a, b, c = nodes.addrs
 
     async def scenario():
-        nodes.start(0, "--init")
+        # Only a leader refuses a join, and A steps down (check-quorum) one
+        # to two election timeouts after B dies with C down: a longer one on
+        # A leaves a slow machine time to start the wiped B and hear "no".
+        nodes.start(0, "--init", "--election-timeout-ms", "4000")
         st, _ = await leader_with([a], 1)
         nodes.start(1)
         nodes.start(2)
