@@ -175,11 +175,14 @@ class DirHandle:
         self._done = False
         self._accepted = start_id
 
-    async def peek(self, backend: Backend) -> tuple[int, DirEntry] | None:
-        """The next entry and the offset it gets if the kernel takes it."""
+    async def peek(self, backend: Backend, on_page=None) -> tuple[int, DirEntry] | None:
+        """The next entry and the offset it gets if the kernel takes it.
+        ``on_page(entries)`` hears of each page fetched."""
         if not self._buffer and not self._done:
             page = check(await backend.readdir(self.ino, self._cursor, PAGE_ENTRIES,
                                                plus=True))
+            if on_page is not None:
+                on_page(page.entries)
             self._buffer.extend(page.entries)
             self._done = page.done or not page.entries
         if not self._buffer:

@@ -332,8 +332,17 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
             if not pyfuse3.readdir_reply(
                     token, b"..", entry_attributes(parent, self.timeouts), DOTDOT):
                 return
+        epoch = self.xattrs.epoch
+
+        def learned(entries):
+            # No extended attribute at all: `ls -l` asking each file for its
+            # ACL (and writes for security.capability) need no round trip.
+            for entry in entries:
+                if not entry.xattrs:
+                    self.xattrs.put_names(entry.ino, (), epoch)
+
         while True:
-            item = await handle.peek(self.backend)
+            item = await handle.peek(self.backend, learned)
             if item is None:
                 return
             off, entry = item

@@ -160,7 +160,7 @@ struct Result {
   }
 }
 
-struct DirEntry { name @0 :Data; ino @1 :UInt64; kind @2 :UInt32; attr @3 :Attr; }   # attr only in readdirplus
+struct DirEntry { name @0 :Data; ino @1 :UInt64; kind @2 :UInt32; attr @3 :Attr; xattrs @4 :Bool; }   # attr, xattrs only in readdirplus
 
 struct DirPage {
   err @0 :UInt32;

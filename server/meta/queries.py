@@ -63,11 +63,13 @@ def readdir(conn: sqlite3.Connection, ino: int, cursor: bytes = b"",
     limit = max(1, min(limit, READDIR_PAGE_MAX))
     if plus:
         rows = conn.execute(
-            f"SELECT d.name, d.kind, {_JOINED} FROM dentry d JOIN inode i ON i.ino = d.ino"
+            f"SELECT d.name, d.kind, EXISTS(SELECT 1 FROM xattr x WHERE x.ino = d.ino), {_JOINED}"
+            " FROM dentry d JOIN inode i ON i.ino = d.ino"
             " WHERE d.parent = ? AND d.name > ? ORDER BY d.name LIMIT ?",
             (ino, cursor, limit + 1),
         ).fetchall()
-        entries = [DirEntry(r[0], r[2], r[1], Inode(r[2:]).attr()) for r in rows[:limit]]
+        entries = [DirEntry(r[0], r[3], r[1], Inode(r[3:]).attr(), bool(r[2]))
+                   for r in rows[:limit]]
     else:
         rows = conn.execute(
             "SELECT name, ino, kind FROM dentry WHERE parent = ? AND name > ?"

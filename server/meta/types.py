@@ -339,6 +339,10 @@ class DirEntry:
     ino: int
     kind: int
     attr: Attr | None = None
+    # readdirplus only: whether the inode has any extended attribute (ACLs
+    # included). `ls -l` asks every file for its ACL; a mount that knows
+    # there is none answers without a round trip.
+    xattrs: bool = True
 
 
 @dataclass(frozen=True)

@@ -85,3 +85,18 @@ def test_default_acls_belong_to_directories_and_are_inherited(d):
     assert _get(d, shared, acl.DEFAULT) is None
     assert d.do(t.Create, parent=shared, name=b"later", mode=0o666, umask=0o022).attr.mode \
         & 0o7777 == 0o644
+
+
+def test_readdirplus_tells_which_entries_have_extended_attributes(d):
+    """`ls -l` asks every file for its ACL: entries say whether there is
+    any extended attribute, so a mount answers the rest without a query."""
+    plain = d.create(ROOT, b"plain")
+    tagged = d.create(ROOT, b"tagged")
+    assert d.do(t.SetXattr, ino=tagged, name=b"user.k", value=b"v", flags=0).err == 0
+    with_acl = d.create(ROOT, b"with-acl", 0o600)
+    assert _set(d, with_acl, acl.ACCESS, [(UO, 6, 0), (U, 4, 1000), (GO, 0, 0), (M, 4, 0),
+                                          (O, 0, 0)]) == 0
+    page = d.store.readdir(ROOT, plus=True)
+    assert {e.name: e.xattrs for e in page.entries} == {
+        b"plain": False, b"tagged": True, b"with-acl": True}
+    assert {e.ino for e in page.entries} == {plain, tagged, with_acl}
