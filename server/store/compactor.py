@@ -39,7 +39,7 @@ from server.meta import codec
 from server.meta.types import INLINE_BYTES_MAX, Compact, Slice
 from server.raft.messages import Role
 
-from .replication import ReplicatedStore
+from .replication import ChunkUnavailable, ReplicatedStore
 from .keyrange import chunk_id_of
 
 log = logging.getLogger("chordfs.store.compactor")
@@ -59,6 +59,7 @@ class CompactorStats:
     passes: int = 0
     regions_rewritten: int = 0
     regions_raced: int = 0           # the region changed before Compact applied
+    stale: int = 0                   # changed while its blocks were read (and collected)
     bytes_written: int = 0
     failures: int = 0
 
@@ -187,7 +188,16 @@ class Compactor:
         for off, length, block_id, block_off, data in extents:
             a, b = max(off, start), min(off + length, end)
             if block_id:
-                block = await self._block(bytes(block_id), cache)
+                try:
+                    block = await self._block(bytes(block_id), cache)
+                except ChunkUnavailable:
+                    if reader.range_digest(ino, start, end - start) != digest:
+                        # Overwritten or deleted while we read, and its old
+                        # blocks collected: nothing to compact any more.
+                        self.stats.stale += 1
+                        log.info(kv("compact.stale", node=self.name, ino=ino, region=region))
+                        return
+                    raise  # still referenced and nowhere: repair's business, loudly
                 piece = block[block_off + a - off:block_off + b - off]
             else:
                 piece = data[a - off:b - off]

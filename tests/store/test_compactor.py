@@ -173,3 +173,41 @@ async def test_a_sparse_region_in_one_block_is_left_alone(autojump_clock):
         await compactor.run_once()
         await trio.sleep(1.5)
     assert compactor.stats.regions_rewritten == 0
+
+
+async def test_a_region_overwritten_while_its_blocks_are_read_is_left_quietly(autojump_clock):
+    """The writer overwrites the whole region and its old blocks are
+    collected while the compactor fetches them: the pass gives the region up
+    (stale), it does not fail; a block still referenced and gone is loud."""
+    from server.store.replication import ChunkUnavailable
+
+    meta, blocks = _Meta(), _Blocks()
+    ino, _ = _fragment(meta, blocks, 11, size=CB)
+    compactor = Compactor("n1", meta, blocks, limits=CompactorLimits(settle_s=1.0))
+    await compactor.run_once()
+    await trio.sleep(1.5)
+
+    async def get_after_overwrite(block_id):
+        if block_id in blocks.blocks:  # the first fetch: the writer gets there first
+            assert meta.do(t.CommitWrite(ino, 0, 9, [t.Slice(0, CB, data=b"z" * CB)], 0)).err == 0
+            blocks.blocks.clear()     # ... and GC collects what it no longer references
+        raise ChunkUnavailable(block_id, {"n1": "notFound"}, True)
+
+    blocks.get = get_after_overwrite
+    await compactor.run_once()
+    assert compactor.stats.stale == 1 and compactor.stats.regions_rewritten == 0
+    assert _content(meta, blocks, ino) == b"z" * CB
+
+    # Unchanged region, block gone everywhere: that is not a race.
+    meta2, blocks2 = _Meta(), _Blocks()
+    ino2, _ = _fragment(meta2, blocks2, 12, size=CB)
+    compactor2 = Compactor("n1", meta2, blocks2, limits=CompactorLimits(settle_s=1.0))
+    await compactor2.run_once()
+    await trio.sleep(1.5)
+
+    async def gone(block_id):
+        raise ChunkUnavailable(block_id, {"n1": "notFound"}, True)
+
+    blocks2.get = gone
+    with pytest.raises(ChunkUnavailable):
+        await compactor2.run_once()
