@@ -62,7 +62,7 @@ def _roles(marks):
     mount = next(p for p, m in marks.items() if any(e.startswith("fuse.") for _, e in m))
     leader = max((p for p in marks if p != mount),
                  key=lambda p: sum(e == "node.propose" for _, e in marks[p]))
-    followers = [p for p in marks if p not in (mount, leader, "client")]
+    followers = [p for p in marks if p not in (mount, leader)]
     return mount, leader, followers
 
 
@@ -85,7 +85,7 @@ def analyse(marks, starts):
             else:
                 opened[kind] = t
                 if kind == "client.propose":
-                    _commit(tl, leader, followers, t, commit)
+                    _commit(tl, mount, leader, followers, t, commit)
         for name in {"fuse.getattr", "fuse.lookup", "fuse.create", "fuse.getxattr",
                      "fuse.write", "fuse.flush", "fuse.release", "client.propose",
                      "client.query"} | set(seen):
@@ -94,7 +94,7 @@ def analyse(marks, starts):
     return per_create, commit
 
 
-def _commit(tl, leader, followers, sent, out):
+def _commit(tl, mount, leader, followers, sent, out):
     t_node = tl.next(leader, sent, "node.propose")
     t_ps = t_node and tl.next(leader, t_node, "raft.persist ", min_entries=1)
     t_pd = t_ps and tl.next(leader, t_ps, "raft.persist.done")
@@ -102,7 +102,7 @@ def _commit(tl, leader, followers, sent, out):
     t_apply = t_pd and tl.next(leader, t_pd, "raft.apply ")
     t_ad = t_apply and tl.next(leader, t_apply, "raft.apply.done")
     t_nd = t_ad and tl.next(leader, t_ad, "node.propose.done")
-    t_cd = t_nd and tl.next(_mount_of(tl, leader, followers), t_nd, "client.propose.done")
+    t_cd = t_nd and tl.next(mount, t_nd, "client.propose.done")
     if None in (t_node, t_ps, t_pd, t_send, t_apply, t_ad, t_nd, t_cd):
         return
     best = None
@@ -133,10 +133,6 @@ def _commit(tl, leader, followers, sent, out):
     out["leader: apply -> reply"].append(us(t_ad, t_nd))
     out["leader -> mount (reply)"].append(us(t_nd, t_cd))
     out["total commit seen by the mount"].append(us(sent, t_cd))
-
-
-def _mount_of(tl, leader, followers):
-    return next(p for p in tl.marks if p not in followers and p != leader and p != "client")
 
 
 def main(argv=None) -> int:

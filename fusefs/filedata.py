@@ -274,8 +274,8 @@ class FileData:
         budget = PREFETCH_BYTES
         pos = end
         while budget > 0 and len(self._prefetching) < PREFETCH_INFLIGHT:
-            s = self.view.after(pos) if not self.view.overlapping(pos, pos + 1) \
-                else self.view.overlapping(pos, pos + 1)[0]
+            here = self.view.overlapping(pos, pos + 1)
+            s = here[0] if here else self.view.after(pos)
             if s is None:
                 return
             pos = s.off + s.length

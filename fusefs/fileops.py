@@ -118,32 +118,13 @@ class FileOpsMixin:
             want |= os.W_OK
         if not may(attr, ctx.uid, caller_groups(ctx), want):
             raise pyfuse3.FUSEError(errno.EACCES)
-        fh = self._new_fh(attr.ino)
-        try:
-            attr, keep = await self._open_data(attr.ino, self.files.get(attr.ino), attr)
-            if flags & os.O_TRUNC:
-                attr = await self.files[attr.ino].setattr(
-                    SetAttr(attr.ino, time.time_ns(), size=0))
-                self._stamp(attr)
-        except BaseException:
-            await self._drop_handle(fh)
-            raise
+        fh, attr, keep = await self._open_handle(attr.ino, flags, attr)
         self.invalidator.attr_now(attr.ino)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep), self._new_entry(attr)
 
     @fuse_op
     async def open(self, inode, flags, ctx):
-        data = self.files.get(inode)
-        fh = self._new_fh(inode)
-        try:
-            attr, keep = await self._open_data(inode, data)
-            if flags & os.O_TRUNC:
-                attr = await self.files[inode].setattr(
-                    SetAttr(inode, time.time_ns(), size=0))
-                self._stamp(attr)
-        except BaseException:
-            await self._drop_handle(fh)
-            raise
+        fh, attr, keep = await self._open_handle(inode, flags)
         if not keep:
             # The kernel may hold this file's old size from a lookup or
             # readdirplus of up to attr_timeout ago and would cut reads at
@@ -151,11 +132,27 @@ class FileOpsMixin:
             self.invalidator.attr_now(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
-    async def _open_data(self, ino: int, data: FileData | None,
-                         attr: Attr | None = None) -> tuple[Attr, bool]:
+    async def _open_handle(self, ino: int, flags: int,
+                           attr: Attr | None = None) -> tuple[int, Attr, bool]:
+        """A new handle on ``ino``, its data installed or refreshed and
+        O_TRUNC applied: (fh, fresh attributes, keep_cache). ``attr``: what
+        the caller knows already, used if the layout is not reread."""
+        fh = self._new_fh(ino)
+        try:
+            attr, keep = await self._open_data(ino, attr)
+            if flags & os.O_TRUNC:
+                attr = await self.files[ino].setattr(SetAttr(ino, time.time_ns(), size=0))
+                self._stamp(attr)
+        except BaseException:
+            await self._drop_handle(fh)
+            raise
+        return fh, attr, keep
+
+    async def _open_data(self, ino: int, attr: Attr | None) -> tuple[Attr, bool]:
         """Install or refresh the file's data; returns its fresh attributes
         and keep_cache. The layout query answers with the attributes too,
         so a clean open costs one round trip."""
+        data = self.files.get(ino)
         if data is None:
             data = FileData(ino, self.backend, self.reader, self.nursery)
             self.files[ino] = data

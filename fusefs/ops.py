@@ -157,15 +157,10 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
     async def _no_default_acl(self, parent: int) -> bool:
         """Whether ``parent`` has no default ACL to pass on (cached like any
         xattr answer, so this costs a query per directory per attr_timeout)."""
-        cached = self.xattrs.get(parent, acl.DEFAULT)
-        if cached is UNKNOWN:
-            epoch = self.xattrs.epoch
-            reply = await self.backend.getxattr(parent, acl.DEFAULT)
-            if reply.err not in (0, errno.ENODATA):
-                return False
-            cached = reply.value if reply.err == 0 else None
-            self.xattrs.put(parent, acl.DEFAULT, cached, epoch)
-        return cached is ABSENT or cached is None
+        try:
+            return await self._xattr(parent, acl.DEFAULT) is None
+        except pyfuse3.FUSEError:
+            return False  # unknown: the new node's xattrs are asked for when wanted
 
     async def _submit_xattr_change(self, inode: int, command) -> None:
         # Dropping before makes a getxattr already on its way not cache its
@@ -382,16 +377,27 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENODATA)
         if _unsupported_xattr(name, self.enable_acl):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        value = await self._xattr(inode, name)
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value
+
+    async def _xattr(self, inode: int, name: bytes) -> bytes | None:
+        """The value (None: ENODATA) through the xattr cache; other errors
+        raise as FUSEError."""
         cached = self.xattrs.get(inode, name)
         if cached is ABSENT:
-            raise pyfuse3.FUSEError(errno.ENODATA)
+            return None
         if cached is not UNKNOWN:
             return cached
         epoch = self.xattrs.epoch
         reply = await self.backend.getxattr(inode, name)
-        if reply.err in (0, errno.ENODATA):
-            self.xattrs.put(inode, name, reply.value if reply.err == 0 else None, epoch)
-        return check(reply).value
+        if reply.err == errno.ENODATA:
+            self.xattrs.put(inode, name, None, epoch)
+            return None
+        value = check(reply).value
+        self.xattrs.put(inode, name, value, epoch)
+        return value
 
     @fuse_op
     async def setxattr(self, inode, name, value, ctx):

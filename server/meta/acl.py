@@ -52,6 +52,13 @@ def decode(value: bytes) -> list[Entry] | int:
     return entries if not entries or _valid(entries) else errno.EINVAL
 
 
+def stored(value: bytes | None) -> list[Entry]:
+    """The entries of a stored ACL xattr; [] when there is none (a value
+    set before these rules that does not decode counts as none)."""
+    entries = decode(value) if value is not None else []
+    return [] if isinstance(entries, int) else entries
+
+
 def _valid(entries: list[Entry]) -> bool:
     seen: dict[int, int] = {}
     last = (0, -1)

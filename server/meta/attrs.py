@@ -16,7 +16,7 @@ import stat
 
 from . import acl, blocks
 from .namespace import free_inode
-from .schema import Inode, add_counters, bytes_errno, file_errno, load
+from .schema import Inode, add_counters, bytes_errno, file_errno, load, xattr_value
 from .types import (INLINE_BYTES_MAX, XATTR_CREATE, XATTR_NAME_BYTES_MAX,
                     XATTR_REPLACE, XATTR_VALUE_BYTES_MAX, CommitWrite, Compact,
                     EntryReply, ForgetChunks, ReleaseOrphan, RemoveXattr,
@@ -82,10 +82,8 @@ def _touch(conn: sqlite3.Connection, ino: int, now_ns: int) -> None:
 
 
 def _chmod_acl(conn: sqlite3.Connection, ino: int, mode: int) -> None:
-    row = conn.execute("SELECT value FROM xattr WHERE ino = ? AND name = ?",
-                       (ino, acl.ACCESS)).fetchone()
-    entries = acl.decode(bytes(row[0])) if row is not None else []
-    if entries and not isinstance(entries, int):
+    entries = acl.stored(xattr_value(conn, ino, acl.ACCESS))
+    if entries:
         conn.execute("UPDATE xattr SET value = ? WHERE ino = ? AND name = ?",
                      (acl.encode(acl.chmod(entries, mode)), ino, acl.ACCESS))
 

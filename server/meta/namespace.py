@@ -15,7 +15,7 @@ import stat
 
 from . import acl, blocks
 from .schema import (INODE_COLUMNS, Inode, add_counters, allocate_ino, bytes_errno,
-                     dir_is_empty, file_errno, load, lookup_entry)
+                     dir_is_empty, file_errno, load, lookup_entry, xattr_value)
 from .types import (LINK_MAX, SYMLINK_BYTES_MAX, Clone, Create, EntryReply, Link,
                     Mkdir, Mknod, RemoveReply, Rmdir, Symlink, Unlink)
 from .validate import check_name
@@ -50,15 +50,14 @@ def _inherited(conn: sqlite3.Connection, parent: int, mode: int,
     """The mode and the ACL xattrs of a node created in ``parent``: its
     default ACL masked by the mode asked for, or without one the umask
     (acl.py)."""
-    row = conn.execute("SELECT value FROM xattr WHERE ino = ? AND name = ?",
-                       (parent, acl.DEFAULT)).fetchone()
-    entries = acl.decode(bytes(row[0])) if row is not None else []
-    if isinstance(entries, int) or not entries:
+    default = xattr_value(conn, parent, acl.DEFAULT)
+    entries = acl.stored(default)
+    if not entries:
         return mode & ~(umask & 0o777), []
     mode, access = acl.inherit(entries, mode)
     xattrs = [(acl.ACCESS, acl.encode(access))] if access else []
     if stat.S_ISDIR(mode):
-        xattrs.append((acl.DEFAULT, bytes(row[0])))
+        xattrs.append((acl.DEFAULT, default))
     return mode, xattrs
 
 

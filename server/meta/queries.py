@@ -13,7 +13,8 @@ import errno
 import sqlite3
 
 from .namespace import check_name
-from .schema import INODE_COLUMNS, Inode, chunk_bytes, file_errno, load, read_state
+from .schema import (INODE_COLUMNS, Inode, chunk_bytes, file_errno, load, read_state,
+                     xattr_value)
 from .types import (MANIFEST_PAGE_MAX, READDIR_PAGE_MAX, BytesReply, Slice,
                     DirEntry, DirPage, EntryReply, ManifestPage, NamesReply,
                     StatFs)
@@ -94,12 +95,10 @@ def readlink(conn: sqlite3.Connection, ino: int) -> BytesReply:
 def getxattr(conn: sqlite3.Connection, ino: int, name: bytes) -> BytesReply:
     if load(conn, ino) is None:
         return BytesReply(errno.ENOENT)
-    row = conn.execute(
-        "SELECT value FROM xattr WHERE ino = ? AND name = ?", (ino, name)
-    ).fetchone()
-    if row is None:
+    value = xattr_value(conn, ino, name)
+    if value is None:
         return BytesReply(errno.ENODATA)
-    return BytesReply(0, row[0])
+    return BytesReply(0, value)
 
 
 def listxattr(conn: sqlite3.Connection, ino: int) -> NamesReply:

@@ -203,6 +203,13 @@ def file_errno(node: Inode | None) -> int:
     return 0
 
 
+def xattr_value(conn: sqlite3.Connection, ino: int, name: bytes) -> bytes | None:
+    row = conn.execute(
+        "SELECT value FROM xattr WHERE ino = ? AND name = ?", (ino, name)
+    ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
 def lookup_entry(conn: sqlite3.Connection, parent: int, name: bytes) -> int | None:
     row = conn.execute(
         "SELECT ino FROM dentry WHERE parent = ? AND name = ?", (parent, name)

@@ -105,7 +105,11 @@ def _new_entry(cmd: Create | Mkdir | Mknod | Symlink) -> int:
 
 
 def _create(cmd: Create | Mkdir | Clone) -> int:
-    return _new_entry(cmd) or _ranges(_u32(cmd.mode), _u32(getattr(cmd, "umask", 0)))
+    return _new_entry(cmd) or _ranges(_u32(cmd.mode))
+
+
+def _create_masked(cmd: Create | Mkdir) -> int:
+    return _create(cmd) or _ranges(_u32(cmd.umask))
 
 
 def _mknod(cmd: Mknod) -> int:
@@ -252,7 +256,7 @@ def _forget_chunks(cmd: ForgetChunks) -> int:
 
 
 _CHECKS = {
-    Create: _create, Mkdir: _create, Mknod: _mknod, Symlink: _symlink,
+    Create: _create_masked, Mkdir: _create_masked, Mknod: _mknod, Symlink: _symlink,
     Link: _link, Unlink: _remove, Rmdir: _remove, Rename: _rename,
     SetAttr: _setattr, SetXattr: _setxattr, RemoveXattr: _removexattr,
     CommitWrite: _commit_write, ReleaseOrphan: _release_orphan,

@@ -72,10 +72,10 @@ class AnswerWaiter:
     """An exchange call waiting for what the driver has for its sender once
     it has handled the call's batch (fed it, persisted and sent the Ready
     that followed)."""
-    __slots__ = ("peer", "gen", "messages", "event")
+    __slots__ = ("gen", "messages", "event")
 
-    def __init__(self, peer: int, gen: int):
-        self.peer, self.gen = peer, gen
+    def __init__(self, gen: int):
+        self.gen = gen
         self.messages: list = []
         self.event = trio.Event()
 
@@ -113,7 +113,6 @@ class RaftService:
         self.applied = state_machine.applied_index()
         self._persist_cost = _Cost()  # per Ready
         self._apply_cost = _Cost()  # per entry
-        self.inline_runs = self.thread_runs = 0
         self.dropped_messages = 0
         self.refused_steps = 0
         # The cluster this replica belongs to ("" for test groups and for a
@@ -145,7 +144,7 @@ class RaftService:
         old = self._waiters_by_peer.get(peer)
         if old is not None:
             old.event.set()
-        waiter = self._waiters_by_peer[peer] = AnswerWaiter(peer, self._fed + 1)
+        waiter = self._waiters_by_peer[peer] = AnswerWaiter(self._fed + 1)
         return taken, waiter
 
     def _send(self, messages) -> None:
@@ -325,10 +324,8 @@ class RaftService:
         budget, else in a worker thread; its time feeds ``cost``."""
         started = time.perf_counter()
         if inline and cost.avg * units <= INLINE_BUDGET_S:
-            self.inline_runs += 1
             result = fn(*args)
         else:
-            self.thread_runs += 1
             result = await trio.to_thread.run_sync(fn, *args)
         cost.note((time.perf_counter() - started) / max(1, units))
         return result

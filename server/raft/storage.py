@@ -56,12 +56,16 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, blob: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+def _write_synced(path: str, blob: bytes) -> None:
+    with open(path, "wb") as f:
         f.write(blob)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_atomic(path: str, blob: bytes) -> None:
+    tmp = path + ".tmp"
+    _write_synced(tmp, blob)
     os.replace(tmp, path)
     _fsync_dir(os.path.dirname(path) or ".")
 
@@ -346,10 +350,7 @@ class LogStorage:
         replaces the old and the log it covers goes. True if saved."""
         path = os.path.join(self.dir, "snapshot")
         tmp = path + ".own.tmp"
-        with open(tmp, "wb") as f:
-            f.write(self._snapshot_blob(snap))
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, self._snapshot_blob(snap))
         with self._lock:
             if self.snapshot is not None and self.snapshot.meta.index >= snap.meta.index:
                 os.unlink(tmp)
