@@ -7,6 +7,7 @@ the node is down)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -28,20 +29,28 @@ def write_random(path, mib: int) -> bytes:
     return data
 
 
-def two_mounts(cluster, tmp_path):
-    """Mount A (with a fresh directory) and mount B; B's view of that directory."""
+@contextlib.contextmanager
+def two_mounts(cluster, tmp_path, *, check_logs: bool = True):
+    """Mount A (with a fresh directory) and mount B, and B's view of that
+    directory; both unmounted after, their logs checked if all went well."""
     a = mount_cluster(cluster, tmp_path, "a")
     try:
         b = start_mount(cluster.spec, tmp_path / "b", tmp_path / "b.log")
     except BaseException:
         stop_mount(a)
         raise
-    return a, b, b.path / a.path.name
+    try:
+        yield a, b, b.path / a.path.name
+    finally:
+        stop_mount(a)
+        stop_mount(b)
+    if check_logs:
+        check_log(a)
+        check_log(b)
 
 
 def test_close_to_open_between_two_mounts(real_cluster, tmp_path):
-    a, b, seen = two_mounts(real_cluster, tmp_path)
-    try:
+    with two_mounts(real_cluster, tmp_path) as (a, b, seen):
         (a.path / "f").write_bytes(b"first version\n")
         big = write_random(a.path / "big", 9)
         assert (seen / "f").read_bytes() == b"first version\n"
@@ -61,16 +70,10 @@ def test_close_to_open_between_two_mounts(real_cluster, tmp_path):
         os.unlink(a.path / "f")
         assert (seen / "renamed").read_bytes() == b"n" * 100_000
         assert sorted(os.listdir(seen)) == ["big", "renamed"]
-    finally:
-        stop_mount(a)
-        stop_mount(b)
-    check_log(a)
-    check_log(b)
 
 
 def test_close_to_open_sees_a_new_size(real_cluster, tmp_path):
-    a, b, seen = two_mounts(real_cluster, tmp_path)
-    try:
+    with two_mounts(real_cluster, tmp_path, check_logs=False) as (a, b, seen):
         (a.path / "f").write_bytes(b"first version\n")
         assert (seen / "f").read_bytes() == b"first version\n"
         assert os.listdir(seen) == ["f"]  # readdirplus: B's kernel caches f's size
@@ -78,16 +81,12 @@ def test_close_to_open_sees_a_new_size(real_cluster, tmp_path):
         assert (seen / "f").read_bytes() == b"second, longer version\n"
         (a.path / "f").write_bytes(b"3rd\n")
         assert (seen / "f").read_bytes() == b"3rd\n"
-    finally:
-        stop_mount(a)
-        stop_mount(b)
 
 
 def test_xattr_changes_reach_the_other_mount_within_attr_timeout(real_cluster, tmp_path):
     """B caches xattr answers (the kernel asks for security.capability on
     every write) but no longer than attributes: 1 s by default."""
-    a, b, seen = two_mounts(real_cluster, tmp_path)
-    try:
+    with two_mounts(real_cluster, tmp_path) as (a, b, seen):
         (a.path / "f").write_bytes(b"x")
         assert os.listxattr(seen / "f") == []
         with pytest.raises(OSError) as info:
@@ -110,11 +109,6 @@ def test_xattr_changes_reach_the_other_mount_within_attr_timeout(real_cluster, t
             with pytest.raises(OSError) as info:
                 os.getxattr(seen / "f", name)
             assert info.value.errno == err
-    finally:
-        stop_mount(a)
-        stop_mount(b)
-    check_log(a)
-    check_log(b)
 
 
 def test_fsynced_data_survives_kill_9_of_the_mount(real_cluster, tmp_path):

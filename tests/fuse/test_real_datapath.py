@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from .conftest import check_log, fuse_usable, start_mount, stop_mount
+from .conftest import fuse_usable, start_mount, stop_mount
 from .realcluster import start_cluster
 from .test_real_cluster import two_mounts
 
@@ -33,8 +33,7 @@ SPACE_WRITES = int(os.environ.get("CHORDFS_SPACE_WRITES", "8000"))
 def test_a_stale_writer_keeps_another_mounts_append(real_cluster, tmp_path):
     """A holds a 10 KB file open; B appends 1 MiB and closes; A changes one
     byte and closes: the file has both changes."""
-    a, b, seen = two_mounts(real_cluster, tmp_path)
-    try:
+    with two_mounts(real_cluster, tmp_path) as (a, b, seen):
         (a.path / "f").write_bytes(b"x" * 10_000)
         appended = os.urandom(MIB)
         with open(a.path / "f", "r+b") as held:
@@ -45,16 +44,10 @@ def test_a_stale_writer_keeps_another_mounts_append(real_cluster, tmp_path):
         want = b"xxxxx!" + b"x" * 9_994 + appended
         assert (a.path / "f").read_bytes() == want
         assert (seen / "f").read_bytes() == want
-    finally:
-        stop_mount(a)
-        stop_mount(b)
-    check_log(a)
-    check_log(b)
 
 
 def test_two_mounts_writing_disjoint_ranges_both_keep_theirs(real_cluster, tmp_path):
-    a, b, seen = two_mounts(real_cluster, tmp_path)
-    try:
+    with two_mounts(real_cluster, tmp_path) as (a, b, seen):
         base = os.urandom(6 * MIB)
         (a.path / "g").write_bytes(base)
         first, second = os.urandom(300_000), os.urandom(5000)
@@ -68,11 +61,6 @@ def test_two_mounts_writing_disjoint_ranges_both_keep_theirs(real_cluster, tmp_p
         want[5 * MIB + 17:5 * MIB + 17 + len(second)] = second
         assert (a.path / "g").read_bytes() == bytes(want)
         assert (seen / "g").read_bytes() == bytes(want)
-    finally:
-        stop_mount(a)
-        stop_mount(b)
-    check_log(a)
-    check_log(b)
 
 
 def _chunk_bytes(cluster) -> int:

@@ -16,15 +16,14 @@ import subprocess
 
 import pytest
 
-from .conftest import check_log, fuse_usable, stop_mount
+from .conftest import fuse_usable
 from .test_real_cluster import two_mounts
 
 pytestmark = [pytest.mark.skipif(not fuse_usable(), reason="needs /dev/fuse and fusermount3")]
 
 
 def test_create_without_excl_opens_what_another_mount_created(real_cluster, tmp_path):
-    a, b, seen = two_mounts(real_cluster, tmp_path)
-    try:
+    with two_mounts(real_cluster, tmp_path) as (a, b, seen):
         log_a = a.path / "out.log"
         # A learns the name is absent; its kernel keeps that for the entry timeout.
         assert not log_a.exists()
@@ -51,11 +50,6 @@ def test_create_without_excl_opens_what_another_mount_created(real_cluster, tmp_
         os.write(fd, b"new")
         os.close(fd)
         assert (seen / "t").read_bytes() == b"new"
-    finally:
-        stop_mount(a)
-        stop_mount(b)
-    check_log(a)
-    check_log(b)
 
 
 def test_a_size_the_namespace_cannot_count_is_efbig(any_mount):

@@ -120,12 +120,19 @@ async def test_fragmented_file_is_rewritten_with_the_same_content(seed, autojump
     assert live == 3 and len(meta.reader.gc_candidates()) >= 2
 
 
-async def test_a_writer_changing_the_region_wins(autojump_clock):
+async def _settled(seed: int):
+    """A one-region fragmented file and a compactor that has seen it settle:
+    its next pass rewrites the region."""
     meta, blocks = _Meta(), _Blocks()
-    ino, model = _fragment(meta, blocks, 7, size=CB)
+    ino, model = _fragment(meta, blocks, seed, size=CB)
     compactor = Compactor("n1", meta, blocks, limits=CompactorLimits(settle_s=1.0))
     await compactor.run_once()
     await trio.sleep(1.5)
+    return meta, blocks, ino, model, compactor
+
+
+async def test_a_writer_changing_the_region_wins(autojump_clock):
+    meta, blocks, ino, model, compactor = await _settled(7)
     meta.before_apply = lambda: meta.do(t.CommitWrite(ino, 0, 9, [t.Slice(10, 3, data=b"new")], 0))
     await compactor.run_once()
     assert compactor.stats.regions_raced == 1 and compactor.stats.regions_rewritten == 0
@@ -181,11 +188,7 @@ async def test_a_region_overwritten_while_its_blocks_are_read_is_left_quietly(au
     (stale), it does not fail; a block still referenced and gone is loud."""
     from server.store.replication import ChunkUnavailable
 
-    meta, blocks = _Meta(), _Blocks()
-    ino, _ = _fragment(meta, blocks, 11, size=CB)
-    compactor = Compactor("n1", meta, blocks, limits=CompactorLimits(settle_s=1.0))
-    await compactor.run_once()
-    await trio.sleep(1.5)
+    meta, blocks, ino, _, compactor = await _settled(11)
 
     async def get_after_overwrite(block_id):
         if block_id in blocks.blocks:  # the first fetch: the writer gets there first
@@ -199,11 +202,7 @@ async def test_a_region_overwritten_while_its_blocks_are_read_is_left_quietly(au
     assert _content(meta, blocks, ino) == b"z" * CB
 
     # Unchanged region, block gone everywhere: that is not a race.
-    meta2, blocks2 = _Meta(), _Blocks()
-    ino2, _ = _fragment(meta2, blocks2, 12, size=CB)
-    compactor2 = Compactor("n1", meta2, blocks2, limits=CompactorLimits(settle_s=1.0))
-    await compactor2.run_once()
-    await trio.sleep(1.5)
+    _, blocks2, _, _, compactor2 = await _settled(12)
 
     async def gone(block_id):
         raise ChunkUnavailable(block_id, {"n1": "notFound"}, True)
