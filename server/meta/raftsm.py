@@ -12,6 +12,7 @@ the store's consistent file copies, moved as bytes inside Raft's
 InstallSnapshot."""
 
 import errno
+import itertools
 import os
 
 from . import codec, validate
@@ -24,6 +25,12 @@ class MetaStateMachine:
         self.store = store
         self._scratch = scratch_dir
         os.makedirs(scratch_dir, exist_ok=True)
+        for name in os.listdir(scratch_dir):  # images a crash left behind
+            if name.startswith("snapshot") and name.endswith(".db"):
+                os.unlink(os.path.join(scratch_dir, name))
+        # Each image its own file: the Raft service's background image and a
+        # caller's snapshot() may be taken at the same time.
+        self._images = itertools.count()
 
     def applied_index(self) -> int:
         return self.store.applied_index
@@ -64,9 +71,7 @@ class MetaStateMachine:
         """(applied index, image) of one moment. The Raft service calls it
         from a worker thread while its driver goes on applying: the copy is
         read through a connection of its own."""
-        path = os.path.join(self._scratch, "snapshot.db")
-        if os.path.exists(path):
-            os.unlink(path)
+        path = os.path.join(self._scratch, f"snapshot-{next(self._images)}.db")
         try:
             index = self.store.snapshot_to(path, concurrent=concurrent)
             with open(path, "rb") as f:
