@@ -109,6 +109,20 @@ struct Clone {
 struct ReleaseOrphan { ino @0 :UInt64; nowNs @1 :Int64; }
 struct ForgetChunks  { chunkIds @0 :List(Data); marks @1 :List(UInt64); }
 
+struct AcquireLease { holder @0 :UInt64; dir @1 :UInt64; epoch @2 :UInt64; durationNs @3 :Int64; inos @4 :UInt64; }
+struct ReleaseLease { holder @0 :UInt64; dir @1 :UInt64; epoch @2 :UInt64; }
+
+struct LeaseBatch {
+  # ops: encoded Commands (server/meta/types.py LeaseBatch).
+  holder @0 :UInt64;
+  seq @1 :UInt64;
+  ops @2 :List(Data);
+  inos @3 :List(UInt64);
+  leases @4 :List(UInt64);
+  epochs @5 :List(UInt64);
+  wantInos @6 :UInt64;
+}
+
 struct Command {
   # One Raft log entry of the metadata state machine.
   union {
@@ -129,6 +143,9 @@ struct Command {
     compact @14 :Compact;
     tick @15 :Tick;
     clone @16 :Clone;
+    acquireLease @17 :AcquireLease;
+    releaseLease @18 :ReleaseLease;
+    leaseBatch @19 :LeaseBatch;
   }
 }
 
@@ -149,6 +166,11 @@ struct Status         { err @0 :UInt32; }
 struct EntryReply     { err @0 :UInt32; attr @1 :Attr; parents @2 :List(Attr); }   # attr absent on error
 struct RemoveReply    { err @0 :UInt32; ino @1 :UInt64; nlink @2 :UInt32; parents @3 :List(Attr); }
 struct AlreadyApplied { index @0 :UInt64; appliedIndex @1 :UInt64; err @2 :UInt32; }
+struct LeaseReply {
+  err @0 :UInt32; epoch @1 :UInt64; inoNext @2 :UInt64; inoHi @3 :UInt64; attr @4 :Attr;
+  entries @5 :UInt64;
+}
+struct BatchReply { err @0 :UInt32; results @1 :List(Data); inoNext @2 :UInt64; inoHi @3 :UInt64; }
 
 struct Result {
   # What applying one Command returned.
@@ -157,6 +179,8 @@ struct Result {
     entryReply @1 :EntryReply;
     removeReply @2 :RemoveReply;
     alreadyApplied @3 :AlreadyApplied;
+    leaseReply @4 :LeaseReply;
+    batchReply @5 :BatchReply;
   }
 }
 
@@ -209,6 +233,7 @@ struct Query {
     statfs @12 :Void;
     manifest :group { fileIno @13 :UInt64; startOff @14 :UInt64; pageLimit @15 :UInt32; }
   }
+  holder @16 :UInt64;  # the asking mount's lease session (0: none): its own leases are not recalled
 }
 
 interface Metadata {
@@ -218,4 +243,9 @@ interface Metadata {
   # DirPage, BytesReply, NamesReply, StatFs, ManifestPage).  A follower
   # forwards a linearizable query once to the leader it knows; notLeader
   # when none is known (or the forward failed).
+
+  leaseEvents @1 (holder :UInt64, waitMs :UInt32) -> (recall :List(UInt64), notLeader :Bool,
+                                                      leaderHint :UInt64, leaderAddr :Text);
+  # A lease holder's long poll on the leader: the directories it is asked
+  # to give back (flush, then release), or an empty list after waitMs.
 }

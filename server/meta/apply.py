@@ -39,12 +39,12 @@ import errno
 import sqlite3
 from collections.abc import Callable, Iterable
 
-from . import attrs, namespace, rename, validate
+from . import attrs, leases, namespace, rename, validate
 from .schema import load
-from .types import (COMMANDS, AlreadyApplied, Clone, CommitWrite, Compact, Create,
-                    ForgetChunks, Tick, Link, Mkdir, Mknod, ReleaseOrphan,
-                    RemoveXattr, Rename, Result, Rmdir, SetAttr, SetXattr,
-                    Symlink, Unlink)
+from .types import (COMMANDS, LEASED, AcquireLease, AlreadyApplied, Clone, CommitWrite,
+                    Compact, Create, ForgetChunks, LeaseBatch, Link, Mkdir, Mknod,
+                    ReleaseLease, ReleaseOrphan, RemoveXattr, Rename, Result, Rmdir,
+                    SetAttr, SetXattr, Symlink, Tick, Unlink)
 
 PURE_CORE = True
 
@@ -52,11 +52,29 @@ Handler = Callable[[sqlite3.Connection, int, object], Result]
 # (index, command, exception) of a command answered EIO.
 FaultHook = Callable[[int, object, Exception], None]
 
+# The codec a LeaseBatch's operations are encoded with, set by the store
+# (leases.Codec: this module stays free of capnp).
+_codec: leases.Codec | None = None
+
+
+def use_codec(codec: leases.Codec) -> None:
+    global _codec
+    _codec = codec
+
+
+def _batch(conn: sqlite3.Connection, index: int, cmd: LeaseBatch) -> Result:
+    assert _codec is not None, "apply.use_codec was never called"
+    return leases.batch(conn, index, cmd, _run, _codec)
+
+
 _HANDLERS: dict[type, Handler] = {
     Create: lambda c, i, cmd: namespace.create(c, cmd),
     Mkdir: lambda c, i, cmd: namespace.mkdir(c, cmd),
     Mknod: lambda c, i, cmd: namespace.mknod(c, cmd),
     Symlink: lambda c, i, cmd: namespace.symlink(c, cmd),
+    AcquireLease: lambda c, i, cmd: leases.acquire(c, cmd),
+    ReleaseLease: lambda c, i, cmd: leases.release(c, cmd),
+    LeaseBatch: _batch,
     Link: lambda c, i, cmd: namespace.link(c, cmd),
     Unlink: namespace.unlink,
     Rmdir: namespace.rmdir,
@@ -72,6 +90,12 @@ _HANDLERS: dict[type, Handler] = {
     Clone: namespace.clone,
 }
 assert set(_HANDLERS) == set(COMMANDS), "every command needs a handler"
+# Node-creating commands, handed the inode number a lease holder chose.
+_NEW_NODE: dict[type, Callable] = {
+    Create: namespace.create, Mkdir: namespace.mkdir, Mknod: namespace.mknod,
+    Symlink: namespace.symlink,
+}
+_LEASE_COMMANDS = (AcquireLease, ReleaseLease, LeaseBatch, Tick)
 
 # SQLite primary result codes that describe this node's disk, memory or
 # file rather than the command: SQLITE_BUSY, LOCKED, NOMEM, READONLY,
@@ -102,12 +126,24 @@ _PARENTS: dict[type, Callable[[object], tuple[int, ...]]] = {
 }
 
 
-def _run(conn: sqlite3.Connection, index: int, cmd: object) -> Result:
+def _run(conn: sqlite3.Connection, index: int, cmd: object, ino: int | None = None) -> Result:
+    """``ino``: None for a command of its own, whose changes to another
+    holder's leased directory are refused; inside a lease batch (which
+    checked that already) 0, or the number for the node it creates, or -1
+    for a number the holder may not use."""
     err = validate.check(cmd)
+    if not err and ino is None and not isinstance(cmd, _LEASE_COMMANDS):
+        if leases.any_lease(conn) and leases.blocked(conn, cmd):
+            err = LEASED
+    if not err and ino is not None and ino < 0:
+        err = errno.EINVAL
     if err:
         return validate.error_result(cmd, err)
     before = conn.total_changes
-    result = _HANDLERS[type(cmd)](conn, index, cmd)
+    if ino:
+        result = _NEW_NODE[type(cmd)](conn, cmd, ino)
+    else:
+        result = _HANDLERS[type(cmd)](conn, index, cmd)
     assert result.err == 0 or conn.total_changes == before, (
         f"{type(cmd).__name__} changed state before failing with {result.err}")
     parents = _PARENTS.get(type(cmd))

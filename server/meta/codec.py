@@ -30,7 +30,8 @@ schema = load_schema("meta")
 
 MESSAGE_WORDS_MAX = 8 << 20  # 64 MiB: a ForgetChunks or CommitWrite batch fits
 
-_RESULTS = (t.Status, t.EntryReply, t.RemoveReply, t.AlreadyApplied)
+_RESULTS = (t.Status, t.EntryReply, t.RemoveReply, t.AlreadyApplied, t.LeaseReply,
+            t.BatchReply)
 _BY_NAME = {cls.__name__: cls for cls in (*t.COMMANDS, *_RESULTS)}
 
 
@@ -174,3 +175,13 @@ def encode_result(result: t.Result) -> bytes:
 
 def decode_result(data: bytes) -> t.Result:
     return _decode_union(schema.Result, data, _RESULTS)
+
+
+def _install() -> None:
+    # Lease batches carry encoded commands; apply (a pure core) gets the
+    # codec handed in rather than importing capnp.
+    from . import apply, leases
+    apply.use_codec(leases.Codec(decode_command, encode_result, decode_result))
+
+
+_install()

@@ -63,11 +63,13 @@ def _inherited(conn: sqlite3.Connection, parent: int, mode: int,
 
 def _new_inode(conn: sqlite3.Connection, pdir: Inode, name: bytes, mode: int,
                uid: int, gid: int, rdev: int, now_ns: int, *,
-               size: int = 0, target: bytes | None = None, umask: int | None = None) -> Inode:
+               size: int = 0, target: bytes | None = None, umask: int | None = None,
+               ino: int = 0) -> Inode:
     """Insert inode + entry and update the parent. A setgid directory passes
     its group on, and its setgid bit to subdirectories (BSD group semantics).
     ``umask``: the node takes the parent's default ACL or else the umask
-    (None for symlinks and clones, whose modes are final)."""
+    (None for symlinks and clones, whose modes are final). ``ino``: the
+    number a lease holder chose from its range (leases.py), else the next."""
     if pdir.mode & stat.S_ISGID:
         gid = pdir.gid
         if stat.S_ISDIR(mode):
@@ -76,7 +78,10 @@ def _new_inode(conn: sqlite3.Connection, pdir: Inode, name: bytes, mode: int,
     if umask is not None:
         mode, xattrs = _inherited(conn, pdir.ino, mode, umask)
     is_dir = stat.S_ISDIR(mode)
-    ino = allocate_ino(conn)
+    if ino:
+        conn.execute("UPDATE state SET inodes = inodes + 1 WHERE id = 0")
+    else:
+        ino = allocate_ino(conn)
     row = (ino, mode, uid, gid, size, 2 if is_dir else 1, rdev,
            now_ns, now_ns, now_ns, pdir.ino if is_dir else 0, 0)
     conn.execute(
@@ -94,13 +99,13 @@ def _new_inode(conn: sqlite3.Connection, pdir: Inode, name: bytes, mode: int,
     return Inode(row)
 
 
-def create(conn: sqlite3.Connection, cmd: Create) -> EntryReply:
+def create(conn: sqlite3.Connection, cmd: Create, ino: int = 0) -> EntryReply:
     err, pdir = _prepare(conn, cmd.parent, cmd.name)
     if err:
         return EntryReply(err)
     mode = stat.S_IFREG | (cmd.mode & 0o7777)
     node = _new_inode(conn, pdir, cmd.name, mode, cmd.uid, cmd.gid, 0, cmd.now_ns,
-                      umask=cmd.umask)
+                      umask=cmd.umask, ino=ino)
     return EntryReply(0, node.attr())
 
 
@@ -122,7 +127,7 @@ def clone(conn: sqlite3.Connection, index: int, cmd: Clone) -> EntryReply:
     return EntryReply(0, node.attr())
 
 
-def mkdir(conn: sqlite3.Connection, cmd: Mkdir) -> EntryReply:
+def mkdir(conn: sqlite3.Connection, cmd: Mkdir, ino: int = 0) -> EntryReply:
     err, pdir = _prepare(conn, cmd.parent, cmd.name)
     if err:
         return EntryReply(err)
@@ -130,14 +135,14 @@ def mkdir(conn: sqlite3.Connection, cmd: Mkdir) -> EntryReply:
         return EntryReply(errno.EMLINK)
     mode = stat.S_IFDIR | (cmd.mode & 0o7777)
     node = _new_inode(conn, pdir, cmd.name, mode, cmd.uid, cmd.gid, 0, cmd.now_ns,
-                      umask=cmd.umask)
+                      umask=cmd.umask, ino=ino)
     return EntryReply(0, node.attr())
 
 
 MKNOD_TYPES = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 
 
-def mknod(conn: sqlite3.Connection, cmd: Mknod) -> EntryReply:
+def mknod(conn: sqlite3.Connection, cmd: Mknod, ino: int = 0) -> EntryReply:
     kind = stat.S_IFMT(cmd.mode) or stat.S_IFREG
     if kind == stat.S_IFDIR:
         return EntryReply(errno.EPERM)
@@ -148,11 +153,12 @@ def mknod(conn: sqlite3.Connection, cmd: Mknod) -> EntryReply:
         return EntryReply(err)
     is_dev = kind in (stat.S_IFCHR, stat.S_IFBLK)
     node = _new_inode(conn, pdir, cmd.name, kind | (cmd.mode & 0o7777), cmd.uid,
-                      cmd.gid, cmd.rdev if is_dev else 0, cmd.now_ns, umask=cmd.umask)
+                      cmd.gid, cmd.rdev if is_dev else 0, cmd.now_ns, umask=cmd.umask,
+                      ino=ino)
     return EntryReply(0, node.attr())
 
 
-def symlink(conn: sqlite3.Connection, cmd: Symlink) -> EntryReply:
+def symlink(conn: sqlite3.Connection, cmd: Symlink, ino: int = 0) -> EntryReply:
     err, pdir = _prepare(conn, cmd.parent, cmd.name)
     if err:
         return EntryReply(err)
@@ -163,7 +169,7 @@ def symlink(conn: sqlite3.Connection, cmd: Symlink) -> EntryReply:
     if b"\0" in cmd.target:
         return EntryReply(errno.EINVAL)
     node = _new_inode(conn, pdir, cmd.name, stat.S_IFLNK | 0o777, cmd.uid, cmd.gid,
-                      0, cmd.now_ns, size=len(cmd.target), target=cmd.target)
+                      0, cmd.now_ns, size=len(cmd.target), target=cmd.target, ino=ino)
     return EntryReply(0, node.attr())
 
 

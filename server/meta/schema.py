@@ -27,7 +27,7 @@ from .types import CHUNK_BYTES_DEFAULT, ROOT_INO, Attr
 
 PURE_CORE = True
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 DDL = """
 CREATE TABLE state(
@@ -98,7 +98,28 @@ CREATE TABLE clock(
     idx INTEGER PRIMARY KEY,
     ns INTEGER NOT NULL
 );
+LEASE_DDL"""
+
+# Directory write leases (leases.py): one row per mount session holding any,
+# one per leased directory. Added in schema version 3.
+LEASE_DDL = """
+CREATE TABLE lease_holder(
+    holder INTEGER PRIMARY KEY,
+    expires_ns INTEGER NOT NULL,
+    duration_ns INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    last_reply BLOB,
+    ino_next INTEGER NOT NULL,
+    ino_hi INTEGER NOT NULL
+);
+CREATE TABLE lease(
+    dir INTEGER PRIMARY KEY,
+    holder INTEGER NOT NULL,
+    epoch INTEGER NOT NULL
+);
+CREATE INDEX lease_by_holder ON lease(holder);
 """
+DDL = DDL.replace("LEASE_DDL", LEASE_DDL)
 
 # A file the compactor should look at: more extents than its size explains
 # (regions of 4 MiB), or inline bytes in a file too big to be inline.
@@ -136,6 +157,23 @@ def init_db(conn: sqlite3.Connection, *, now_ns: int, uid: int = 0, gid: int = 0
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a database of an older schema version to this one. Every
+    replica runs the same code on the same state, so they stay identical."""
+    version = read_state(conn)["schema_version"]
+    if version == 2:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in LEASE_DDL.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("UPDATE state SET schema_version = 3 WHERE id = 0")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
 
 def is_initialized(conn: sqlite3.Connection) -> bool:

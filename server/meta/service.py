@@ -27,12 +27,18 @@ from ..raft.messages import Entry, EntryKind, HardState, Membership, NotLeader
 from ..raft.storage import LogStorage
 from . import codec
 from .raftsm import MetaStateMachine
+from .recall import LeaseDesk
 from .store import InitParams, MetaStore
 from .types import Tick
 
 log = logging.getLogger("chordfs.meta")
 meta_capnp = schema.load("meta")
 READ_INDEX_TIMEOUT_S = 5.0
+# How long a read or a change waits for another mount's lease to come back
+# (the holder's flush; at worst the lease's expiry) before the caller hears
+# "busy" and retries.
+RECALL_WAIT_S = 4.0
+LEASE_POLL_MAX_S = 30.0
 TICK_INTERVAL_S = 1.0
 
 
@@ -61,6 +67,16 @@ class MetadataServer(rpc.Server, interfaces=[meta_capnp.Metadata]):
                 return
             except trio.TooSlowError:
                 raise rpc.Overloaded("no quorum confirmed the read in time") from None
+            leased = _leased_dir(q)
+            if leased and md.desk.others((leased,), q.holder):
+                # Another mount may be answering changes there from its own
+                # batch: it flushes and gives the lease back first.
+                if not await md.desk.clear((leased,), holder=q.holder, timeout_s=RECALL_WAIT_S):
+                    raise rpc.Overloaded("a directory lease is being recalled; try again")
+                try:
+                    await md.group.service.read_index(timeout_s=READ_INDEX_TIMEOUT_S)
+                except (NotLeader, trio.TooSlowError):
+                    raise rpc.Overloaded("leadership moved during a lease recall") from None
         results.reply = codec.encode(_run(md.reader, q))
         if trace.ENABLED:
             trace.mark("node.query.done")
@@ -79,6 +95,37 @@ class MetadataServer(rpc.Server, interfaces=[meta_capnp.Metadata]):
         results.reply, results.notLeader, results.leaderHint = (
             reply.reply, reply.notLeader, reply.leaderHint)
         results.leaderAddr = reply.leaderAddr
+
+
+    async def leaseEvents(self, params, results):
+        md = self.metadata
+        if md is None:
+            raise rpc.Unimplemented("this node holds no metadata replica; ask another node")
+        from ..raft.messages import Role
+        st = md.group.service.core.status()
+        if st.role != Role.LEADER:
+            hint = st.leader or 0
+            results.notLeader, results.leaderHint = True, hint
+            results.leaderAddr = (md.group.addr_of(hint) or "") if hint else ""
+            return
+        wait_s = min(LEASE_POLL_MAX_S, params.waitMs / 1000)
+        dirs = await md.desk.events(params.holder, wait_s)
+        out = results.init("recall", len(dirs))
+        for i, d in enumerate(dirs):
+            out[i] = d
+
+
+def _leased_dir(q) -> int:
+    """The directory a query reads whose lease matters: its entries
+    (lookup, readdir) or its own attributes (getattr)."""
+    which = q.which()
+    if which == "lookup":
+        return q.lookup.parent
+    if which == "readdir":
+        return q.readdir.dirIno
+    if which == "getattr":
+        return q.getattr.ino
+    return 0
 
 
 def _run(reader: MetaStore, q):
@@ -173,12 +220,16 @@ class MetadataGroup:
         self.identity = ident
         self.store = MetaStore(os.path.join(data_dir, "meta.db"), init)
         self.reader = MetaStore(os.path.join(data_dir, "meta.db"))
+        self.desk = LeaseDesk(self.reader, node_name)
         sm = MetaStateMachine(self.store, os.path.join(data_dir, "scratch"))
         self.group: RaftGroup = open_group(ident.node_id, {}, raft_dir, sm, pool, cfg=cfg,
                                            tick_s=tick_s, bootstrap=False,
                                            resolve=resolve, frame_bytes_max=frame_bytes_max)
         self.group.service.cluster_id = self.group.transport.cluster_id = ident.cluster_id
         self.group.transport.self_addr = node_name
+        self.group.service.propose_gate = (
+            lambda command, propose: self.desk.gated_propose(command, propose,
+                                                             timeout_s=RECALL_WAIT_S))
         if not self.group.fresh:
             self._mark_member()
         self.joining = not self._member()

@@ -75,6 +75,8 @@ class MetaStore:
                 raise FileNotFoundError(f"{path}: no metadata database and no InitParams")
             schema.init_db(self._conn, now_ns=init.now_ns, uid=init.uid, gid=init.gid,
                            root_mode=init.root_mode, chunk_bytes=init.chunk_bytes)
+        elif init is not None:
+            schema.upgrade(self._conn)  # the writer's open; readers open after it
         self._check_version(self._conn, path)
         self.apply_faults = 0  # commands answered EIO since this process opened the file
 

@@ -41,6 +41,16 @@ COMMIT_INLINE_BYTES_MAX = 1 << 20
 # it; older uncommitted copies are swept (server/meta/blocks.py).
 UPLOAD_WINDOW_NS = 30 * 10**9
 
+# A command that would change a directory another mount holds a lease on is
+# refused with this code (outside the errno range: the leader recalls the
+# lease and proposes again, a client never sees it).
+LEASED = 0x10001
+LEASE_DURATION_MIN_NS = 10**9
+LEASE_DURATION_MAX_NS = 60 * 10**9
+LEASE_INOS_MAX = 1 << 20
+LEASE_LISTING_MAX = 4096
+LEASE_BATCH_OPS_MAX = 4096
+
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 XATTR_CREATE = 1
@@ -261,15 +271,57 @@ class ForgetChunks:
     marks: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class AcquireLease:
+    """Give mount session ``holder`` the exclusive write lease on directory
+    ``dir`` under the fencing ``epoch`` the holder chose (unique per grant:
+    a batch naming an older epoch is refused). Every lease of a holder
+    expires together, ``duration_ns`` of log time after its last grant or
+    batch. ``inos``: the holder wants a range of that many inode numbers
+    for the nodes it creates under its leases. See ``leases.py``."""
+
+    holder: int
+    dir: int
+    epoch: int
+    duration_ns: int
+    inos: int = 0
+
+
+@dataclass(frozen=True)
+class ReleaseLease:
+    holder: int
+    dir: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class LeaseBatch:
+    """A lease holder's changes, in order, as one log entry: ``ops`` are
+    encoded Commands (AcquireLease and ReleaseLease of this holder
+    included); ``inos[i]`` is the inode number the holder gave the node
+    ``ops[i]`` creates (0 otherwise). ``leases``/``epochs``: the leases the
+    batch relies on; if any is not the holder's any more, nothing applies.
+    ``seq`` makes a retried batch answer its first result instead of
+    applying twice."""
+
+    holder: int
+    seq: int
+    ops: list[bytes] = field(default_factory=list)
+    inos: list[int] = field(default_factory=list)
+    leases: list[int] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+    want_inos: int = 0
+
+
 COMMANDS = (
     Create, Mkdir, Mknod, Symlink, Link, Unlink, Rmdir, Rename, SetAttr,
     SetXattr, RemoveXattr, CommitWrite, ReleaseOrphan, ForgetChunks, Compact, Tick,
-    Clone,
+    Clone, AcquireLease, ReleaseLease, LeaseBatch,
 )
 Command = (
     Create | Mkdir | Mknod | Symlink | Link | Unlink | Rmdir | Rename | SetAttr
     | SetXattr | RemoveXattr | CommitWrite | ReleaseOrphan | ForgetChunks
-    | Compact | Tick | Clone
+    | Compact | Tick | Clone | AcquireLease | ReleaseLease | LeaseBatch
 )
 
 
@@ -327,7 +379,34 @@ class AlreadyApplied:
     err: int = 0
 
 
-Result = Status | EntryReply | RemoveReply | AlreadyApplied
+@dataclass(frozen=True)
+class LeaseReply:
+    """AcquireLease: the lease's epoch, the holder's inode range
+    [ino_next, ino_hi), the directory's attributes and how many entries it
+    holds (counted up to LEASE_LISTING_MAX + 1)."""
+
+    err: int = 0
+    epoch: int = 0
+    ino_next: int = 0
+    ino_hi: int = 0
+    attr: Attr | None = None
+    entries: int = 0
+
+
+@dataclass(frozen=True)
+class BatchReply:
+    """LeaseBatch: ``err`` refuses the whole batch (ESTALE: a lease it
+    relies on is gone; LEASED: an op touches another holder's directory);
+    otherwise ``results[i]`` is the encoded Result of ``ops[i]``. The
+    holder's inode range after the batch comes back too."""
+
+    err: int = 0
+    results: list[bytes] = field(default_factory=list)
+    ino_next: int = 0
+    ino_hi: int = 0
+
+
+Result = Status | EntryReply | RemoveReply | AlreadyApplied | LeaseReply | BatchReply
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ import errno
 import stat
 
 from . import blocks
-from .types import (COMMANDS, NAME_BYTES_MAX,
+from .types import (COMMANDS, LEASE_BATCH_OPS_MAX, LEASE_DURATION_MAX_NS,
+                    LEASE_DURATION_MIN_NS, LEASE_INOS_MAX, NAME_BYTES_MAX, AcquireLease,
+                    BatchReply, LeaseBatch, LeaseReply, ReleaseLease,
                     RENAME_EXCHANGE, RENAME_NOREPLACE, SYMLINK_BYTES_MAX,
                     XATTR_CREATE, XATTR_NAME_BYTES_MAX, XATTR_REPLACE,
                     XATTR_VALUE_BYTES_MAX, Clone, CommitWrite, Compact, Create, EntryReply, ForgetChunks,
@@ -255,12 +257,43 @@ def _forget_chunks(cmd: ForgetChunks) -> int:
     return 0 if all(_chunk_id(i) for i in ids) else errno.EINVAL
 
 
+def _holder(value: object) -> tuple[object, int, int]:
+    return (value, 1, INT64_MAX)
+
+
+def _acquire(cmd: AcquireLease) -> int:
+    return _ranges(_holder(cmd.holder), _ino(cmd.dir), (cmd.epoch, 1, INT64_MAX),
+                   (cmd.duration_ns, LEASE_DURATION_MIN_NS, LEASE_DURATION_MAX_NS),
+                   (cmd.inos, 0, LEASE_INOS_MAX))
+
+
+def _release(cmd: ReleaseLease) -> int:
+    return _ranges(_holder(cmd.holder), _ino(cmd.dir), (cmd.epoch, 1, INT64_MAX))
+
+
+def _batch(cmd: LeaseBatch) -> int:
+    ops, inos, dirs, epochs = cmd.ops, cmd.inos, cmd.leases, cmd.epochs
+    if not all(isinstance(x, list) for x in (ops, inos, dirs, epochs)):
+        return errno.EINVAL
+    if len(ops) > LEASE_BATCH_OPS_MAX or len(inos) != len(ops) or len(dirs) != len(epochs):
+        return errno.EINVAL
+    if not all(isinstance(op, bytes) for op in ops):
+        return errno.EINVAL
+    if not all(i == 0 or _in(i, 1, INO_MAX) for i in inos):
+        return errno.EINVAL
+    if not all(_in(d, 1, INO_MAX) for d in dirs) or not all(_in(e, 1, INT64_MAX) for e in epochs):
+        return errno.EINVAL
+    return _ranges(_holder(cmd.holder), (cmd.seq, 1, INT64_MAX),
+                   (cmd.want_inos, 0, LEASE_INOS_MAX))
+
+
 _CHECKS = {
     Create: _create_masked, Mkdir: _create_masked, Mknod: _mknod, Symlink: _symlink,
     Link: _link, Unlink: _remove, Rmdir: _remove, Rename: _rename,
     SetAttr: _setattr, SetXattr: _setxattr, RemoveXattr: _removexattr,
     CommitWrite: _commit_write, ReleaseOrphan: _release_orphan,
     ForgetChunks: _forget_chunks, Compact: _compact, Tick: _tick, Clone: _clone,
+    AcquireLease: _acquire, ReleaseLease: _release, LeaseBatch: _batch,
 }
 assert set(_CHECKS) == set(COMMANDS), "every command needs a check"
 
@@ -279,4 +312,8 @@ def error_result(cmd: object, err: int) -> Result:
         return EntryReply(err)
     if isinstance(cmd, _REMOVE_COMMANDS):
         return RemoveReply(err)
+    if isinstance(cmd, AcquireLease):
+        return LeaseReply(err)
+    if isinstance(cmd, LeaseBatch):
+        return BatchReply(err)
     return Status(err)

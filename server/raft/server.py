@@ -107,8 +107,14 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
             return
         if trace.ENABLED:
             trace.mark("node.propose")
+        gate = getattr(service, "propose_gate", None)
         try:
-            index, term, result = await service.propose(command, timeout_s=PROPOSE_TIMEOUT_S)
+            if gate is None:
+                index, term, result = await service.propose(command, timeout_s=PROPOSE_TIMEOUT_S)
+            else:
+                # The metadata leases' recall (server/meta/recall.py).
+                index, term, result = await gate(
+                    command, lambda c: service.propose(c, timeout_s=PROPOSE_TIMEOUT_S))
         except NotLeader as e:
             hint = e.leader_hint or 0
             if params.forwarded or not hint or self.raft_addr_of(hint) is None:

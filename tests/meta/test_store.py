@@ -224,6 +224,9 @@ SAMPLES = [
     t.ReleaseOrphan(5, 3),
     t.ForgetChunks([b"a" * 16, b"b" * 16], [1, 2**63 - 1]),
     t.Clone(5, 1, b"copy", 0o640, 7, 8, 3),
+    t.AcquireLease(9, 2, 3, 10**10, 64),
+    t.ReleaseLease(9, 2, 3),
+    t.LeaseBatch(9, 4, [b"op1", b"op2"], [0, 77], [2], [3], 16),
 ]
 
 
@@ -243,7 +246,9 @@ def test_codec_covers_every_command_and_query_type():
                   t.StatFs(1, 2, 3, 4, 5), attr]:
         assert codec.decode(type(value), codec.encode(value)) == value
     for result in [t.Status(2), t.EntryReply(0, attr), t.EntryReply(17),
-                   t.RemoveReply(0, 4, 1), t.AlreadyApplied(3, 9)]:
+                   t.RemoveReply(0, 4, 1), t.AlreadyApplied(3, 9),
+                   t.LeaseReply(0, 3, 100, 164, attr, 5),
+                   t.BatchReply(0, [b"r1", b"r2"], 101, 164)]:
         assert codec.decode_result(codec.encode_result(result)) == result
     with pytest.raises(ValueError):
         codec.decode_command(codec.encode_result(t.Status(0))[:3])
