@@ -114,6 +114,9 @@ class MetaClient:
         self._rids = itertools.count(1)
         self.retries = 0
         self.resolved = 0
+        # This mount's lease session (fusefs/leases.py), sent with every
+        # query so the leader does not recall our own leases to answer us.
+        self.holder = 0
 
     # ------------------------------------------------------------ targets
 
@@ -143,26 +146,29 @@ class MetaClient:
     # ------------------------------------------------------------ the loop
 
     async def _call(self, op: str, rid: int, attempt, *, retry_uncertain: bool = True,
-                    busy_means_leader: bool = False):
+                    busy_means_leader: bool = False, attempt_timeout_s: float | None = None,
+                    deadline_s: float | None = None):
         """Run ``attempt(addr, timeout_s, sent)`` against the leader until it
         answers without ``notLeader``; returns (reply, uncertain). ``sent``
         is a one-item list the attempt sets once its call left: a failure
         after that makes the outcome uncertain. ``busy_means_leader``: only
         a leader answers this call with an error other than notLeader (true
         of proposals), so such a node is the one to retry."""
-        deadline = trio.current_time() + self.deadline_s
+        deadline = trio.current_time() + (deadline_s or self.deadline_s)
+        attempt_s = attempt_timeout_s or self.attempt_timeout_s
         pause = _Backoff(deadline, *self.backoff)
         uncertain, unreachable, redirects, last = False, 0, 0, "none"
         while True:
             remaining = deadline - trio.current_time()
             if remaining <= 0:
-                raise Unavailable(f"{op}: the cluster did not answer within {self.deadline_s:g}s "
+                raise Unavailable(f"{op}: the cluster did not answer within "
+                                  f"{deadline_s or self.deadline_s:g}s "
                                   f"(last: {last})")
             addr = self._target()
             sent = [False]
             try:
-                with trio.fail_after(min(self.attempt_timeout_s, remaining)):
-                    reply = await attempt(addr, min(self.attempt_timeout_s, remaining), sent)
+                with trio.fail_after(min(attempt_s, remaining)):
+                    reply = await attempt(addr, min(attempt_s, remaining), sent)
             except (rpc.RpcError, trio.TooSlowError) as exc:
                 doubt = sent[0] and not isinstance(exc, rpc.Unimplemented)
                 uncertain = uncertain or doubt
@@ -280,6 +286,7 @@ class MetaClient:
         def params(p):
             q = p.init("query")
             q.linearizable = True
+            q.holder = self.holder
             fill(q)
             p.forwarded = False
 
@@ -298,6 +305,21 @@ class MetaClient:
             return codec.decode(reply_cls, reply.reply)
         except Exception as exc:  # noqa: BLE001 - capnp raises its own kinds
             raise BackendError(f"{op}: undecodable reply: {exc}") from exc
+
+    async def lease_events(self, holder: int, wait_s: float) -> list[int]:
+        """The leader's recall requests for ``holder`` (a long poll)."""
+        rid = next(self._rids)
+
+        async def attempt(addr, timeout_s, sent):
+            cap = await self.pool.bootstrap(addr, meta_capnp.Metadata, timeout_s=timeout_s)
+            return await cap.call("leaseEvents", {"holder": holder, "waitMs": int(wait_s * 1000)},
+                                  timeout_s=timeout_s)
+
+        # The poll itself waits up to wait_s: its attempts may take that long.
+        reply, _ = await self._call("leaseEvents", rid, attempt,
+                                    attempt_timeout_s=wait_s + self.attempt_timeout_s,
+                                    deadline_s=wait_s + self.deadline_s)
+        return list(reply.recall)
 
     async def lookup(self, parent: int, name: bytes) -> EntryReply:
         def fill(q):

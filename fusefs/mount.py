@@ -12,7 +12,8 @@ backend.
 
 Mount options (``-o a,b=c``): FUSE's own (``ro``, ``nosuid``, ``nodev``,
 ``noexec``, ``noatime``, ...) pass through; ``attr_timeout``,
-``entry_timeout`` (seconds), ``read_ahead_kb``, ``cache_mib``, ``chunk_kib``
+``entry_timeout`` (seconds), ``sync_meta`` (one commit per metadata
+change instead of directory write-behind, fusefs/leases.py), ``read_ahead_kb``, ``cache_mib``, ``chunk_kib``
 (new data directories only), ``deadline`` (seconds a cluster metadata call
 may take with its retries before EIO, default 15), ``writeback`` /
 ``nowriteback`` (the kernel's writeback cache, default off; see
@@ -43,6 +44,7 @@ from server.meta.types import CHUNK_BYTES_DEFAULT
 
 from .backend import Backend, LocalBackend
 from .cluster import ClusterConfig, open_cluster, parse_nodes
+from .leases import LeasedBackend
 from .kernel import Timeouts
 from .ops import DROP_CACHE_XATTR, ChordOps
 
@@ -95,6 +97,7 @@ class MountConfig:
     log_file: str | None
     debug: bool
     acls: bool = True
+    sync_meta: bool = False  # -o sync_meta: no directory write-behind (fusefs/leases.py)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,7 +131,7 @@ def parse_options(text: str) -> dict:
            "attr_timeout": 1.0, "entry_timeout": 1.0, "allow_other": True,
            "read_ahead_kb": READ_AHEAD_KB_DEFAULT, "cache_mib": CACHE_MIB_DEFAULT,
            "chunk_kib": CHUNK_BYTES_DEFAULT >> 10, "deadline": DEADLINE_S_DEFAULT,
-           "writeback": WRITEBACK_DEFAULT, "acl": True}
+           "writeback": WRITEBACK_DEFAULT, "acl": True, "sync_meta": False}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
         if key in ("attr_timeout", "entry_timeout", "deadline"):
@@ -141,6 +144,8 @@ def parse_options(text: str) -> dict:
             out["writeback"] = item == "writeback"
         elif item in ("acl", "noacl"):
             out["acl"] = item == "acl"
+        elif item in ("sync_meta", "nosync_meta"):
+            out["sync_meta"] = item == "sync_meta"
         elif item in FUSE_PASSTHROUGH:
             out["fuse"].add(item)
         elif item in IGNORED or key.startswith("x-") or key == "comment":
@@ -181,7 +186,7 @@ def parse_args(argv: list[str]) -> MountConfig:
         timeouts=Timeouts(attr_s=opts["attr_timeout"], entry_s=opts["entry_timeout"]),
         read_ahead_kb=opts["read_ahead_kb"], cache_bytes=opts["cache_mib"] << 20,
         chunk_bytes=opts["chunk_kib"] << 10, writeback=opts["writeback"],
-        foreground=args.foreground, acls=opts["acl"],
+        foreground=args.foreground, acls=opts["acl"], sync_meta=opts["sync_meta"],
         log_file=args.log_file, debug=args.debug)
 
 
@@ -258,7 +263,16 @@ async def _open_backend(cfg: MountConfig):
             await backend.aclose()
         return
     async with open_cluster(ClusterConfig(cfg.nodes, call_deadline_s=cfg.deadline_s)) as backend:
-        yield backend
+        if cfg.sync_meta:
+            yield backend
+            return
+        async with trio.open_nursery() as nursery:
+            leased = LeasedBackend(backend, nursery)
+            try:
+                yield leased
+            finally:
+                await leased.aclose_leases()
+                nursery.cancel_scope.cancel()
 
 
 async def serve(cfg: MountConfig, ready_fd: int | None = None) -> None:

@@ -156,6 +156,11 @@ class Connection:
         self._outstanding_lot.unpark_all()
 
     async def _shutdown(self, reason: str, abort: bool) -> None:
+        if self._closed:
+            # Closed locally while the reader was still handling a frame
+            # (say a late Return of a call close() had already failed):
+            # nothing of it is the peer's fault, and the outbox is gone.
+            return
         if abort:
             log.warning(kv("rpc.abort", conn=self.id, peer=self.peer, reason=reason))
             queued = self._outbox.put_nowait(frames.abort_frame(reason))

@@ -120,6 +120,13 @@ def test_fsynced_data_survives_kill_9_of_the_mount(real_cluster, tmp_path):
         os.write(fd, payload)
         os.fsync(fd)
         (mount.path / "small").write_bytes(b"closed before the crash")
+        # A closed file's entry and inline data may wait for the directory
+        # batch (fusefs/leases.py); fsync of the directory sends it.
+        dfd = os.open(mount.path, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
         mount.proc.kill()
         mount.proc.wait(10)
         try:

@@ -1,0 +1,723 @@
+"""Directory write-behind on the mount: while this mount holds a directory's
+lease, creates, mkdirs and symlinks there, and the small changes to the
+nodes it made (inline data of small files, chmod, utimes, rename, unlink),
+are answered here and sent later as ordered batches, one Raft entry each.
+
+``LeasedBackend`` wraps the cluster backend; the FUSE layer does not know.
+What it promises (README, "Metadata write-behind"):
+
+- Other mounts see a linearizable namespace: before anyone else reads
+  (lookup, readdir, getattr) or changes a leased directory, the leader
+  recalls the lease, and this mount's flush commits first
+  (server/meta/recall.py). Close-to-open holds the same way.
+- Durability: fsync, fsyncdir and unmount flush; otherwise a batch leaves
+  within ``FLUSH_AGE_S`` or at ``FLUSH_OPS`` operations. A crash of this
+  mount loses at most the changes of that window, never half a batch (a
+  batch is one log entry). A crash of nodes loses nothing acknowledged by
+  a flush (the batch is a committed Raft entry).
+- Fencing: leases expire in log time ``LEASE_S`` after this mount's last
+  batch or grant. This mount answers from its overlay only until
+  ``LEASE_S - MARGIN_S`` after it *sent* that request; past it, local
+  answers stop, and if the late batch is refused (epoch or expiry), the
+  changes it held are lost: the next fsync reports EIO and the caches that
+  showed them are dropped.
+
+What is answered here, and what still goes to the leader:
+- New nodes: Create, Mkdir (the child directory is leased in the same
+  batch: ``mkdir -p``, ``cp -r`` and ``tar x`` stay local all the way
+  down), Symlink, in a leased directory with a complete listing (known
+  when the lease is granted: up to LEASE_LISTING_MAX entries). Their inode
+  numbers come from the range the leader gave this session.
+- Nodes this mount created under a lease it still holds ("owned"): the
+  mount knows their whole state, so getattr, readlink, xattr queries,
+  chmod/chown/utimes, inline CommitWrite, rename within leased
+  directories and unlink/rmdir are answered here.
+- Anything else touching a leased directory (unlink of an older file,
+  setattr of the directory itself, a link into it...) is sent at once as a
+  batch of its own (after what is queued), and its real result returned.
+  Everything that names an owned node but is not answered here flushes the
+  queue first, so the node exists when the command applies.
+``-o sync_meta`` turns all of this off: one commit per change, as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import random
+import stat
+from collections.abc import Sequence
+
+import trio
+
+from rpc.logfmt import kv
+from server.meta import codec, validate
+from server.meta.types import (LEASE_LISTING_MAX, LINK_MAX, RENAME_NOREPLACE,
+                               AcquireLease, Attr, BatchReply, BytesReply, Clone,
+                               Command, CommitWrite, Create, DirPage, EntryReply,
+                               LeaseBatch, LeaseReply, Link, ManifestPage, Mkdir, Mknod,
+                               NamesReply, ReleaseLease, ReleaseOrphan, RemoveReply,
+                               RemoveXattr, Rename, Result, Rmdir, SetAttr, SetXattr,
+                               Symlink, Unlink, Utime)
+
+from .backend import Backend, BackendError, FsStat
+
+log = logging.getLogger("chordfs.fuse.lease")
+
+LEASE_S = 10.0
+# Log time advances by the leader's 1 s ticks and may run ahead of our clock
+# (another leader's clock): stop answering locally this long before expiry.
+MARGIN_S = 3.0
+FLUSH_AGE_S = 0.1
+FLUSH_OPS = 256
+FLUSH_INLINE_BYTES = 1 << 20
+IDLE_RELEASE_S = 2.0
+COOLDOWN_S = 5.0          # after a recall or a refusal, before asking again
+INO_RANGE = 1024
+POLL_S = 20.0
+UNMOUNT_FLUSH_S = 10.0
+
+
+class LeaseLost(BackendError):
+    """Changes answered under a lease never reached the log."""
+
+
+@dataclasses.dataclass
+class DirLease:
+    dir: int
+    epoch: int
+    attr: Attr
+    entries: dict[bytes, tuple[int, int]]  # the whole directory: name -> (ino, S_IFMT)
+    granted: bool = False                    # the grant is applied (not only queued)
+    last_used: float = 0.0
+    recalled: bool = False
+
+
+@dataclasses.dataclass
+class Owned:
+    """A node this mount created under a lease it still holds."""
+
+    attr: Attr
+    dir: int
+    target: bytes = b""
+
+
+@dataclasses.dataclass
+class _Op:
+    data: bytes
+    ino: int = 0
+    relies_on: int = 0  # the leased directory this op needs (0: none, or granted in-batch)
+    inline: int = 0
+    grant: int = 0      # the directory an AcquireLease op asks for
+
+
+def _touch(attr: Attr, now_ns: int, nlink_delta: int = 0) -> Attr:
+    return dataclasses.replace(attr, mtime_ns=now_ns, ctime_ns=now_ns,
+                               nlink=attr.nlink + nlink_delta)
+
+
+def _utime(value, current: int, now_ns: int) -> int:
+    if value is Utime.OMIT:
+        return current
+    return now_ns if value is Utime.NOW else value
+
+
+class LeasedBackend(Backend):
+    def __init__(self, inner, nursery: trio.Nursery, *, lease_s: float = LEASE_S,
+                 margin_s: float = MARGIN_S, flush_age_s: float = FLUSH_AGE_S) -> None:
+        self.inner = inner
+        self.holder = random.getrandbits(62) + 1
+        inner.meta.holder = self.holder
+        self.lease_s, self.margin_s, self.flush_age_s = lease_s, margin_s, flush_age_s
+        self.leases: dict[int, DirLease] = {}
+        self.owned: dict[int, Owned] = {}
+        self.queue: list[_Op] = []
+        self.queue_since = 0.0
+        self.seq = 0
+        self.epochs = 0
+        self.ino_next = self.ino_hi = 0
+        self.valid_until = 0.0
+        self.cooldown: dict[int, float] = {}
+        self.lost: str | None = None
+        self._flush_lock = trio.Lock()
+        self._queued = trio.Event()
+        self._have_leases = trio.Event()
+        self.stats = {"local": 0, "batches": 0, "batched_ops": 0, "sync_ops": 0,
+                      "grants": 0, "recalls": 0, "lost": 0}
+        nursery.start_soon(self._flusher)
+        nursery.start_soon(self._recalls)
+
+    # ------------------------------------------------------------ leases
+
+    def _valid(self) -> bool:
+        return trio.current_time() < self.valid_until
+
+    def _live(self, dir_ino: int) -> DirLease | None:
+        lease = self.leases.get(dir_ino)
+        if lease is None or lease.recalled or not self._valid():
+            return None
+        lease.last_used = trio.current_time()
+        return lease
+
+    async def _lease_for(self, dir_ino: int) -> DirLease | None:
+        """Our live lease on ``dir_ino``, asking for it if we may."""
+        lease = self._live(dir_ino)
+        if lease is not None:
+            return lease
+        if self.cooldown.get(dir_ino, 0.0) > trio.current_time() or dir_ino in self.leases:
+            return None
+        await self.flush()  # the grant must come after what is queued
+        self.epochs += 1
+        epoch = (self.holder << 1) ^ self.epochs  # unique per grant for this holder
+        epoch &= (1 << 63) - 1
+        sent = trio.current_time()
+        reply = await self.inner.submit(AcquireLease(self.holder, dir_ino, epoch,
+                                                     int(self.lease_s * 1e9), INO_RANGE))
+        if not isinstance(reply, LeaseReply) or reply.err:
+            self.cooldown[dir_ino] = trio.current_time() + COOLDOWN_S
+            return None
+        self._take_range(reply.ino_next, reply.ino_hi)
+        entries: dict[bytes, tuple[int, int]] = {}
+        if reply.entries > LEASE_LISTING_MAX or not await self._list(dir_ino, entries):
+            await self._release_now(dir_ino, epoch)
+            self.cooldown[dir_ino] = trio.current_time() + 60.0
+            return None
+        self.valid_until = max(self.valid_until, sent + self.lease_s - self.margin_s)
+        lease = DirLease(dir_ino, epoch, reply.attr, entries, granted=True,
+                         last_used=trio.current_time())
+        self.leases[dir_ino] = lease
+        self._have_leases.set()
+        self.stats["grants"] += 1
+        log.debug(kv("lease.granted", holder=f"{self.holder:x}", dir=dir_ino,
+                     entries=len(entries)))
+        return lease
+
+    async def _list(self, dir_ino: int, out: dict) -> bool:
+        cursor = b""
+        while True:
+            page = await self.inner.readdir(dir_ino, cursor)
+            if page.err:
+                return False
+            for e in page.entries:
+                out[e.name] = (e.ino, e.kind)
+            if page.done or len(out) > LEASE_LISTING_MAX:
+                return len(out) <= LEASE_LISTING_MAX
+            cursor = page.cursor
+
+    async def _release_now(self, dir_ino: int, epoch: int) -> None:
+        try:
+            await self.inner.submit(ReleaseLease(self.holder, dir_ino, epoch))
+        except BackendError:
+            pass  # it expires
+
+    def _take_range(self, lo: int, hi: int) -> None:
+        if hi > self.ino_hi and lo >= self.ino_next:
+            self.ino_next, self.ino_hi = lo, hi
+
+    async def _take_ino(self) -> int:
+        if self.ino_next >= self.ino_hi:
+            await self.flush(want_inos=INO_RANGE)
+            if self.ino_next >= self.ino_hi:
+                raise BackendError("no inode numbers granted to this mount")
+        ino = self.ino_next
+        self.ino_next += 1
+        return ino
+
+    def _forget(self, dirs) -> None:
+        """Drop our view of these leases and of the nodes owned in them."""
+        dirs = set(dirs)
+        for d in dirs:
+            self.leases.pop(d, None)
+        for ino in [i for i, o in self.owned.items() if o.dir in dirs]:
+            del self.owned[ino]
+        if not self.leases:
+            self._have_leases = trio.Event()
+
+    def _lose(self, why: str) -> None:
+        """The changes queued or in flight will never apply."""
+        self.stats["lost"] += 1
+        self.lost = why
+        log.error(kv("lease.lost", holder=f"{self.holder:x}", reason=why,
+                     leases=len(self.leases), owned=len(self.owned)))
+        self.queue.clear()
+        self._forget(list(self.leases))
+
+    # ------------------------------------------------------------ the queue
+
+    def _enqueue(self, cmd: Command, ino: int = 0, relies_on: int = 0, inline: int = 0) -> None:
+        if not self.queue:
+            self.queue_since = trio.current_time()
+        self.queue.append(_Op(codec.encode_command(cmd), ino, relies_on, inline))
+        self.stats["local"] += 1
+        self._queued.set()
+
+    async def flush(self, extra: Command | None = None, want_inos: int = 0,
+                    renew: bool = False) -> Result | None:
+        """Send what is queued (and ``extra`` after it) as one batch; the
+        result of ``extra``. Batches go one at a time, in order."""
+        async with self._flush_lock:
+            ops, self.queue = self.queue, []
+            if extra is not None:
+                ops.append(_Op(codec.encode_command(extra)))
+            if self.ino_hi - self.ino_next < INO_RANGE // 4:
+                want_inos = INO_RANGE
+            if not ops and not renew and not (want_inos and self.leases):
+                return None
+            self.seq += 1
+            relied = {op.relies_on for op in ops if op.relies_on}
+            epochs = {d: self.leases[d].epoch for d in relied if d in self.leases}
+            batch = LeaseBatch(self.holder, self.seq, [op.data for op in ops],
+                               [op.ino for op in ops], list(epochs), list(epochs.values()),
+                               want_inos)
+            sent = trio.current_time()
+            try:
+                reply = await self.inner.submit(batch)
+            except BackendError as exc:
+                if len(ops) > (extra is not None):
+                    self._lose(f"batch of {len(ops)} not committed: {exc}")
+                raise
+            if not isinstance(reply, BatchReply) or reply.err:
+                err = getattr(reply, "err", errno.EIO)
+                self._lose(f"batch of {len(ops)} refused (errno {err})")
+                if extra is not None:
+                    raise LeaseLost(f"lease lost (errno {err})")
+                return None
+            self.stats["batches"] += 1
+            self.stats["batched_ops"] += len(ops)
+            self.valid_until = max(self.valid_until, sent + self.lease_s - self.margin_s)
+            self._take_range(reply.ino_next, reply.ino_hi)
+            results = [codec.decode_result(r) for r in reply.results]
+            answered = results[:-1] if extra is not None else results
+            for op, result in zip(ops, answered):
+                if result.err:
+                    # We answered it as done: our view and the log differ.
+                    self._lose(f"a change answered locally failed with errno {result.err}")
+                    break
+            for op in ops:
+                if op.grant in self.leases:
+                    self.leases[op.grant].granted = True
+            return results[-1] if extra is not None else None
+
+    async def _flusher(self) -> None:
+        """Ages the queue out, gives back idle leases."""
+        while True:
+            with trio.move_on_after(IDLE_RELEASE_S / 4):
+                await self._queued.wait()
+                self._queued = trio.Event()
+                if self.queue:
+                    wait = self.queue_since + self.flush_age_s - trio.current_time()
+                    if len(self.queue) < FLUSH_OPS:
+                        await trio.sleep(max(0.0, wait))
+            now = trio.current_time()
+            idle = [d for d, lease in self.leases.items()
+                    if now - lease.last_used > IDLE_RELEASE_S and lease.granted]
+            if idle:
+                self._give_back(idle, recalled=False)
+            renew = bool(self.leases) and self.valid_until - now < self.lease_s / 2
+            if self.queue or renew:
+                try:
+                    await self.flush(renew=renew)
+                except BackendError as exc:
+                    log.info(kv("lease.flush_failed", holder=f"{self.holder:x}", error=str(exc)))
+
+    def _give_back(self, dirs: Sequence[int], *, recalled: bool) -> None:
+        """Queue the release of these leases; local answers there stop now."""
+        for d in dirs:
+            lease = self.leases.get(d)
+            if lease is None:
+                continue
+            self._enqueue(ReleaseLease(self.holder, d, lease.epoch))
+        self._forget(dirs)
+        if recalled:
+            for d in dirs:
+                self.cooldown[d] = trio.current_time() + COOLDOWN_S
+
+    async def _recalls(self) -> None:
+        while True:
+            await self._have_leases.wait()
+            try:
+                dirs = await self.inner.meta.lease_events(self.holder, POLL_S)
+            except BackendError as exc:
+                log.info(kv("lease.poll_failed", holder=f"{self.holder:x}", error=str(exc)))
+                await trio.sleep(0.2)
+                continue
+            if not dirs:
+                continue
+            self.stats["recalls"] += 1
+            log.debug(kv("lease.recall", holder=f"{self.holder:x}",
+                         dirs=",".join(map(str, dirs))))
+            self._give_back([d for d in dirs if d in self.leases], recalled=True)
+            for d in dirs:
+                if d not in self.leases:
+                    self.cooldown[d] = trio.current_time() + COOLDOWN_S
+            # Release what the leader asked for even if we had dropped it
+            # already: the release is idempotent, a stray one harmless.
+            try:
+                await self.flush()
+            except BackendError as exc:
+                log.info(kv("lease.flush_failed", holder=f"{self.holder:x}", error=str(exc)))
+
+    # ------------------------------------------------------------ changes
+
+    async def submit(self, command: Command) -> Result:
+        kind = type(command)
+        if kind in (Create, Mkdir, Symlink):
+            lease = await self._lease_for(command.parent)
+            if lease is not None:
+                return await self._new_node(lease, command)
+        elif kind in (Unlink, Rmdir):
+            answer = self._remove_owned(command)
+            if answer is not None:
+                return answer
+        elif kind is Rename:
+            answer = self._rename_owned(command)
+            if answer is not None:
+                return answer
+        elif kind is SetAttr:
+            answer = self._setattr_owned(command)
+            if answer is not None:
+                return answer
+        elif kind is CommitWrite:
+            answer = self._commit_owned(command)
+            if answer is not None:
+                return answer
+        return await self._send(command)
+
+    def _dirs_touched(self, cmd: Command) -> tuple[int, ...]:
+        if isinstance(cmd, (Create, Mkdir, Mknod, Symlink, Clone, Unlink, Rmdir)):
+            return (cmd.parent,)
+        if isinstance(cmd, Link):
+            return (cmd.new_parent,)
+        if isinstance(cmd, Rename):
+            return (cmd.parent, cmd.new_parent)
+        if isinstance(cmd, (SetAttr, SetXattr, RemoveXattr)):
+            return (cmd.ino,)
+        return ()
+
+    async def _send(self, cmd: Command) -> Result:
+        """A change not answered here: inside a batch when it touches a
+        directory we lease, else on its own once what it names exists."""
+        # A node we own that the leader changes (block data, a truncate, an
+        # xattr that may set the mode...): from now on it answers for it.
+        names = [n for n in (getattr(cmd, f, 0) for f in ("ino", "src")) if n in self.owned]
+        for n in names:
+            self.owned.pop(n, None)
+        ours = [d for d in self._dirs_touched(cmd) if d in self.leases]
+        if ours:
+            self.stats["sync_ops"] += 1
+            result = await self.flush(extra=cmd)
+            self._after_sync(cmd, result)
+            return result
+        if names:
+            await self.flush()  # so that the node exists
+        return await self.inner.submit(cmd)
+
+    def _learn(self, result: Result) -> None:
+        attr = getattr(result, "attr", None)
+        if not result.err and attr is not None:
+            self.owned.pop(attr.ino, None)  # as in _send: the leader answers for it now
+
+    def _after_sync(self, cmd: Command, result: Result) -> None:
+        """Keep the leased directories' listings and attributes right after
+        a change the leader answered."""
+        if result.err:
+            return
+        self._learn(result)
+        parents = {a.ino: a for a in getattr(result, "parents", [])}
+        for ino, attr in parents.items():
+            if ino in self.leases:
+                self._set_dir_attr(self.leases[ino], attr)
+        if isinstance(cmd, (Unlink, Rmdir)) and cmd.parent in self.leases:
+            self.leases[cmd.parent].entries.pop(cmd.name, None)
+        elif isinstance(cmd, Rename) and (cmd.parent in self.leases
+                                          or cmd.new_parent in self.leases):
+            # Rare enough (an older node moved in or out): let go of both.
+            self._give_back([d for d in (cmd.parent, cmd.new_parent) if d in self.leases],
+                            recalled=False)
+        elif isinstance(cmd, (Link, Mknod, Clone)) and isinstance(result, EntryReply):
+            parent, name = ((cmd.new_parent, cmd.new_name) if isinstance(cmd, Link)
+                            else (cmd.parent, cmd.name))
+            if parent in self.leases:
+                self.leases[parent].entries[name] = (result.attr.ino,
+                                                     stat.S_IFMT(result.attr.mode))
+        elif isinstance(cmd, SetAttr) and cmd.ino in self.leases and isinstance(result, EntryReply):
+            self._set_dir_attr(self.leases[cmd.ino], result.attr)
+        elif isinstance(cmd, (SetXattr, RemoveXattr)) and cmd.ino in self.leases:
+            # A default ACL may have come: new nodes there would inherit
+            # it, which only the leader computes.
+            self._give_back([cmd.ino], recalled=False)
+
+    async def _new_node(self, lease: DirLease, cmd) -> EntryReply:
+        err = validate.check(cmd)
+        if err:
+            return EntryReply(err)
+        if cmd.name in lease.entries:
+            return EntryReply(errno.EEXIST)
+        if isinstance(cmd, Mkdir) and lease.attr.nlink >= LINK_MAX:
+            return EntryReply(errno.EMLINK)
+        ino = await self._take_ino()
+        if self._live(lease.dir) is not lease:
+            return await self._send(cmd)  # lost or recalled while we waited
+        pdir, now = lease.attr, cmd.now_ns
+        gid, size, target = cmd.gid, 0, b""
+        if isinstance(cmd, Symlink):
+            mode, target, size = stat.S_IFLNK | 0o777, cmd.target, len(cmd.target)
+        else:
+            kind = stat.S_IFDIR if isinstance(cmd, Mkdir) else stat.S_IFREG
+            mode = (kind | (cmd.mode & 0o7777)) & ~(cmd.umask & 0o777)
+        if pdir.mode & stat.S_ISGID:
+            gid = pdir.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        is_dir = stat.S_ISDIR(mode)
+        attr = Attr(ino, mode, cmd.uid, gid, size, 2 if is_dir else 1, 0, now, now, now)
+        self._set_dir_attr(lease, _touch(pdir, now, 1 if is_dir else 0))
+        lease.entries[cmd.name] = (ino, stat.S_IFMT(mode))
+        self.owned[ino] = Owned(attr, lease.dir, target)
+        self._enqueue(cmd, ino, lease.dir if lease.granted else 0)
+        if is_dir:
+            self.epochs += 1
+            epoch = ((self.holder << 1) ^ self.epochs) & ((1 << 63) - 1)
+            self.leases[ino] = DirLease(ino, epoch, attr, {}, last_used=trio.current_time())
+            self._enqueue(AcquireLease(self.holder, ino, epoch, int(self.lease_s * 1e9)))
+            self.queue[-1].grant = ino
+        return EntryReply(0, attr, [lease.attr])
+
+    def _set_dir_attr(self, lease: DirLease, attr: Attr) -> None:
+        """A directory we lease and may own too: one set of attributes."""
+        lease.attr = attr
+        owned = self.owned.get(lease.dir)
+        if owned is not None:
+            owned.attr = attr
+
+    def _owned_entry(self, parent: int, name: bytes) -> tuple[DirLease, Owned] | None:
+        lease = self._live(parent)
+        if lease is None:
+            return None
+        entry = lease.entries.get(name)
+        owned = self.owned.get(entry[0]) if entry else None
+        if owned is None or owned.attr.nlink > (2 if stat.S_ISDIR(owned.attr.mode) else 1):
+            return None  # not ours, or linked from elsewhere too
+        return lease, owned
+
+    def _remove_owned(self, cmd) -> RemoveReply | None:
+        found = self._owned_entry(cmd.parent, cmd.name)
+        if found is None:
+            return None
+        lease, owned = found
+        is_dir = stat.S_ISDIR(owned.attr.mode)
+        if isinstance(cmd, Rmdir) != is_dir:
+            return RemoveReply(errno.ENOTDIR if isinstance(cmd, Rmdir) else errno.EISDIR)
+        if is_dir:
+            child = self.leases.get(owned.attr.ino)
+            if child is None or child.recalled:
+                return None
+            if child.entries:
+                return RemoveReply(errno.ENOTEMPTY)
+        err = validate.check(cmd)
+        if err:
+            return RemoveReply(err)
+        ino = owned.attr.ino
+        del lease.entries[cmd.name]
+        self._set_dir_attr(lease, _touch(lease.attr, cmd.now_ns, -1 if is_dir else 0))
+        self._enqueue(cmd, 0, lease.dir if lease.granted else 0)
+        if is_dir:
+            child = self.leases.pop(ino)
+            self._enqueue(ReleaseLease(self.holder, ino, child.epoch))
+            del self.owned[ino]
+        elif isinstance(cmd, Unlink) and cmd.keep_orphan:
+            owned.attr = dataclasses.replace(owned.attr, nlink=0, ctime_ns=cmd.now_ns)
+        else:
+            del self.owned[ino]
+        return RemoveReply(0, ino, 0, [lease.attr])
+
+    def _rename_owned(self, cmd: Rename) -> RemoveReply | None:
+        if cmd.flags & ~RENAME_NOREPLACE or validate.check(cmd):
+            return None
+        found = self._owned_entry(cmd.parent, cmd.name)
+        dst = self._live(cmd.new_parent)
+        if found is None or dst is None:
+            return None
+        src, owned = found
+        if stat.S_ISDIR(owned.attr.mode):
+            return None  # '..' moves: leave it to the leader
+        victim = dst.entries.get(cmd.new_name)
+        replaced = None
+        if victim is not None:
+            if cmd.flags & RENAME_NOREPLACE:
+                return RemoveReply(errno.EEXIST)
+            if victim[0] == owned.attr.ino:
+                return RemoveReply(0)
+            found_dst = self._owned_entry(cmd.new_parent, cmd.new_name)
+            if found_dst is None or stat.S_ISDIR(found_dst[1].attr.mode):
+                return None
+            replaced = found_dst[1]
+        now = cmd.now_ns
+        del src.entries[cmd.name]
+        dst.entries[cmd.new_name] = (owned.attr.ino, stat.S_IFMT(owned.attr.mode))
+        owned.attr = dataclasses.replace(owned.attr, ctime_ns=now)
+        owned.dir = dst.dir
+        self._set_dir_attr(src, _touch(src.attr, now))
+        self._set_dir_attr(dst, _touch(dst.attr, now))
+        self._enqueue(cmd, 0, src.dir if src.granted else 0)
+        if dst is not src and dst.granted:
+            self.queue[-1] = dataclasses.replace(self.queue[-1], relies_on=src.dir)
+        reply_ino = reply_nlink = 0
+        if replaced is not None:
+            reply_ino = replaced.attr.ino
+            if cmd.keep_orphan:
+                replaced.attr = dataclasses.replace(replaced.attr, nlink=0, ctime_ns=now)
+            else:
+                del self.owned[reply_ino]
+        parents = [src.attr] if dst is src else [src.attr, dst.attr]
+        return RemoveReply(0, reply_ino, reply_nlink, parents)
+
+    def _setattr_owned(self, cmd: SetAttr) -> EntryReply | None:
+        owned = self.owned.get(cmd.ino)
+        if owned is None or cmd.size is not None or self._live(owned.dir) is None:
+            return None
+        err = validate.check(cmd)
+        if err:
+            return EntryReply(err)
+        a = owned.attr
+        mode = a.mode if cmd.mode is None else stat.S_IFMT(a.mode) | (cmd.mode & 0o7777)
+        owned.attr = dataclasses.replace(
+            a, mode=mode, uid=a.uid if cmd.uid is None else cmd.uid,
+            gid=a.gid if cmd.gid is None else cmd.gid,
+            atime_ns=_utime(cmd.atime, a.atime_ns, cmd.now_ns),
+            mtime_ns=_utime(cmd.mtime, a.mtime_ns, cmd.now_ns), ctime_ns=cmd.now_ns)
+        if cmd.ino in self.leases:
+            self.leases[cmd.ino].attr = owned.attr
+        self._enqueue(cmd, 0, self._relied(owned.dir))
+        return EntryReply(0, owned.attr)
+
+    def _commit_owned(self, cmd: CommitWrite) -> EntryReply | None:
+        owned = self.owned.get(cmd.ino)
+        if (owned is None or not stat.S_ISREG(owned.attr.mode) or self._live(owned.dir) is None
+                or any(s.block_id for s in cmd.slices)):
+            return None
+        err = validate.check(cmd)
+        if err:
+            return None  # let the leader answer it
+        end = max((s.off + s.length for s in cmd.slices), default=0)
+        size = max(owned.attr.size, cmd.size, end)
+        owned.attr = dataclasses.replace(owned.attr, size=size, mtime_ns=cmd.now_ns,
+                                         ctime_ns=cmd.now_ns)
+        inline = sum(len(s.data) for s in cmd.slices)
+        self._enqueue(cmd, 0, self._relied(owned.dir), inline)
+        if sum(op.inline for op in self.queue) >= FLUSH_INLINE_BYTES:
+            self.queue_since = 0.0  # the flusher sends at once
+        return EntryReply(0, owned.attr)
+
+    def _relied(self, dir_ino: int) -> int:
+        lease = self.leases.get(dir_ino)
+        return dir_ino if lease is not None and lease.granted else 0
+
+    # ------------------------------------------------------------ queries
+
+    async def lookup(self, parent: int, name: bytes) -> EntryReply:
+        lease = self._live(parent)
+        if lease is not None:
+            entry = lease.entries.get(name)
+            if entry is None:
+                return EntryReply(errno.ENOENT)
+            attr = self._attr_of(entry[0])
+            if attr is not None:
+                return EntryReply(0, attr)
+        return await self.inner.lookup(parent, name)
+
+    def _attr_of(self, ino: int) -> Attr | None:
+        """What we know of a node for sure: a directory we lease (its
+        attributes move with every entry we add), or a node we own."""
+        lease = self._live(ino)
+        if lease is not None:
+            return lease.attr
+        owned = self.owned.get(ino)
+        if owned is not None and self._live(owned.dir) is not None:
+            return owned.attr
+        return None
+
+    async def getattr(self, ino: int) -> EntryReply:
+        attr = self._attr_of(ino)
+        if attr is not None:
+            return EntryReply(0, attr)
+        await self._flush_if_named(ino)
+        return await self.inner.getattr(ino)
+
+    async def _flush_if_named(self, ino: int) -> None:
+        """A node we made must be in the log before the leader is asked
+        about it (a batch may be on its way: flush waits for it)."""
+        if ino in self.owned:
+            await self.flush()
+
+    async def readdir(self, ino: int, cursor: bytes = b"", limit: int = 1024,
+                      plus: bool = False) -> DirPage:
+        await self.flush()  # the leader lists what we made (our queries do not recall)
+        return await self.inner.readdir(ino, cursor, limit, plus)
+
+    async def readlink(self, ino: int) -> BytesReply:
+        owned = self.owned.get(ino)
+        if owned is not None and stat.S_ISLNK(owned.attr.mode):
+            return BytesReply(0, owned.target)
+        await self._flush_if_named(ino)
+        return await self.inner.readlink(ino)
+
+    async def getxattr(self, ino: int, name: bytes) -> BytesReply:
+        if ino in self.owned and self._live(self.owned[ino].dir) is not None:
+            return BytesReply(errno.ENODATA)  # no default ACL where we lease, no setxattr yet
+        return await self.inner.getxattr(ino, name)
+
+    async def listxattr(self, ino: int) -> NamesReply:
+        if ino in self.owned and self._live(self.owned[ino].dir) is not None:
+            return NamesReply(0, [])
+        return await self.inner.listxattr(ino)
+
+    async def manifest(self, ino: int, start: int = 0, limit: int | None = None) -> ManifestPage:
+        await self._flush_if_named(ino)
+        return await self.inner.manifest(ino, start, limit)
+
+    async def statfs(self) -> FsStat:
+        return await self.inner.statfs()
+
+    # ------------------------------------------------------------ data, sync
+
+    async def put_chunks(self, chunks, after_index: int = 0) -> int:
+        return await self.inner.put_chunks(chunks, after_index)
+
+    async def get_chunk(self, chunk_id: bytes) -> bytes:
+        return await self.inner.get_chunk(chunk_id)
+
+    async def has_chunks(self, chunk_ids) -> list[bool]:
+        return await self.inner.has_chunks(chunk_ids)
+
+    async def sync(self) -> None:
+        """fsync, fsyncdir: everything answered so far is in the log, or
+        the error that lost it is reported (once)."""
+        await self.flush()
+        if self.lost is not None:
+            why, self.lost = self.lost, None
+            raise LeaseLost(f"changes made under a directory lease were lost: {why}")
+        await self.inner.sync()
+
+    def data_path_stats(self) -> dict[str, int]:
+        return self.inner.data_path_stats()
+
+    async def aclose(self) -> None:
+        await self.aclose_leases()
+
+    async def aclose_leases(self) -> None:
+        """Unmount: flush and give every lease back (bounded). The cluster
+        backend underneath is closed by whoever opened it."""
+        with trio.move_on_after(UNMOUNT_FLUSH_S):
+            try:
+                self._give_back(list(self.leases), recalled=False)
+                await self.flush()
+            except BackendError as exc:
+                log.error(kv("lease.unmount_flush_failed", holder=f"{self.holder:x}",
+                             error=str(exc)))
+        log.info(kv("lease.stats", holder=f"{self.holder:x}", **self.stats))
+
+    def __getattr__(self, name: str):
+        # Everything else the cluster backend offers (refresh_map, ring, ...).
+        return getattr(self.inner, name)
