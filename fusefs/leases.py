@@ -54,7 +54,7 @@ import trio
 from rpc.logfmt import kv
 from server.meta import codec, validate
 from server.meta.types import (LEASE_LISTING_MAX, LINK_MAX, RENAME_NOREPLACE,
-                               AcquireLease, Attr, BatchReply, BytesReply, Clone,
+                               AcquireLease, Attr, BatchReply, BytesReply, Clone, DirEntry,
                                Command, CommitWrite, Create, DirPage, EntryReply,
                                LeaseBatch, LeaseReply, Link, ManifestPage, Mkdir, Mknod,
                                NamesReply, ReleaseLease, ReleaseOrphan, RemoveReply,
@@ -89,6 +89,7 @@ class DirLease:
     epoch: int
     attr: Attr
     entries: dict[bytes, tuple[int, int]]  # the whole directory: name -> (ino, S_IFMT)
+    parent: int = 0                          # for '..' (readdir answered here)
     granted: bool = False                    # the grant is applied (not only queued)
     last_used: float = 0.0
     recalled: bool = False
@@ -101,6 +102,9 @@ class Owned:
     attr: Attr
     dir: int
     target: bytes = b""
+    # A regular file's whole content while it is known here (inline
+    # commits from offset 0, in order), else None.
+    content: list | None = None
 
 
 @dataclasses.dataclass
@@ -110,6 +114,7 @@ class _Op:
     relies_on: int = 0  # the leased directory this op needs (0: none, or granted in-batch)
     inline: int = 0
     grant: int = 0      # the directory an AcquireLease op asks for
+    release: bool = False  # a ReleaseLease: losing it loses nothing
 
 
 def _touch(attr: Attr, now_ns: int, nlink_delta: int = 0) -> Attr:
@@ -134,9 +139,13 @@ class LeasedBackend(Backend):
         self.owned: dict[int, Owned] = {}
         self.queue: list[_Op] = []
         self.queue_since = 0.0
+        self.inline_queued = 0
         self.seq = 0
         self.epochs = 0
         self.ino_next = self.ino_hi = 0
+        self.spare: tuple[int, int] | None = None  # the next range, granted already
+        self.chunk_bytes = 0  # learned from the leader's manifests
+        self.on_lost = None   # the FUSE layer's: drop what the kernel holds
         self.valid_until = 0.0
         self.cooldown: dict[int, float] = {}
         self.lost: str | None = None
@@ -179,12 +188,13 @@ class LeasedBackend(Backend):
             return None
         self._take_range(reply.ino_next, reply.ino_hi)
         entries: dict[bytes, tuple[int, int]] = {}
-        if reply.entries > LEASE_LISTING_MAX or not await self._list(dir_ino, entries):
+        parent = await self._list(dir_ino, entries) if reply.entries <= LEASE_LISTING_MAX else 0
+        if not parent:
             await self._release_now(dir_ino, epoch)
             self.cooldown[dir_ino] = trio.current_time() + 60.0
             return None
         self.valid_until = max(self.valid_until, sent + self.lease_s - self.margin_s)
-        lease = DirLease(dir_ino, epoch, reply.attr, entries, granted=True,
+        lease = DirLease(dir_ino, epoch, reply.attr, entries, parent, granted=True,
                          last_used=trio.current_time())
         self.leases[dir_ino] = lease
         self._have_leases.set()
@@ -193,16 +203,20 @@ class LeasedBackend(Backend):
                      entries=len(entries)))
         return lease
 
-    async def _list(self, dir_ino: int, out: dict) -> bool:
+    async def _list(self, dir_ino: int, out: dict) -> int:
+        """Fill ``out`` with the directory's entries; its parent, or 0 when
+        it could not be listed whole."""
         cursor = b""
         while True:
             page = await self.inner.readdir(dir_ino, cursor)
             if page.err:
-                return False
+                return 0
             for e in page.entries:
                 out[e.name] = (e.ino, e.kind)
-            if page.done or len(out) > LEASE_LISTING_MAX:
-                return len(out) <= LEASE_LISTING_MAX
+            if len(out) > LEASE_LISTING_MAX:
+                return 0
+            if page.done:
+                return page.parent
             cursor = page.cursor
 
     async def _release_now(self, dir_ino: int, epoch: int) -> None:
@@ -212,12 +226,22 @@ class LeasedBackend(Backend):
             pass  # it expires
 
     def _take_range(self, lo: int, hi: int) -> None:
-        if hi > self.ino_hi and lo >= self.ino_next:
-            self.ino_next, self.ino_hi = lo, hi
+        """A range the leader answered with; a new one is used once the
+        numbers left of the one before are (it keeps both valid)."""
+        if hi > self.ino_hi:
+            self.spare = (lo, hi)
+        if self.ino_next >= self.ino_hi and self.spare:
+            (self.ino_next, self.ino_hi), self.spare = self.spare, None
+
+    def _inos_left(self) -> int:
+        spare = self.spare[1] - self.spare[0] if self.spare else 0
+        return self.ino_hi - self.ino_next + spare
 
     async def _take_ino(self) -> int:
         if self.ino_next >= self.ino_hi:
-            await self.flush(want_inos=INO_RANGE)
+            if not self.spare:
+                await self.flush(want_inos=INO_RANGE)
+            self._take_range(0, 0)
             if self.ino_next >= self.ino_hi:
                 raise BackendError("no inode numbers granted to this mount")
         ino = self.ino_next
@@ -241,26 +265,37 @@ class LeasedBackend(Backend):
         log.error(kv("lease.lost", holder=f"{self.holder:x}", reason=why,
                      leases=len(self.leases), owned=len(self.owned)))
         self.queue.clear()
+        self.inline_queued = 0
         self._forget(list(self.leases))
+        if self.on_lost is not None:
+            self.on_lost()
 
     # ------------------------------------------------------------ the queue
 
     def _enqueue(self, cmd: Command, ino: int = 0, relies_on: int = 0, inline: int = 0) -> None:
         if not self.queue:
             self.queue_since = trio.current_time()
+            self._queued.set()  # the flusher learns when this batch is due
         self.queue.append(_Op(codec.encode_command(cmd), ino, relies_on, inline))
+        self.inline_queued += inline
         self.stats["local"] += 1
-        self._queued.set()
+        if len(self.queue) >= FLUSH_OPS or self.inline_queued >= FLUSH_INLINE_BYTES:
+            self.queue_since = -self.flush_age_s  # due now
+            self._queued.set()
 
     async def flush(self, extra: Command | None = None, want_inos: int = 0,
-                    renew: bool = False) -> Result | None:
+                    renew: bool = False, take_queue: bool = True) -> Result | None:
         """Send what is queued (and ``extra`` after it) as one batch; the
-        result of ``extra``. Batches go one at a time, in order."""
+        result of ``extra``. Batches go one at a time, in order. ``renew``
+        sends a batch even with nothing in it (it renews our leases);
+        ``take_queue=False`` leaves the queue for later."""
         async with self._flush_lock:
-            ops, self.queue = self.queue, []
+            ops = []
+            if take_queue:
+                ops, self.queue, self.inline_queued = self.queue, [], 0
             if extra is not None:
                 ops.append(_Op(codec.encode_command(extra)))
-            if self.ino_hi - self.ino_next < INO_RANGE // 4:
+            if self._inos_left() < INO_RANGE // 4:
                 want_inos = INO_RANGE
             if not ops and not renew and not (want_inos and self.leases):
                 return None
@@ -279,6 +314,13 @@ class LeasedBackend(Backend):
                 raise
             if not isinstance(reply, BatchReply) or reply.err:
                 err = getattr(reply, "err", errno.EIO)
+                if all(op.release for op in ops) and extra is None:
+                    # Only releases (or a renewal): a lease that expired
+                    # meanwhile is released as well as it can be.
+                    log.info(kv("lease.release_refused", holder=f"{self.holder:x}", errno=err))
+                    if err == errno.ESTALE:
+                        self._forget(list(self.leases))  # this session's leases are gone
+                    return None
                 self._lose(f"batch of {len(ops)} refused (errno {err})")
                 if extra is not None:
                     raise LeaseLost(f"lease lost (errno {err})")
@@ -287,39 +329,46 @@ class LeasedBackend(Backend):
             self.stats["batched_ops"] += len(ops)
             self.valid_until = max(self.valid_until, sent + self.lease_s - self.margin_s)
             self._take_range(reply.ino_next, reply.ino_hi)
-            results = [codec.decode_result(r) for r in reply.results]
-            answered = results[:-1] if extra is not None else results
-            for op, result in zip(ops, answered):
-                if result.err:
-                    # We answered it as done: our view and the log differ.
-                    self._lose(f"a change answered locally failed with errno {result.err}")
-                    break
+            answered = reply.results[:-1] if extra is not None else reply.results
+            for data in answered:
+                if data:  # only failures are sent back
+                    err = codec.decode_result(data).err
+                    if err:
+                        # We answered it as done: our view and the log differ.
+                        self._lose(f"a change answered locally failed with errno {err}")
+                        break
+            last = reply.results[-1] if extra is not None and reply.results else b""
+            extra_result = codec.decode_result(last) if last else None
             for op in ops:
                 if op.grant in self.leases:
                     self.leases[op.grant].granted = True
-            return results[-1] if extra is not None else None
+            return extra_result
 
     async def _flusher(self) -> None:
-        """Ages the queue out, gives back idle leases."""
+        """Sends the queue when it is due, renews leases in between, gives
+        back idle ones."""
         while True:
-            with trio.move_on_after(IDLE_RELEASE_S / 4):
-                await self._queued.wait()
-                self._queued = trio.Event()
-                if self.queue:
-                    wait = self.queue_since + self.flush_age_s - trio.current_time()
-                    if len(self.queue) < FLUSH_OPS:
-                        await trio.sleep(max(0.0, wait))
             now = trio.current_time()
             idle = [d for d, lease in self.leases.items()
                     if now - lease.last_used > IDLE_RELEASE_S and lease.granted]
             if idle:
                 self._give_back(idle, recalled=False)
+            due = bool(self.queue) and (len(self.queue) >= FLUSH_OPS or
+                                        now >= self.queue_since + self.flush_age_s)
             renew = bool(self.leases) and self.valid_until - now < self.lease_s / 2
-            if self.queue or renew:
+            if due or renew:
                 try:
-                    await self.flush(renew=renew)
+                    await self.flush(renew=renew, take_queue=due)
                 except BackendError as exc:
                     log.info(kv("lease.flush_failed", holder=f"{self.holder:x}", error=str(exc)))
+                    await trio.sleep(0.05)
+                continue
+            wake = now + IDLE_RELEASE_S / 4
+            if self.queue:
+                wake = min(wake, self.queue_since + self.flush_age_s)
+            with trio.move_on_at(wake):
+                await self._queued.wait()
+            self._queued = trio.Event()
 
     def _give_back(self, dirs: Sequence[int], *, recalled: bool) -> None:
         """Queue the release of these leases; local answers there stop now."""
@@ -328,6 +377,7 @@ class LeasedBackend(Backend):
             if lease is None:
                 continue
             self._enqueue(ReleaseLease(self.holder, d, lease.epoch))
+            self.queue[-1].release = True
         self._forget(dirs)
         if recalled:
             for d in dirs:
@@ -345,7 +395,7 @@ class LeasedBackend(Backend):
             if not dirs:
                 continue
             self.stats["recalls"] += 1
-            log.debug(kv("lease.recall", holder=f"{self.holder:x}",
+            log.info(kv("lease.recall", holder=f"{self.holder:x}",
                          dirs=",".join(map(str, dirs))))
             self._give_back([d for d in dirs if d in self.leases], recalled=True)
             for d in dirs:
@@ -474,12 +524,14 @@ class LeasedBackend(Backend):
         attr = Attr(ino, mode, cmd.uid, gid, size, 2 if is_dir else 1, 0, now, now, now)
         self._set_dir_attr(lease, _touch(pdir, now, 1 if is_dir else 0))
         lease.entries[cmd.name] = (ino, stat.S_IFMT(mode))
-        self.owned[ino] = Owned(attr, lease.dir, target)
+        self.owned[ino] = Owned(attr, lease.dir, target,
+                                [] if stat.S_ISREG(mode) else None)
         self._enqueue(cmd, ino, lease.dir if lease.granted else 0)
         if is_dir:
             self.epochs += 1
             epoch = ((self.holder << 1) ^ self.epochs) & ((1 << 63) - 1)
-            self.leases[ino] = DirLease(ino, epoch, attr, {}, last_used=trio.current_time())
+            self.leases[ino] = DirLease(ino, epoch, attr, {}, lease.dir,
+                                        last_used=trio.current_time())
             self._enqueue(AcquireLease(self.holder, ino, epoch, int(self.lease_s * 1e9)))
             self.queue[-1].grant = ino
         return EntryReply(0, attr, [lease.attr])
@@ -605,9 +657,17 @@ class LeasedBackend(Backend):
         owned.attr = dataclasses.replace(owned.attr, size=size, mtime_ns=cmd.now_ns,
                                          ctime_ns=cmd.now_ns)
         inline = sum(len(s.data) for s in cmd.slices)
+        if owned.content is not None:
+            known = sum(s.length for s in owned.content)
+            for s in sorted(cmd.slices, key=lambda s: s.off):
+                if s.off != known or s.length != len(s.data):
+                    owned.content = None  # not a plain append: the leader knows
+                    break
+                owned.content.append(s)
+                known += s.length
+            if owned.content is not None and known != size:
+                owned.content = None
         self._enqueue(cmd, 0, self._relied(owned.dir), inline)
-        if sum(op.inline for op in self.queue) >= FLUSH_INLINE_BYTES:
-            self.queue_since = 0.0  # the flusher sends at once
         return EntryReply(0, owned.attr)
 
     def _relied(self, dir_ino: int) -> int:
@@ -653,8 +713,32 @@ class LeasedBackend(Backend):
 
     async def readdir(self, ino: int, cursor: bytes = b"", limit: int = 1024,
                       plus: bool = False) -> DirPage:
+        lease = self._live(ino)
+        if lease is not None and lease.parent:
+            page = self._local_page(lease, cursor, limit, plus)
+            if page is not None:
+                return page
         await self.flush()  # the leader lists what we made (our queries do not recall)
         return await self.inner.readdir(ino, cursor, limit, plus)
+
+    def _local_page(self, lease: DirLease, cursor: bytes, limit: int,
+                    plus: bool) -> DirPage | None:
+        """A page of a leased directory from our whole listing; None when
+        readdirplus needs attributes only the leader has."""
+        names = sorted(n for n in lease.entries if n > cursor)
+        limit = max(1, min(limit, 1024))
+        entries = []
+        for name in names[:limit]:
+            ino, kind = lease.entries[name]
+            if plus:
+                attr = self._attr_of(ino)
+                if attr is None:
+                    return None
+                entries.append(DirEntry(name, ino, kind, attr, False))
+            else:
+                entries.append(DirEntry(name, ino, kind))
+        cursor = entries[-1].name if entries else cursor
+        return DirPage(0, entries, cursor, len(names) <= limit, lease.parent)
 
     async def readlink(self, ino: int) -> BytesReply:
         owned = self.owned.get(ino)
@@ -674,8 +758,22 @@ class LeasedBackend(Backend):
         return await self.inner.listxattr(ino)
 
     async def manifest(self, ino: int, start: int = 0, limit: int | None = None) -> ManifestPage:
+        owned = self.owned.get(ino)
+        if (owned is not None and owned.content is not None and self.chunk_bytes
+                and self._live(owned.dir) is not None):
+            slices = [s for s in owned.content if s.off + s.length > start]
+            return ManifestPage(0, owned.attr.size, self.chunk_bytes, slices, 0, True, owned.attr)
         await self._flush_if_named(ino)
-        return await self.inner.manifest(ino, start, limit)
+        page = await self.inner.manifest(ino, start, limit)
+        if not page.err:
+            self.chunk_bytes = page.chunk_bytes
+        return page
+
+    async def drop_caches(self) -> None:
+        """``chordfs drop-cache``: nothing is answered from what this mount
+        made any more; every lease goes back (the next change asks again)."""
+        self._give_back(list(self.leases), recalled=False)
+        await self.flush()
 
     async def statfs(self) -> FsStat:
         return await self.inner.statfs()
@@ -709,6 +807,7 @@ class LeasedBackend(Backend):
     async def aclose_leases(self) -> None:
         """Unmount: flush and give every lease back (bounded). The cluster
         backend underneath is closed by whoever opened it."""
+        self.on_lost = None  # the FUSE layer is gone
         with trio.move_on_after(UNMOUNT_FLUSH_S):
             try:
                 self._give_back(list(self.leases), recalled=False)

@@ -13,7 +13,9 @@ backend.
 Mount options (``-o a,b=c``): FUSE's own (``ro``, ``nosuid``, ``nodev``,
 ``noexec``, ``noatime``, ...) pass through; ``attr_timeout``,
 ``entry_timeout`` (seconds), ``sync_meta`` (one commit per metadata
-change instead of directory write-behind, fusefs/leases.py), ``read_ahead_kb``, ``cache_mib``, ``chunk_kib``
+change instead of directory write-behind, fusefs/leases.py), ``meta_batch_ms``
+(the longest a change answered under a directory lease waits before it is
+sent, default 100; what a crash of the mount may lose), ``read_ahead_kb``, ``cache_mib``, ``chunk_kib``
 (new data directories only), ``deadline`` (seconds a cluster metadata call
 may take with its retries before EIO, default 15), ``writeback`` /
 ``nowriteback`` (the kernel's writeback cache, default off; see
@@ -44,7 +46,7 @@ from server.meta.types import CHUNK_BYTES_DEFAULT
 
 from .backend import Backend, LocalBackend
 from .cluster import ClusterConfig, open_cluster, parse_nodes
-from .leases import LeasedBackend
+from .leases import FLUSH_AGE_S, LeasedBackend
 from .kernel import Timeouts
 from .ops import DROP_CACHE_XATTR, ChordOps
 
@@ -98,6 +100,7 @@ class MountConfig:
     debug: bool
     acls: bool = True
     sync_meta: bool = False  # -o sync_meta: no directory write-behind (fusefs/leases.py)
+    meta_batch_s: float = 0.1  # -o meta_batch_ms: the longest a change waits in a batch
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,12 +134,13 @@ def parse_options(text: str) -> dict:
            "attr_timeout": 1.0, "entry_timeout": 1.0, "allow_other": True,
            "read_ahead_kb": READ_AHEAD_KB_DEFAULT, "cache_mib": CACHE_MIB_DEFAULT,
            "chunk_kib": CHUNK_BYTES_DEFAULT >> 10, "deadline": DEADLINE_S_DEFAULT,
-           "writeback": WRITEBACK_DEFAULT, "acl": True, "sync_meta": False}
+           "writeback": WRITEBACK_DEFAULT, "acl": True, "sync_meta": False,
+           "meta_batch_ms": int(FLUSH_AGE_S * 1000)}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
         if key in ("attr_timeout", "entry_timeout", "deadline"):
             out[key] = _number(key, value, float)
-        elif key in ("read_ahead_kb", "cache_mib", "chunk_kib"):
+        elif key in ("read_ahead_kb", "cache_mib", "chunk_kib", "meta_batch_ms"):
             out[key] = _number(key, value)
         elif key == "noallow_other":
             out["allow_other"] = False
@@ -154,6 +158,8 @@ def parse_options(text: str) -> dict:
             raise UsageError(f"unknown mount option {item!r}")
     if out["deadline"] <= 0:
         raise UsageError("mount option deadline must be positive")
+    if not 1 <= out["meta_batch_ms"] <= 60_000:
+        raise UsageError("mount option meta_batch_ms must be between 1 and 60000")
     if out["chunk_kib"] < 4:
         raise UsageError("mount option chunk_kib must be at least 4")
     if out["allow_other"] and _allow_other_permitted():
@@ -187,6 +193,7 @@ def parse_args(argv: list[str]) -> MountConfig:
         read_ahead_kb=opts["read_ahead_kb"], cache_bytes=opts["cache_mib"] << 20,
         chunk_bytes=opts["chunk_kib"] << 10, writeback=opts["writeback"],
         foreground=args.foreground, acls=opts["acl"], sync_meta=opts["sync_meta"],
+        meta_batch_s=opts["meta_batch_ms"] / 1000,
         log_file=args.log_file, debug=args.debug)
 
 
@@ -267,7 +274,7 @@ async def _open_backend(cfg: MountConfig):
             yield backend
             return
         async with trio.open_nursery() as nursery:
-            leased = LeasedBackend(backend, nursery)
+            leased = LeasedBackend(backend, nursery, flush_age_s=cfg.meta_batch_s)
             try:
                 yield leased
             finally:

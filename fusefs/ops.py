@@ -132,6 +132,10 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
     def bind(self, nursery: trio.Nursery) -> None:
         """Background uploads run in ``nursery`` (the mount's supervisor)."""
         self.nursery = nursery
+        if hasattr(self.backend, "on_lost"):
+            # Changes answered under a directory lease never made it: what
+            # the kernel was told about them must go (fusefs/leases.py).
+            self.backend.on_lost = lambda: nursery.start_soon(self.drop_caches)
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         data = self.files.get(attr.ino)
@@ -448,6 +452,9 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         self.dir_attrs.drop()
         inodes = [pyfuse3.ROOT_INODE, *self.inodes.lookups]
         await self.invalidator.drop_all(inodes)
+        drop = getattr(self.backend, "drop_caches", None)
+        if drop is not None:
+            await drop()  # directory write-behind: what it answers from (fusefs/leases.py)
         log.info(kv("caches_dropped", chunk_bytes=chunk_bytes, inodes=len(inodes)))
 
     async def open(self, inode, flags, ctx):

@@ -126,7 +126,8 @@ _PARENTS: dict[type, Callable[[object], tuple[int, ...]]] = {
 }
 
 
-def _run(conn: sqlite3.Connection, index: int, cmd: object, ino: int | None = None) -> Result:
+def _run(conn: sqlite3.Connection, index: int, cmd: object, ino: int | None = None,
+         with_parents: bool = True) -> Result:
     """``ino``: None for a command of its own, whose changes to another
     holder's leased directory are refused; inside a lease batch (which
     checked that already) 0, or the number for the node it creates, or -1
@@ -146,7 +147,7 @@ def _run(conn: sqlite3.Connection, index: int, cmd: object, ino: int | None = No
         result = _HANDLERS[type(cmd)](conn, index, cmd)
     assert result.err == 0 or conn.total_changes == before, (
         f"{type(cmd).__name__} changed state before failing with {result.err}")
-    parents = _PARENTS.get(type(cmd))
+    parents = _PARENTS.get(type(cmd)) if with_parents else None
     if parents is not None and result.err == 0:
         nodes = (load(conn, ino) for ino in parents(cmd))
         result = dataclasses.replace(result, parents=[n.attr() for n in nodes if n is not None])

@@ -25,6 +25,9 @@ apply, so the guarantee does not depend on any node's timing:
 - Inode numbers: a holder gets a range [ino_next, ino_hi) carved out of
   ``state.next_ino``, so the numbers it hands out locally are the ones the
   batch creates; numbers of a range never used are skipped, never reused.
+  A refill keeps the previous range usable (prev_next, prev_hi): the
+  holder has handed out numbers from it that batches still on their way
+  carry.
 - A batch is one log entry: it applies whole or (lease lost, another
   holder's directory touched) not at all. Its ``seq`` makes a retry after an
   uncertain send answer the recorded reply instead of applying twice.
@@ -130,14 +133,16 @@ def _expire(conn: sqlite3.Connection, holder: int) -> None:
 def _refill(conn: sqlite3.Connection, row: dict, want: int) -> None:
     if want and row["ino_hi"] - row["ino_next"] < max(1, want // 2):
         next_ino = read_state(conn)["next_ino"]
+        row["prev_next"], row["prev_hi"] = row["ino_next"], row["ino_hi"]
         row["ino_next"], row["ino_hi"] = next_ino, next_ino + want
         conn.execute("UPDATE state SET next_ino = ? WHERE id = 0", (next_ino + want,))
 
 
 def _save_holder(conn: sqlite3.Connection, row: dict) -> None:
-    conn.execute("INSERT OR REPLACE INTO lease_holder VALUES (?,?,?,?,?,?,?)",
+    conn.execute("INSERT OR REPLACE INTO lease_holder VALUES (?,?,?,?,?,?,?,?,?)",
                  (row["holder"], row["expires_ns"], row["duration_ns"], row["seq"],
-                  row["last_reply"], row["ino_next"], row["ino_hi"]))
+                  row["last_reply"], row["ino_next"], row["ino_hi"], row["prev_next"],
+                  row["prev_hi"]))
 
 
 def _count_entries(conn: sqlite3.Connection, dir_ino: int) -> int:
@@ -166,7 +171,8 @@ def acquire(conn: sqlite3.Connection, cmd: AcquireLease) -> LeaseReply:
     row = _holder(conn, cmd.holder)
     if row is None:
         row = {"holder": cmd.holder, "expires_ns": 0, "duration_ns": cmd.duration_ns,
-               "seq": 0, "last_reply": None, "ino_next": 0, "ino_hi": 0}
+               "seq": 0, "last_reply": None, "ino_next": 0, "ino_hi": 0,
+               "prev_next": 0, "prev_hi": 0}
     elif row["expires_ns"] <= now:
         _expire(conn, cmd.holder)
     row["duration_ns"] = cmd.duration_ns
@@ -196,7 +202,7 @@ def tick(conn: sqlite3.Connection, now_ns: int) -> None:
 
 # ------------------------------------------------------------ batches
 
-RunOp = Callable[[sqlite3.Connection, int, object, int], Result]
+RunOp = Callable[[sqlite3.Connection, int, object, int, bool], Result]
 
 
 def batch(conn: sqlite3.Connection, index: int, cmd: LeaseBatch, run_op: RunOp,
@@ -204,7 +210,8 @@ def batch(conn: sqlite3.Connection, index: int, cmd: LeaseBatch, run_op: RunOp,
     """Apply a holder's batch (module docstring). ``run_op(conn, index,
     op, ino)`` applies one plain command, checks included, creating its
     node under ``ino`` when that is not 0; it changes nothing when it
-    answers an error."""
+    answers an error; the last flag asks for the parents' attributes in
+    its result (only the last op's result goes back whole)."""
     row = _holder(conn, cmd.holder)
     if row is None:
         return BatchReply(errno.ESTALE)
@@ -231,22 +238,27 @@ def batch(conn: sqlite3.Connection, index: int, cmd: LeaseBatch, run_op: RunOp,
         elif blocked(conn, op, cmd.holder):
             return BatchReply(LEASED)
     results = []
-    for op, ino in zip(ops, cmd.inos):
+    last = len(ops) - 1
+    for i, (op, ino) in enumerate(zip(ops, cmd.inos)):
         if isinstance(op, AcquireLease):
             result = acquire(conn, op)
             row = _holder(conn, cmd.holder)  # the grant moved its expiry
         elif isinstance(op, ReleaseLease):
             result = release(conn, op)
         else:
-            if ino and not (isinstance(op, NEW_NODE_COMMANDS)
-                            and row["ino_next"] <= ino < row["ino_hi"]
+            in_range = ("ino_next" if row["ino_next"] <= ino < row["ino_hi"] else
+                        "prev_next" if row["prev_next"] <= ino < row["prev_hi"] else None)
+            if ino and not (isinstance(op, NEW_NODE_COMMANDS) and in_range
                             and load(conn, ino) is None):
-                result = run_op(conn, index, op, -1)  # refused: not the holder's number
+                result = run_op(conn, index, op, -1, False)  # not the holder's number
             else:
-                result = run_op(conn, index, op, ino)
+                result = run_op(conn, index, op, ino, i == last)
                 if ino and result.err == 0:
-                    row["ino_next"] = ino + 1
-        results.append(codec.encode_result(result))
+                    row[in_range] = ino + 1
+        # Only a failure or the last op's result is worth its bytes: the
+        # holder answered the others already and checks their errno alone
+        # (empty means 0). The same on every replica.
+        results.append(codec.encode_result(result) if result.err or i == last else b"")
     row["seq"] = cmd.seq
     row["expires_ns"] = _log_ns(conn) + row["duration_ns"]
     _refill(conn, row, cmd.want_inos)

@@ -107,7 +107,7 @@ class LeaseDesk:
             pending = self.others(dirs, holder)
         waited = trio.current_time() - start
         self.waits_s += waited
-        log.debug(kv("lease.recalled", node=self.node, rid=rid, dirs=len(dirs),
+        log.info(kv("lease.recalled", node=self.node, rid=rid, dirs=len(dirs),
                      ms=round(waited * 1000, 1)))
         return True
 

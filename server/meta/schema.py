@@ -110,7 +110,9 @@ CREATE TABLE lease_holder(
     seq INTEGER NOT NULL,
     last_reply BLOB,
     ino_next INTEGER NOT NULL,
-    ino_hi INTEGER NOT NULL
+    ino_hi INTEGER NOT NULL,
+    prev_next INTEGER NOT NULL,
+    prev_hi INTEGER NOT NULL
 );
 CREATE TABLE lease(
     dir INTEGER PRIMARY KEY,

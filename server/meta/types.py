@@ -397,8 +397,9 @@ class LeaseReply:
 class BatchReply:
     """LeaseBatch: ``err`` refuses the whole batch (ESTALE: a lease it
     relies on is gone; LEASED: an op touches another holder's directory);
-    otherwise ``results[i]`` is the encoded Result of ``ops[i]``. The
-    holder's inode range after the batch comes back too."""
+    otherwise ``results[i]`` is the encoded Result of ``ops[i]`` if it
+    failed or is the last op, and empty if it succeeded (the holder answered
+    it already). The holder's inode range after the batch comes back too."""
 
     err: int = 0
     results: list[bytes] = field(default_factory=list)

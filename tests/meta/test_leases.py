@@ -41,7 +41,13 @@ def batch(d: Driver, holder: int, seq: int, ops, inos=None, leases=(), want_inos
 
 
 def results(reply):
-    return [codec.decode_result(r) for r in reply.results]
+    """Per op: its result, or None for a success sent back empty (all but
+    the last op's)."""
+    return [codec.decode_result(r) if r else None for r in reply.results]
+
+
+def errs(reply):
+    return [r.err if r is not None else 0 for r in results(reply)]
 
 
 def advance(d: Driver, ns: int) -> None:
@@ -79,9 +85,10 @@ def test_batch_creates_with_the_holders_numbers_and_keeps_others_out():
                             create(d, ino + 1, b"deep")],
                   inos=[ino, ino + 1, 0, ino + 2], leases=[(dir_ino, 1)])
     assert reply.err == 0, reply
-    res = results(reply)
-    assert [r.err for r in res] == [0, 0, 0, 0]
-    assert [res[0].attr.ino, res[1].attr.ino, res[3].attr.ino] == [ino, ino + 1, ino + 2]
+    assert errs(reply) == [0, 0, 0, 0] and results(reply)[:3] == [None] * 3
+    assert results(reply)[3].attr.ino == ino + 2 and results(reply)[3].parents
+    for name, want in ((b"a", ino), (b"sub", ino + 1)):
+        assert d.store.lookup(dir_ino, name).attr.ino == want
     assert reply.ino_next == ino + 3
     assert d.store.lookup(ino + 1, b"deep").attr.ino == ino + 2
     # Another writer is refused with LEASED and changes nothing; so is a
@@ -101,7 +108,7 @@ def test_numbers_outside_the_range_are_refused():
     taken = d.create(1, b"other")
     reply = batch(d, A, 1, [create(d, dir_ino, b"a"), create(d, dir_ino, b"b")],
                   inos=[taken, g.ino_hi], leases=[(dir_ino, 1)])
-    assert [r.err for r in results(reply)] == [errno.EINVAL, errno.EINVAL]
+    assert errs(reply) == [errno.EINVAL, errno.EINVAL]
 
 
 def test_retried_batch_answers_once_and_older_seq_is_stale():
@@ -111,7 +118,7 @@ def test_retried_batch_answers_once_and_older_seq_is_stale():
     ops = [create(d, dir_ino, b"a")]
     first = batch(d, A, 5, ops, inos=[g.ino_next], leases=[(dir_ino, 1)])
     again = batch(d, A, 5, ops, inos=[g.ino_next], leases=[(dir_ino, 1)])
-    assert first == again and results(first)[0].err == 0
+    assert first == again and errs(first) == [0]
     assert batch(d, A, 4, [], leases=[(dir_ino, 1)]).err == errno.ESTALE
 
 
@@ -219,7 +226,7 @@ def test_holders_and_plain_writers_race_without_breaking_invariants(seed):
             ranges[who] = [reply.ino_next, reply.ino_hi]
             r = results(reply)[0]
             if r.err == 0:
-                assert r.attr.ino == ino
+                assert r.attr.ino == ino and r.parents[0].ino == dir_ino
                 made[(dir_ino, name)] = ino
         else:
             assert reply.err in (errno.ESTALE, t.LEASED), (seed, step, reply)
