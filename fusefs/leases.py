@@ -88,8 +88,12 @@ class DirLease:
     dir: int
     epoch: int
     attr: Attr
-    entries: dict[bytes, tuple[int, int]]  # the whole directory: name -> (ino, S_IFMT)
+    # name -> (ino, S_IFMT). A complete lease holds the whole directory; an
+    # incomplete one (a directory too big to list) what we learned, with
+    # None for names known absent (nobody else can add them while we lease).
+    entries: dict[bytes, tuple[int, int] | None]
     parent: int = 0                          # for '..' (readdir answered here)
+    complete: bool = True
     granted: bool = False                    # the grant is applied (not only queued)
     last_used: float = 0.0
     recalled: bool = False
@@ -112,6 +116,7 @@ class _Op:
     data: bytes
     ino: int = 0
     relies_on: int = 0  # the leased directory this op needs (0: none, or granted in-batch)
+    also: int = 0       # a second one (a rename between two leased directories)
     inline: int = 0
     grant: int = 0      # the directory an AcquireLease op asks for
     release: bool = False  # a ReleaseLease: losing it loses nothing
@@ -130,10 +135,14 @@ def _utime(value, current: int, now_ns: int) -> int:
 
 class LeasedBackend(Backend):
     def __init__(self, inner, nursery: trio.Nursery, *, lease_s: float = LEASE_S,
-                 margin_s: float = MARGIN_S, flush_age_s: float = FLUSH_AGE_S) -> None:
+                 margin_s: float = MARGIN_S, flush_age_s: float = FLUSH_AGE_S,
+                 meta=None) -> None:
+        """``meta``: the MetaClient the leader's recalls come through (the
+        cluster backend's unless given)."""
         self.inner = inner
+        self.meta = meta if meta is not None else inner.meta
         self.holder = random.getrandbits(62) + 1
-        inner.meta.holder = self.holder
+        self.meta.holder = self.holder
         self.lease_s, self.margin_s, self.flush_age_s = lease_s, margin_s, flush_age_s
         self.leases: dict[int, DirLease] = {}
         self.owned: dict[int, Owned] = {}
@@ -187,14 +196,14 @@ class LeasedBackend(Backend):
             self.cooldown[dir_ino] = trio.current_time() + COOLDOWN_S
             return None
         self._take_range(reply.ino_next, reply.ino_hi)
-        entries: dict[bytes, tuple[int, int]] = {}
-        parent = await self._list(dir_ino, entries) if reply.entries <= LEASE_LISTING_MAX else 0
-        if not parent:
-            await self._release_now(dir_ino, epoch)
-            self.cooldown[dir_ino] = trio.current_time() + 60.0
-            return None
+        entries: dict[bytes, tuple[int, int] | None] = {}
+        complete = reply.entries <= LEASE_LISTING_MAX
+        parent = await self._list(dir_ino, entries) if complete else 0
+        if complete and not parent:  # it grew while we listed: learn as we go
+            entries.clear()
+            complete = False
         self.valid_until = max(self.valid_until, sent + self.lease_s - self.margin_s)
-        lease = DirLease(dir_ino, epoch, reply.attr, entries, parent, granted=True,
+        lease = DirLease(dir_ino, epoch, reply.attr, entries, parent, complete, granted=True,
                          last_used=trio.current_time())
         self.leases[dir_ino] = lease
         self._have_leases.set()
@@ -253,6 +262,7 @@ class LeasedBackend(Backend):
         dirs = set(dirs)
         for d in dirs:
             self.leases.pop(d, None)
+            self.owned.pop(d, None)  # its attributes follow its entries: ours no longer
         for ino in [i for i, o in self.owned.items() if o.dir in dirs]:
             del self.owned[ino]
         if not self.leases:
@@ -300,7 +310,7 @@ class LeasedBackend(Backend):
             if not ops and not renew and not (want_inos and self.leases):
                 return None
             self.seq += 1
-            relied = {op.relies_on for op in ops if op.relies_on}
+            relied = {d for op in ops for d in (op.relies_on, op.also) if d}
             epochs = {d: self.leases[d].epoch for d in relied if d in self.leases}
             batch = LeaseBatch(self.holder, self.seq, [op.data for op in ops],
                                [op.ino for op in ops], list(epochs), list(epochs.values()),
@@ -387,7 +397,7 @@ class LeasedBackend(Backend):
         while True:
             await self._have_leases.wait()
             try:
-                dirs = await self.inner.meta.lease_events(self.holder, POLL_S)
+                dirs = await self.meta.lease_events(self.holder, POLL_S)
             except BackendError as exc:
                 log.info(kv("lease.poll_failed", holder=f"{self.holder:x}", error=str(exc)))
                 await trio.sleep(0.2)
@@ -456,8 +466,15 @@ class LeasedBackend(Backend):
         ours = [d for d in self._dirs_touched(cmd) if d in self.leases]
         if ours:
             self.stats["sync_ops"] += 1
+            moved = self._renamed_nodes(cmd)
             result = await self.flush(extra=cmd)
             self._after_sync(cmd, result)
+            if not result.err and moved:
+                # A renamed directory's ctime (and '..') changed: only the
+                # leader knows its attributes now.
+                self._give_back([m for m in moved if m in self.leases], recalled=False)
+                for m in moved:
+                    self.owned.pop(m, None)
             return result
         if names:
             await self.flush()  # so that the node exists
@@ -467,6 +484,17 @@ class LeasedBackend(Backend):
         attr = getattr(result, "attr", None)
         if not result.err and attr is not None:
             self.owned.pop(attr.ino, None)  # as in _send: the leader answers for it now
+
+    def _renamed_nodes(self, cmd: Command) -> list[int]:
+        if not isinstance(cmd, Rename):
+            return []
+        out = []
+        for parent, name in ((cmd.parent, cmd.name), (cmd.new_parent, cmd.new_name)):
+            lease = self.leases.get(parent)
+            entry = lease.entries.get(name) if lease is not None else None
+            if entry is not None:
+                out.append(entry[0])
+        return out
 
     def _after_sync(self, cmd: Command, result: Result) -> None:
         """Keep the leased directories' listings and attributes right after
@@ -479,7 +507,7 @@ class LeasedBackend(Backend):
             if ino in self.leases:
                 self._set_dir_attr(self.leases[ino], attr)
         if isinstance(cmd, (Unlink, Rmdir)) and cmd.parent in self.leases:
-            self.leases[cmd.parent].entries.pop(cmd.name, None)
+            self._drop_name(self.leases[cmd.parent], cmd.name)
         elif isinstance(cmd, Rename) and (cmd.parent in self.leases
                                           or cmd.new_parent in self.leases):
             # Rare enough (an older node moved in or out): let go of both.
@@ -502,7 +530,7 @@ class LeasedBackend(Backend):
         err = validate.check(cmd)
         if err:
             return EntryReply(err)
-        if cmd.name in lease.entries:
+        if not await self._absent(lease, cmd.name):
             return EntryReply(errno.EEXIST)
         if isinstance(cmd, Mkdir) and lease.attr.nlink >= LINK_MAX:
             return EntryReply(errno.EMLINK)
@@ -543,6 +571,27 @@ class LeasedBackend(Backend):
         if owned is not None:
             owned.attr = attr
 
+    async def _absent(self, lease: DirLease, name: bytes) -> bool:
+        """Whether ``name`` is free in a directory we lease (asking the
+        leader once for a name an incomplete lease has not seen)."""
+        if name in lease.entries:
+            return lease.entries[name] is None
+        if lease.complete:
+            return True
+        reply = await self.inner.lookup(lease.dir, name)
+        if reply.err not in (0, errno.ENOENT):
+            raise BackendError(f"lookup answered errno {reply.err}")
+        if name not in lease.entries:  # unless we made it meanwhile
+            lease.entries[name] = None if reply.err else (reply.attr.ino,
+                                                          stat.S_IFMT(reply.attr.mode))
+        return lease.entries[name] is None
+
+    def _drop_name(self, lease: DirLease, name: bytes) -> None:
+        if lease.complete:
+            lease.entries.pop(name, None)
+        else:
+            lease.entries[name] = None
+
     def _owned_entry(self, parent: int, name: bytes) -> tuple[DirLease, Owned] | None:
         lease = self._live(parent)
         if lease is None:
@@ -565,13 +614,15 @@ class LeasedBackend(Backend):
             child = self.leases.get(owned.attr.ino)
             if child is None or child.recalled:
                 return None
+            if not child.complete:
+                return None
             if child.entries:
                 return RemoveReply(errno.ENOTEMPTY)
         err = validate.check(cmd)
         if err:
             return RemoveReply(err)
         ino = owned.attr.ino
-        del lease.entries[cmd.name]
+        self._drop_name(lease, cmd.name)
         self._set_dir_attr(lease, _touch(lease.attr, cmd.now_ns, -1 if is_dir else 0))
         self._enqueue(cmd, 0, lease.dir if lease.granted else 0)
         if is_dir:
@@ -594,6 +645,8 @@ class LeasedBackend(Backend):
         src, owned = found
         if stat.S_ISDIR(owned.attr.mode):
             return None  # '..' moves: leave it to the leader
+        if cmd.new_name not in dst.entries and not dst.complete:
+            return None  # unknown there: the leader knows
         victim = dst.entries.get(cmd.new_name)
         replaced = None
         if victim is not None:
@@ -606,7 +659,7 @@ class LeasedBackend(Backend):
                 return None
             replaced = found_dst[1]
         now = cmd.now_ns
-        del src.entries[cmd.name]
+        self._drop_name(src, cmd.name)
         dst.entries[cmd.new_name] = (owned.attr.ino, stat.S_IFMT(owned.attr.mode))
         owned.attr = dataclasses.replace(owned.attr, ctime_ns=now)
         owned.dir = dst.dir
@@ -614,7 +667,7 @@ class LeasedBackend(Backend):
         self._set_dir_attr(dst, _touch(dst.attr, now))
         self._enqueue(cmd, 0, src.dir if src.granted else 0)
         if dst is not src and dst.granted:
-            self.queue[-1] = dataclasses.replace(self.queue[-1], relies_on=src.dir)
+            self.queue[-1].also = dst.dir
         reply_ino = reply_nlink = 0
         if replaced is not None:
             reply_ino = replaced.attr.ino
@@ -679,6 +732,8 @@ class LeasedBackend(Backend):
     async def lookup(self, parent: int, name: bytes) -> EntryReply:
         lease = self._live(parent)
         if lease is not None:
+            if name not in lease.entries and not lease.complete:
+                await self._absent(lease, name)  # asks the leader, remembers
             entry = lease.entries.get(name)
             if entry is None:
                 return EntryReply(errno.ENOENT)
@@ -694,8 +749,9 @@ class LeasedBackend(Backend):
         if lease is not None:
             return lease.attr
         owned = self.owned.get(ino)
-        if owned is not None and self._live(owned.dir) is not None:
-            return owned.attr
+        if (owned is not None and not stat.S_ISDIR(owned.attr.mode)
+                and self._live(owned.dir) is not None):
+            return owned.attr  # (a directory's change with its entries: only its lease says)
         return None
 
     async def getattr(self, ino: int) -> EntryReply:
@@ -714,7 +770,7 @@ class LeasedBackend(Backend):
     async def readdir(self, ino: int, cursor: bytes = b"", limit: int = 1024,
                       plus: bool = False) -> DirPage:
         lease = self._live(ino)
-        if lease is not None and lease.parent:
+        if lease is not None and lease.complete and lease.parent:
             page = self._local_page(lease, cursor, limit, plus)
             if page is not None:
                 return page
