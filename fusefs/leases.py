@@ -22,21 +22,15 @@ What it promises (README, "Metadata write-behind"):
   changes it held are lost: the next fsync reports EIO and the caches that
   showed them are dropped.
 
-What is answered here, and what still goes to the leader:
-- New nodes: Create, Mkdir (the child directory is leased in the same
-  batch: ``mkdir -p``, ``cp -r`` and ``tar x`` stay local all the way
-  down), Symlink, in a leased directory with a complete listing (known
-  when the lease is granted: up to LEASE_LISTING_MAX entries). Their inode
-  numbers come from the range the leader gave this session.
-- Nodes this mount created under a lease it still holds ("owned"): the
-  mount knows their whole state, so getattr, readlink, xattr queries,
-  chmod/chown/utimes, inline CommitWrite, rename within leased
-  directories and unlink/rmdir are answered here.
-- Anything else touching a leased directory (unlink of an older file,
-  setattr of the directory itself, a link into it...) is sent at once as a
-  batch of its own (after what is queued), and its real result returned.
-  Everything that names an owned node but is not answered here flushes the
-  queue first, so the node exists when the command applies.
+What is answered here is the overlay's (fusefs/overlay.py). Anything else
+touching a leased directory (unlink of an older file, setattr of the
+directory itself, a link into it...) is sent at once as a batch of its own
+(after what is queued), and its real result returned. Everything that names
+a node made here but is not answered here flushes the queue first, so the
+node exists when the command applies. A directory with more entries than
+LEASE_LISTING_MAX is leased without its listing: names are learned as the
+kernel asks for them (absence included: nobody else adds names while we
+hold the lease), and its readdir goes to the leader after a flush.
 ``-o sync_meta`` turns all of this off: one commit per change, as before.
 """
 
@@ -52,16 +46,15 @@ from collections.abc import Sequence
 import trio
 
 from rpc.logfmt import kv
-from server.meta import codec, validate
-from server.meta.types import (LEASE_LISTING_MAX, LINK_MAX, RENAME_NOREPLACE,
-                               AcquireLease, Attr, BatchReply, BytesReply, Clone, DirEntry,
-                               Command, CommitWrite, Create, DirPage, EntryReply,
-                               LeaseBatch, LeaseReply, Link, ManifestPage, Mkdir, Mknod,
-                               NamesReply, ReleaseLease, ReleaseOrphan, RemoveReply,
-                               RemoveXattr, Rename, Result, Rmdir, SetAttr, SetXattr,
-                               Symlink, Unlink, Utime)
+from server.meta import codec
+from server.meta.types import (LEASE_LISTING_MAX, AcquireLease, BatchReply, BytesReply, Clone,
+                               Command, CommitWrite, Create, DirPage, EntryReply, LeaseBatch,
+                               LeaseReply, Link, ManifestPage, Mkdir, Mknod, NamesReply,
+                               ReleaseLease, RemoveXattr, Rename, Result, Rmdir, SetAttr,
+                               SetXattr, Symlink, Unlink)
 
 from .backend import Backend, BackendError, FsStat
+from .overlay import DirLease, Overlay, Owned
 
 log = logging.getLogger("chordfs.fuse.lease")
 
@@ -84,34 +77,6 @@ class LeaseLost(BackendError):
 
 
 @dataclasses.dataclass
-class DirLease:
-    dir: int
-    epoch: int
-    attr: Attr
-    # name -> (ino, S_IFMT). A complete lease holds the whole directory; an
-    # incomplete one (a directory too big to list) what we learned, with
-    # None for names known absent (nobody else can add them while we lease).
-    entries: dict[bytes, tuple[int, int] | None]
-    parent: int = 0                          # for '..' (readdir answered here)
-    complete: bool = True
-    granted: bool = False                    # the grant is applied (not only queued)
-    last_used: float = 0.0
-    recalled: bool = False
-
-
-@dataclasses.dataclass
-class Owned:
-    """A node this mount created under a lease it still holds."""
-
-    attr: Attr
-    dir: int
-    target: bytes = b""
-    # A regular file's whole content while it is known here (inline
-    # commits from offset 0, in order), else None.
-    content: list | None = None
-
-
-@dataclasses.dataclass
 class _Op:
     data: bytes
     ino: int = 0
@@ -122,18 +87,7 @@ class _Op:
     release: bool = False  # a ReleaseLease: losing it loses nothing
 
 
-def _touch(attr: Attr, now_ns: int, nlink_delta: int = 0) -> Attr:
-    return dataclasses.replace(attr, mtime_ns=now_ns, ctime_ns=now_ns,
-                               nlink=attr.nlink + nlink_delta)
-
-
-def _utime(value, current: int, now_ns: int) -> int:
-    if value is Utime.OMIT:
-        return current
-    return now_ns if value is Utime.NOW else value
-
-
-class LeasedBackend(Backend):
+class LeasedBackend(Overlay, Backend):
     def __init__(self, inner, nursery: trio.Nursery, *, lease_s: float = LEASE_S,
                  margin_s: float = MARGIN_S, flush_age_s: float = FLUSH_AGE_S,
                  meta=None) -> None:
@@ -526,207 +480,6 @@ class LeasedBackend(Backend):
             # it, which only the leader computes.
             self._give_back([cmd.ino], recalled=False)
 
-    async def _new_node(self, lease: DirLease, cmd) -> EntryReply:
-        err = validate.check(cmd)
-        if err:
-            return EntryReply(err)
-        if not await self._absent(lease, cmd.name):
-            return EntryReply(errno.EEXIST)
-        if isinstance(cmd, Mkdir) and lease.attr.nlink >= LINK_MAX:
-            return EntryReply(errno.EMLINK)
-        ino = await self._take_ino()
-        if self._live(lease.dir) is not lease:
-            return await self._send(cmd)  # lost or recalled while we waited
-        pdir, now = lease.attr, cmd.now_ns
-        gid, size, target = cmd.gid, 0, b""
-        if isinstance(cmd, Symlink):
-            mode, target, size = stat.S_IFLNK | 0o777, cmd.target, len(cmd.target)
-        else:
-            kind = stat.S_IFDIR if isinstance(cmd, Mkdir) else stat.S_IFREG
-            mode = (kind | (cmd.mode & 0o7777)) & ~(cmd.umask & 0o777)
-        if pdir.mode & stat.S_ISGID:
-            gid = pdir.gid
-            if stat.S_ISDIR(mode):
-                mode |= stat.S_ISGID
-        is_dir = stat.S_ISDIR(mode)
-        attr = Attr(ino, mode, cmd.uid, gid, size, 2 if is_dir else 1, 0, now, now, now)
-        self._set_dir_attr(lease, _touch(pdir, now, 1 if is_dir else 0))
-        lease.entries[cmd.name] = (ino, stat.S_IFMT(mode))
-        self.owned[ino] = Owned(attr, lease.dir, target,
-                                [] if stat.S_ISREG(mode) else None)
-        self._enqueue(cmd, ino, lease.dir if lease.granted else 0)
-        if is_dir:
-            self.epochs += 1
-            epoch = ((self.holder << 1) ^ self.epochs) & ((1 << 63) - 1)
-            self.leases[ino] = DirLease(ino, epoch, attr, {}, lease.dir,
-                                        last_used=trio.current_time())
-            self._enqueue(AcquireLease(self.holder, ino, epoch, int(self.lease_s * 1e9)))
-            self.queue[-1].grant = ino
-        return EntryReply(0, attr, [lease.attr])
-
-    def _set_dir_attr(self, lease: DirLease, attr: Attr) -> None:
-        """A directory we lease and may own too: one set of attributes."""
-        lease.attr = attr
-        owned = self.owned.get(lease.dir)
-        if owned is not None:
-            owned.attr = attr
-
-    async def _absent(self, lease: DirLease, name: bytes) -> bool:
-        """Whether ``name`` is free in a directory we lease (asking the
-        leader once for a name an incomplete lease has not seen)."""
-        if name in lease.entries:
-            return lease.entries[name] is None
-        if lease.complete:
-            return True
-        reply = await self.inner.lookup(lease.dir, name)
-        if reply.err not in (0, errno.ENOENT):
-            raise BackendError(f"lookup answered errno {reply.err}")
-        if name not in lease.entries:  # unless we made it meanwhile
-            lease.entries[name] = None if reply.err else (reply.attr.ino,
-                                                          stat.S_IFMT(reply.attr.mode))
-        return lease.entries[name] is None
-
-    def _drop_name(self, lease: DirLease, name: bytes) -> None:
-        if lease.complete:
-            lease.entries.pop(name, None)
-        else:
-            lease.entries[name] = None
-
-    def _owned_entry(self, parent: int, name: bytes) -> tuple[DirLease, Owned] | None:
-        lease = self._live(parent)
-        if lease is None:
-            return None
-        entry = lease.entries.get(name)
-        owned = self.owned.get(entry[0]) if entry else None
-        if owned is None or owned.attr.nlink > (2 if stat.S_ISDIR(owned.attr.mode) else 1):
-            return None  # not ours, or linked from elsewhere too
-        return lease, owned
-
-    def _remove_owned(self, cmd) -> RemoveReply | None:
-        found = self._owned_entry(cmd.parent, cmd.name)
-        if found is None:
-            return None
-        lease, owned = found
-        is_dir = stat.S_ISDIR(owned.attr.mode)
-        if isinstance(cmd, Rmdir) != is_dir:
-            return RemoveReply(errno.ENOTDIR if isinstance(cmd, Rmdir) else errno.EISDIR)
-        if is_dir:
-            child = self.leases.get(owned.attr.ino)
-            if child is None or child.recalled:
-                return None
-            if not child.complete:
-                return None
-            if child.entries:
-                return RemoveReply(errno.ENOTEMPTY)
-        err = validate.check(cmd)
-        if err:
-            return RemoveReply(err)
-        ino = owned.attr.ino
-        self._drop_name(lease, cmd.name)
-        self._set_dir_attr(lease, _touch(lease.attr, cmd.now_ns, -1 if is_dir else 0))
-        self._enqueue(cmd, 0, lease.dir if lease.granted else 0)
-        if is_dir:
-            child = self.leases.pop(ino)
-            self._enqueue(ReleaseLease(self.holder, ino, child.epoch))
-            del self.owned[ino]
-        elif isinstance(cmd, Unlink) and cmd.keep_orphan:
-            owned.attr = dataclasses.replace(owned.attr, nlink=0, ctime_ns=cmd.now_ns)
-        else:
-            del self.owned[ino]
-        return RemoveReply(0, ino, 0, [lease.attr])
-
-    def _rename_owned(self, cmd: Rename) -> RemoveReply | None:
-        if cmd.flags & ~RENAME_NOREPLACE or validate.check(cmd):
-            return None
-        found = self._owned_entry(cmd.parent, cmd.name)
-        dst = self._live(cmd.new_parent)
-        if found is None or dst is None:
-            return None
-        src, owned = found
-        if stat.S_ISDIR(owned.attr.mode):
-            return None  # '..' moves: leave it to the leader
-        if cmd.new_name not in dst.entries and not dst.complete:
-            return None  # unknown there: the leader knows
-        victim = dst.entries.get(cmd.new_name)
-        replaced = None
-        if victim is not None:
-            if cmd.flags & RENAME_NOREPLACE:
-                return RemoveReply(errno.EEXIST)
-            if victim[0] == owned.attr.ino:
-                return RemoveReply(0)
-            found_dst = self._owned_entry(cmd.new_parent, cmd.new_name)
-            if found_dst is None or stat.S_ISDIR(found_dst[1].attr.mode):
-                return None
-            replaced = found_dst[1]
-        now = cmd.now_ns
-        self._drop_name(src, cmd.name)
-        dst.entries[cmd.new_name] = (owned.attr.ino, stat.S_IFMT(owned.attr.mode))
-        owned.attr = dataclasses.replace(owned.attr, ctime_ns=now)
-        owned.dir = dst.dir
-        self._set_dir_attr(src, _touch(src.attr, now))
-        self._set_dir_attr(dst, _touch(dst.attr, now))
-        self._enqueue(cmd, 0, src.dir if src.granted else 0)
-        if dst is not src and dst.granted:
-            self.queue[-1].also = dst.dir
-        reply_ino = reply_nlink = 0
-        if replaced is not None:
-            reply_ino = replaced.attr.ino
-            if cmd.keep_orphan:
-                replaced.attr = dataclasses.replace(replaced.attr, nlink=0, ctime_ns=now)
-            else:
-                del self.owned[reply_ino]
-        parents = [src.attr] if dst is src else [src.attr, dst.attr]
-        return RemoveReply(0, reply_ino, reply_nlink, parents)
-
-    def _setattr_owned(self, cmd: SetAttr) -> EntryReply | None:
-        owned = self.owned.get(cmd.ino)
-        if owned is None or cmd.size is not None or self._live(owned.dir) is None:
-            return None
-        err = validate.check(cmd)
-        if err:
-            return EntryReply(err)
-        a = owned.attr
-        mode = a.mode if cmd.mode is None else stat.S_IFMT(a.mode) | (cmd.mode & 0o7777)
-        owned.attr = dataclasses.replace(
-            a, mode=mode, uid=a.uid if cmd.uid is None else cmd.uid,
-            gid=a.gid if cmd.gid is None else cmd.gid,
-            atime_ns=_utime(cmd.atime, a.atime_ns, cmd.now_ns),
-            mtime_ns=_utime(cmd.mtime, a.mtime_ns, cmd.now_ns), ctime_ns=cmd.now_ns)
-        if cmd.ino in self.leases:
-            self.leases[cmd.ino].attr = owned.attr
-        self._enqueue(cmd, 0, self._relied(owned.dir))
-        return EntryReply(0, owned.attr)
-
-    def _commit_owned(self, cmd: CommitWrite) -> EntryReply | None:
-        owned = self.owned.get(cmd.ino)
-        if (owned is None or not stat.S_ISREG(owned.attr.mode) or self._live(owned.dir) is None
-                or any(s.block_id for s in cmd.slices)):
-            return None
-        err = validate.check(cmd)
-        if err:
-            return None  # let the leader answer it
-        end = max((s.off + s.length for s in cmd.slices), default=0)
-        size = max(owned.attr.size, cmd.size, end)
-        owned.attr = dataclasses.replace(owned.attr, size=size, mtime_ns=cmd.now_ns,
-                                         ctime_ns=cmd.now_ns)
-        inline = sum(len(s.data) for s in cmd.slices)
-        if owned.content is not None:
-            known = sum(s.length for s in owned.content)
-            for s in sorted(cmd.slices, key=lambda s: s.off):
-                if s.off != known or s.length != len(s.data):
-                    owned.content = None  # not a plain append: the leader knows
-                    break
-                owned.content.append(s)
-                known += s.length
-            if owned.content is not None and known != size:
-                owned.content = None
-        self._enqueue(cmd, 0, self._relied(owned.dir), inline)
-        return EntryReply(0, owned.attr)
-
-    def _relied(self, dir_ino: int) -> int:
-        lease = self.leases.get(dir_ino)
-        return dir_ino if lease is not None and lease.granted else 0
-
     # ------------------------------------------------------------ queries
 
     async def lookup(self, parent: int, name: bytes) -> EntryReply:
@@ -741,18 +494,6 @@ class LeasedBackend(Backend):
             if attr is not None:
                 return EntryReply(0, attr)
         return await self.inner.lookup(parent, name)
-
-    def _attr_of(self, ino: int) -> Attr | None:
-        """What we know of a node for sure: a directory we lease (its
-        attributes move with every entry we add), or a node we own."""
-        lease = self._live(ino)
-        if lease is not None:
-            return lease.attr
-        owned = self.owned.get(ino)
-        if (owned is not None and not stat.S_ISDIR(owned.attr.mode)
-                and self._live(owned.dir) is not None):
-            return owned.attr  # (a directory's change with its entries: only its lease says)
-        return None
 
     async def getattr(self, ino: int) -> EntryReply:
         attr = self._attr_of(ino)
@@ -776,25 +517,6 @@ class LeasedBackend(Backend):
                 return page
         await self.flush()  # the leader lists what we made (our queries do not recall)
         return await self.inner.readdir(ino, cursor, limit, plus)
-
-    def _local_page(self, lease: DirLease, cursor: bytes, limit: int,
-                    plus: bool) -> DirPage | None:
-        """A page of a leased directory from our whole listing; None when
-        readdirplus needs attributes only the leader has."""
-        names = sorted(n for n in lease.entries if n > cursor)
-        limit = max(1, min(limit, 1024))
-        entries = []
-        for name in names[:limit]:
-            ino, kind = lease.entries[name]
-            if plus:
-                attr = self._attr_of(ino)
-                if attr is None:
-                    return None
-                entries.append(DirEntry(name, ino, kind, attr, False))
-            else:
-                entries.append(DirEntry(name, ino, kind))
-        cursor = entries[-1].name if entries else cursor
-        return DirPage(0, entries, cursor, len(names) <= limit, lease.parent)
 
     async def readlink(self, ino: int) -> BytesReply:
         owned = self.owned.get(ino)
