@@ -101,6 +101,10 @@ class LeasedBackend(Overlay, Backend):
         self.leases: dict[int, DirLease] = {}
         self.owned: dict[int, Owned] = {}
         self.queue: list[_Op] = []
+        # Older inodes a queued (or sent, unanswered) batch changes: the
+        # leader is asked about them only after it applied.
+        self.dirty: set[int] = set()
+        self.dirty_sent: set[int] = set()
         self.queue_since = 0.0
         self.inline_queued = 0
         self.seq = 0
@@ -254,59 +258,69 @@ class LeasedBackend(Overlay, Backend):
         sends a batch even with nothing in it (it renews our leases);
         ``take_queue=False`` leaves the queue for later."""
         async with self._flush_lock:
-            ops = []
+            ops, dirty = [], set()
             if take_queue:
                 ops, self.queue, self.inline_queued = self.queue, [], 0
-            if extra is not None:
-                ops.append(_Op(codec.encode_command(extra)))
-            if self._inos_left() < INO_RANGE // 4:
-                want_inos = INO_RANGE
-            if not ops and not renew and not (want_inos and self.leases):
-                return None
-            self.seq += 1
-            relied = {d for op in ops for d in (op.relies_on, op.also) if d}
-            epochs = {d: self.leases[d].epoch for d in relied if d in self.leases}
-            batch = LeaseBatch(self.holder, self.seq, [op.data for op in ops],
-                               [op.ino for op in ops], list(epochs), list(epochs.values()),
-                               want_inos)
-            sent = trio.current_time()
+                dirty, self.dirty = self.dirty, set()
+                self.dirty_sent |= dirty
             try:
-                reply = await self.inner.submit(batch)
-            except BackendError as exc:
-                if len(ops) > (extra is not None):
-                    self._lose(f"batch of {len(ops)} not committed: {exc}")
-                raise
-            if not isinstance(reply, BatchReply) or reply.err:
-                err = getattr(reply, "err", errno.EIO)
-                if all(op.release for op in ops) and extra is None:
-                    # Only releases (or a renewal): a lease that expired
-                    # meanwhile is released as well as it can be.
-                    log.info(kv("lease.release_refused", holder=f"{self.holder:x}", errno=err))
-                    if err == errno.ESTALE:
-                        self._forget(list(self.leases))  # this session's leases are gone
-                    return None
-                self._lose(f"batch of {len(ops)} refused (errno {err})")
-                if extra is not None:
-                    raise LeaseLost(f"lease lost (errno {err})")
+                return await self._send_batch(ops, extra, want_inos, renew)
+            finally:
+                self.dirty_sent -= dirty
+
+    async def _send_batch(self, ops: list, extra: Command | None, want_inos: int,
+                          renew: bool) -> Result | None:
+        """One batch: the ops taken from the queue, then ``extra``."""
+        if extra is not None:
+            ops.append(_Op(codec.encode_command(extra)))
+        if self._inos_left() < INO_RANGE // 4:
+            want_inos = INO_RANGE
+        if not ops and not renew and not (want_inos and self.leases):
+            return None
+        self.seq += 1
+        relied = {d for op in ops for d in (op.relies_on, op.also) if d}
+        epochs = {d: self.leases[d].epoch for d in relied if d in self.leases}
+        batch = LeaseBatch(self.holder, self.seq, [op.data for op in ops],
+                           [op.ino for op in ops], list(epochs), list(epochs.values()),
+                           want_inos)
+        sent = trio.current_time()
+        try:
+            reply = await self.inner.submit(batch)
+        except BackendError as exc:
+            if len(ops) > (extra is not None):
+                self._lose(f"batch of {len(ops)} not committed: {exc}")
+            raise
+        if not isinstance(reply, BatchReply) or reply.err:
+            err = getattr(reply, "err", errno.EIO)
+            if all(op.release for op in ops) and extra is None:
+                # Only releases (or a renewal): a lease that expired
+                # meanwhile is released as well as it can be.
+                log.info(kv("lease.release_refused", holder=f"{self.holder:x}", errno=err))
+                if err == errno.ESTALE:
+                    self._forget(list(self.leases))  # this session's leases are gone
                 return None
-            self.stats["batches"] += 1
-            self.stats["batched_ops"] += len(ops)
-            self.valid_until = max(self.valid_until, sent + self.lease_s - self.margin_s)
-            self._take_range(reply.ino_next, reply.ino_hi)
-            answered = reply.results[:-1] if extra is not None else reply.results
-            for data in answered:
-                if data:  # only failures are sent back
-                    err = codec.decode_result(data).err
-                    if err:
-                        # We answered it as done: our view and the log differ.
-                        self._lose(f"a change answered locally failed with errno {err}")
-                        break
-            last = reply.results[-1] if extra is not None and reply.results else b""
-            extra_result = codec.decode_result(last) if last else None
-            for op in ops:
-                if op.grant in self.leases:
-                    self.leases[op.grant].granted = True
-            return extra_result
+            self._lose(f"batch of {len(ops)} refused (errno {err})")
+            if extra is not None:
+                raise LeaseLost(f"lease lost (errno {err})")
+            return None
+        self.stats["batches"] += 1
+        self.stats["batched_ops"] += len(ops)
+        self.valid_until = max(self.valid_until, sent + self.lease_s - self.margin_s)
+        self._take_range(reply.ino_next, reply.ino_hi)
+        answered = reply.results[:-1] if extra is not None else reply.results
+        for data in answered:
+            if data:  # only failures are sent back
+                err = codec.decode_result(data).err
+                if err:
+                    # We answered it as done: our view and the log differ.
+                    self._lose(f"a change answered locally failed with errno {err}")
+                    break
+        last = reply.results[-1] if extra is not None and reply.results else b""
+        extra_result = codec.decode_result(last) if last else None
+        for op in ops:
+            if op.grant in self.leases:
+                self.leases[op.grant].granted = True
+        return extra_result
 
     async def _flusher(self) -> None:
         """Sends the queue when it is due, renews leases in between, gives
@@ -381,10 +395,14 @@ class LeasedBackend(Overlay, Backend):
             if lease is not None:
                 return await self._new_node(lease, command)
         elif kind in (Unlink, Rmdir):
+            if kind is Unlink and not command.keep_orphan:
+                await self._lease_for(command.parent)
             answer = self._remove_owned(command)
             if answer is not None:
                 return answer
         elif kind is Rename:
+            for d in dict.fromkeys((command.parent, command.new_parent)):
+                await self._lease_for(d)
             answer = self._rename_owned(command)
             if answer is not None:
                 return answer
@@ -493,6 +511,7 @@ class LeasedBackend(Overlay, Backend):
             attr = self._attr_of(entry[0])
             if attr is not None:
                 return EntryReply(0, attr)
+            await self._flush_if_named(entry[0])
         return await self.inner.lookup(parent, name)
 
     async def getattr(self, ino: int) -> EntryReply:
@@ -503,9 +522,9 @@ class LeasedBackend(Overlay, Backend):
         return await self.inner.getattr(ino)
 
     async def _flush_if_named(self, ino: int) -> None:
-        """A node we made must be in the log before the leader is asked
-        about it (a batch may be on its way: flush waits for it)."""
-        if ino in self.owned:
+        """A node we made or changed must be in the log before the leader
+        is asked about it (a batch may be on its way: flush waits for it)."""
+        if ino in self.owned or ino in self.dirty or ino in self.dirty_sent:
             await self.flush()
 
     async def readdir(self, ino: int, cursor: bytes = b"", limit: int = 1024,

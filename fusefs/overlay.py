@@ -149,10 +149,26 @@ class Overlay:
             return None  # not ours, or linked from elsewhere too
         return lease, owned
 
+    def _remove_older(self, cmd: Unlink) -> RemoveReply | None:
+        """unlink of a non-directory older than our lease, when no file is
+        open on this mount (``keep_orphan`` false): the FUSE layer then
+        uses nothing of the reply but the error, so the inode's remaining
+        link count, which only the leader knows, is not needed (0 here)."""
+        lease = self._live(cmd.parent)
+        entry = lease.entries.get(cmd.name) if lease is not None else None
+        if (entry is None or entry[1] == stat.S_IFDIR or cmd.keep_orphan
+                or entry[0] in self.owned or validate.check(cmd)):
+            return None
+        self._drop_name(lease, cmd.name)
+        self.dirty.add(entry[0])
+        self._set_dir_attr(lease, _touch(lease.attr, cmd.now_ns))
+        self._enqueue(cmd, 0, lease.dir if lease.granted else 0)
+        return RemoveReply(0, entry[0], 0, [lease.attr])
+
     def _remove_owned(self, cmd) -> RemoveReply | None:
         found = self._owned_entry(cmd.parent, cmd.name)
         if found is None:
-            return None
+            return self._remove_older(cmd) if isinstance(cmd, Unlink) else None
         lease, owned = found
         is_dir = stat.S_ISDIR(owned.attr.mode)
         if isinstance(cmd, Rmdir) != is_dir:
@@ -183,15 +199,21 @@ class Overlay:
         return RemoveReply(0, ino, 0, [lease.attr])
 
     def _rename_owned(self, cmd: Rename) -> RemoveReply | None:
+        """A rename of a file, symlink or other non-directory between leased
+        directories onto a free name or onto a node we own. The source may
+        be older than our lease: its inode then changes on the leader only
+        (ctime), and stays "dirty" (asked about only after a flush) until the
+        batch is in."""
         if cmd.flags & ~RENAME_NOREPLACE or validate.check(cmd):
             return None
-        found = self._owned_entry(cmd.parent, cmd.name)
-        dst = self._live(cmd.new_parent)
-        if found is None or dst is None:
+        src, dst = self._live(cmd.parent), self._live(cmd.new_parent)
+        entry = src.entries.get(cmd.name) if src is not None else None
+        if entry is None or dst is None or entry[1] == stat.S_IFDIR:
+            return None  # unknown, or a directory ('..' moves): the leader answers
+        ino, kind = entry
+        owned = self.owned.get(ino)
+        if owned is not None and owned.dir != src.dir:
             return None
-        src, owned = found
-        if stat.S_ISDIR(owned.attr.mode):
-            return None  # '..' moves: leave it to the leader
         if cmd.new_name not in dst.entries and not dst.complete:
             return None  # unknown there: the leader knows
         victim = dst.entries.get(cmd.new_name)
@@ -199,7 +221,7 @@ class Overlay:
         if victim is not None:
             if cmd.flags & RENAME_NOREPLACE:
                 return RemoveReply(errno.EEXIST)
-            if victim[0] == owned.attr.ino:
+            if victim[0] == ino:
                 return RemoveReply(0)
             found_dst = self._owned_entry(cmd.new_parent, cmd.new_name)
             if found_dst is None or stat.S_ISDIR(found_dst[1].attr.mode):
@@ -207,9 +229,12 @@ class Overlay:
             replaced = found_dst[1]
         now = cmd.now_ns
         self._drop_name(src, cmd.name)
-        dst.entries[cmd.new_name] = (owned.attr.ino, stat.S_IFMT(owned.attr.mode))
-        owned.attr = dataclasses.replace(owned.attr, ctime_ns=now)
-        owned.dir = dst.dir
+        dst.entries[cmd.new_name] = (ino, kind)
+        if owned is not None:
+            owned.attr = dataclasses.replace(owned.attr, ctime_ns=now)
+            owned.dir = dst.dir
+        else:
+            self.dirty.add(ino)
         self._set_dir_attr(src, _touch(src.attr, now))
         self._set_dir_attr(dst, _touch(dst.attr, now))
         self._enqueue(cmd, 0, src.dir if src.granted else 0)
