@@ -174,7 +174,8 @@ def main() -> None:
         for i, proc in enumerate(cluster.procs):
             print(f"node {i} memory: {rss_mib(proc.pid):,.0f} MiB")
         print(f"mount memory: {rss_mib(mount.proc.pid):,.0f} MiB")
-        took, size = snapshot_image(base / "cluster" / "n0" / "meta.db", base / "image.db")
+        took, size = snapshot_image(base / "cluster" / "n0" / "meta" / "meta.db",
+                                    base / "image.db")
         print(f"snapshot image: {size / 2**20:,.1f} MiB in {took:.2f} s")
         extra, _, catch_up = join_node(cluster, base / "cluster")
         print(f"new node caught up in {catch_up:.1f} s")

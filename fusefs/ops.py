@@ -190,11 +190,19 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         elif name == b"..":
             attr = (await dot_attrs(self.backend, parent_inode))[1]
         else:
+            epoch = self.xattrs.epoch
             reply = await self.backend.lookup(parent_inode, name)
             if reply.err == errno.ENOENT:
                 return self._negative_entry()
             attr = check(reply).attr
+            self._learn_xattrs(reply, epoch)
         return self._new_entry(attr)
+
+    def _learn_xattrs(self, reply, epoch: int) -> None:
+        """A lookup or getattr that said the node has no xattrs: its ACL
+        questions (`ls -l` asks each file) need no round trip."""
+        if reply.xattrs == 1:
+            self.xattrs.put_names(reply.attr.ino, (), epoch)
 
     def _negative_entry(self) -> pyfuse3.EntryAttributes:
         """ENOENT the kernel may cache for the entry timeout: git, make and
@@ -215,7 +223,10 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
     async def getattr(self, inode, ctx):
         attr = self.dir_attrs.get(inode)
         if attr is None:
-            attr = check(await self.backend.getattr(inode)).attr
+            epoch = self.xattrs.epoch
+            reply = check(await self.backend.getattr(inode))
+            attr = reply.attr
+            self._learn_xattrs(reply, epoch)
         return self._entry(attr)
 
     @fuse_op

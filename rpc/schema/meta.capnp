@@ -163,7 +163,7 @@ struct Attr {
 }
 
 struct Status         { err @0 :UInt32; }
-struct EntryReply     { err @0 :UInt32; attr @1 :Attr; parents @2 :List(Attr); }   # attr absent on error
+struct EntryReply     { err @0 :UInt32; attr @1 :Attr; parents @2 :List(Attr); xattrs @3 :UInt8; }   # attr absent on error; xattrs: 0 not said, 1 none, 2 some
 struct RemoveReply    { err @0 :UInt32; ino @1 :UInt64; nlink @2 :UInt32; parents @3 :List(Attr); }
 struct AlreadyApplied { index @0 :UInt64; appliedIndex @1 :UInt64; err @2 :UInt32; }
 struct LeaseReply {

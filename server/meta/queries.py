@@ -28,7 +28,12 @@ def getattr_(conn: sqlite3.Connection, ino: int) -> EntryReply:
     node = load(conn, ino)
     if node is None:
         return EntryReply(errno.ENOENT)
-    return EntryReply(0, node.attr())
+    return EntryReply(0, node.attr(), xattrs=_xattrs(conn, ino))
+
+
+def _xattrs(conn: sqlite3.Connection, ino: int) -> int:
+    """EntryReply.xattrs: 1 when the node has none, 2 when it has some."""
+    return 2 if conn.execute("SELECT 1 FROM xattr WHERE ino = ? LIMIT 1", (ino,)).fetchone() else 1
 
 
 def lookup(conn: sqlite3.Connection, parent: int, name: bytes) -> EntryReply:
@@ -42,7 +47,8 @@ def lookup(conn: sqlite3.Connection, parent: int, name: bytes) -> EntryReply:
         " WHERE d.parent = ? AND d.name = ?", (parent, name)
     ).fetchone()
     if row is not None:
-        return EntryReply(0, Inode(row).attr())
+        node = Inode(row)
+        return EntryReply(0, node.attr(), xattrs=_xattrs(conn, node.ino))
     pdir = load(conn, parent)
     if pdir is None:
         return EntryReply(errno.ENOENT)

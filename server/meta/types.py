@@ -356,6 +356,10 @@ class EntryReply:
     # After a change to a directory's entries: its attributes now (the
     # kernel drops its cached ones after every such change and would ask).
     parents: list[Attr] = field(default_factory=list)
+    # lookup and getattr: whether the node has extended attributes (ACLs
+    # included): 0 not said, 1 none, 2 some. `ls -l` asks every file for
+    # its ACL; a mount that knows there is none answers without a round trip.
+    xattrs: int = 0
 
 
 @dataclass(frozen=True)
