@@ -169,6 +169,17 @@ def decode_command(data: bytes) -> t.Command:
     return _decode_union(schema.Command, data, t.COMMANDS)
 
 
+def command_kind(data: bytes) -> str:
+    """The union member of an encoded Command ("commitWrite", ...) without
+    converting it: cheap even for a large command. ValueError if it does
+    not decode."""
+    try:
+        reader = schema.Command.from_bytes_packed(data, traversal_limit_in_words=MESSAGE_WORDS_MAX)
+        return reader.which()
+    except capnp.KjException as exc:
+        raise ValueError(f"undecodable command: {exc}") from exc
+
+
 def encode_result(result: t.Result) -> bytes:
     return _encode_union(schema.Result, result)
 
