@@ -233,6 +233,7 @@ class LeasedBackend(Overlay, Backend):
         log.error(kv("lease.lost", holder=f"{self.holder:x}", reason=why,
                      leases=len(self.leases), owned=len(self.owned)))
         self.queue.clear()
+        self.dirty.clear()
         self.inline_queued = 0
         self._forget(list(self.leases))
         if self.on_lost is not None:
@@ -245,6 +246,8 @@ class LeasedBackend(Overlay, Backend):
             self.queue_since = trio.current_time()
             self._queued.set()  # the flusher learns when this batch is due
         self.queue.append(_Op(codec.encode_command(cmd), ino, relies_on, inline))
+        if ino:
+            self.dirty.add(ino)  # made by a batch not applied yet
         self.inline_queued += inline
         self.stats["local"] += 1
         if len(self.queue) >= FLUSH_OPS or self.inline_queued >= FLUSH_INLINE_BYTES:
@@ -432,9 +435,13 @@ class LeasedBackend(Overlay, Backend):
         directory we lease, else on its own once what it names exists."""
         # A node we own that the leader changes (block data, a truncate, an
         # xattr that may set the mode...): from now on it answers for it.
-        names = [n for n in (getattr(cmd, f, 0) for f in ("ino", "src")) if n in self.owned]
+        named = [n for n in (getattr(cmd, f, 0) for f in ("ino", "src")) if n]
+        names = [n for n in named if n in self.owned]
         for n in names:
             self.owned.pop(n, None)
+        # A node made or changed by a batch not applied yet, even one we
+        # stopped owning (its lease was recalled): the batch goes first.
+        unsent = [n for n in named if n in self.dirty or n in self.dirty_sent]
         ours = [d for d in self._dirs_touched(cmd) if d in self.leases]
         if ours:
             self.stats["sync_ops"] += 1
@@ -448,7 +455,7 @@ class LeasedBackend(Overlay, Backend):
                 for m in moved:
                     self.owned.pop(m, None)
             return result
-        if names:
+        if names or unsent:
             await self.flush()  # so that the node exists
         return await self.inner.submit(cmd)
 

@@ -190,3 +190,19 @@ async def test_past_its_lease_the_holder_stops_answering_and_reports_the_loss(se
     await b.sync()
     assert (await inner.lookup(d, b"again")).err == 0
     assert isinstance(LeaseBatch, type)
+
+
+async def test_a_change_after_a_recall_waits_for_the_batch_that_made_its_node(setup):
+    """A recall drops what we owned while the create is still queued; a
+    change the leader must answer (a truncate) then waits for that batch
+    (it raced to ENOENT on a real two-mount run once)."""
+    b, inner, clock = setup
+    b.flush_age_s = 1000.0
+    d = (await make(b, Mkdir, ROOT_INO, b"d")).attr.ino
+    await b.sync()
+    f = (await make(b, Create, d, b"f")).attr.ino
+    b._give_back([d], recalled=True)  # what a recall does first
+    assert f not in b.owned and b.queue
+    reply = await b.submit(SetAttr(f, now(), size=3))
+    assert reply.err == 0 and reply.attr.size == 3
+    assert (await b.getattr(f)).attr.size == 3
