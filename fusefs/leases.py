@@ -47,6 +47,7 @@ import trio
 
 from rpc.logfmt import kv
 from server.meta import codec
+from server.meta.leases import named_dirs
 from server.meta.types import (LEASE_LISTING_MAX, AcquireLease, BatchReply, BytesReply, Clone,
                                Command, CommitWrite, Create, DirPage, EntryReply, LeaseBatch,
                                LeaseReply, Link, ManifestPage, Mkdir, Mknod, NamesReply,
@@ -126,6 +127,11 @@ class LeasedBackend(Overlay, Backend):
 
     # ------------------------------------------------------------ leases
 
+    def _next_epoch(self) -> int:
+        """A fencing epoch for our next grant: unique per grant of this holder."""
+        self.epochs += 1
+        return ((self.holder << 1) ^ self.epochs) & ((1 << 63) - 1)
+
     def _valid(self) -> bool:
         return trio.current_time() < self.valid_until
 
@@ -144,9 +150,7 @@ class LeasedBackend(Overlay, Backend):
         if self.cooldown.get(dir_ino, 0.0) > trio.current_time() or dir_ino in self.leases:
             return None
         await self.flush()  # the grant must come after what is queued
-        self.epochs += 1
-        epoch = (self.holder << 1) ^ self.epochs  # unique per grant for this holder
-        epoch &= (1 << 63) - 1
+        epoch = self._next_epoch()
         sent = trio.current_time()
         reply = await self.inner.submit(AcquireLease(self.holder, dir_ino, epoch,
                                                      int(self.lease_s * 1e9), INO_RANGE))
@@ -419,17 +423,6 @@ class LeasedBackend(Overlay, Backend):
                 return answer
         return await self._send(command)
 
-    def _dirs_touched(self, cmd: Command) -> tuple[int, ...]:
-        if isinstance(cmd, (Create, Mkdir, Mknod, Symlink, Clone, Unlink, Rmdir)):
-            return (cmd.parent,)
-        if isinstance(cmd, Link):
-            return (cmd.new_parent,)
-        if isinstance(cmd, Rename):
-            return (cmd.parent, cmd.new_parent)
-        if isinstance(cmd, (SetAttr, SetXattr, RemoveXattr)):
-            return (cmd.ino,)
-        return ()
-
     async def _send(self, cmd: Command) -> Result:
         """A change not answered here: inside a batch when it touches a
         directory we lease, else on its own once what it names exists."""
@@ -442,7 +435,7 @@ class LeasedBackend(Overlay, Backend):
         # A node made or changed by a batch not applied yet, even one we
         # stopped owning (its lease was recalled): the batch goes first.
         unsent = [n for n in named if n in self.dirty or n in self.dirty_sent]
-        ours = [d for d in self._dirs_touched(cmd) if d in self.leases]
+        ours = [d for d in named_dirs(cmd) if d in self.leases]
         if ours:
             self.stats["sync_ops"] += 1
             moved = self._renamed_nodes(cmd)

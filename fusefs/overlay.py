@@ -101,10 +101,9 @@ class Overlay:
         lease.entries[cmd.name] = (ino, stat.S_IFMT(mode))
         self.owned[ino] = Owned(attr, lease.dir, target,
                                 [] if stat.S_ISREG(mode) else None)
-        self._enqueue(cmd, ino, lease.dir if lease.granted else 0)
+        self._enqueue(cmd, ino, self._relied(lease.dir))
         if is_dir:
-            self.epochs += 1
-            epoch = ((self.holder << 1) ^ self.epochs) & ((1 << 63) - 1)
+            epoch = self._next_epoch()
             self.leases[ino] = DirLease(ino, epoch, attr, {}, lease.dir,
                                         last_used=trio.current_time())
             self._enqueue(AcquireLease(self.holder, ino, epoch, int(self.lease_s * 1e9)))
@@ -162,7 +161,7 @@ class Overlay:
         self._drop_name(lease, cmd.name)
         self.dirty.add(entry[0])
         self._set_dir_attr(lease, _touch(lease.attr, cmd.now_ns))
-        self._enqueue(cmd, 0, lease.dir if lease.granted else 0)
+        self._enqueue(cmd, 0, self._relied(lease.dir))
         return RemoveReply(0, entry[0], 0, [lease.attr])
 
     def _remove_owned(self, cmd) -> RemoveReply | None:
@@ -175,9 +174,7 @@ class Overlay:
             return RemoveReply(errno.ENOTDIR if isinstance(cmd, Rmdir) else errno.EISDIR)
         if is_dir:
             child = self.leases.get(owned.attr.ino)
-            if child is None or child.recalled:
-                return None
-            if not child.complete:
+            if child is None or child.recalled or not child.complete:
                 return None
             if child.entries:
                 return RemoveReply(errno.ENOTEMPTY)
@@ -187,7 +184,7 @@ class Overlay:
         ino = owned.attr.ino
         self._drop_name(lease, cmd.name)
         self._set_dir_attr(lease, _touch(lease.attr, cmd.now_ns, -1 if is_dir else 0))
-        self._enqueue(cmd, 0, lease.dir if lease.granted else 0)
+        self._enqueue(cmd, 0, self._relied(lease.dir))
         if is_dir:
             child = self.leases.pop(ino)
             self._enqueue(ReleaseLease(self.holder, ino, child.epoch))
@@ -237,9 +234,9 @@ class Overlay:
             self.dirty.add(ino)
         self._set_dir_attr(src, _touch(src.attr, now))
         self._set_dir_attr(dst, _touch(dst.attr, now))
-        self._enqueue(cmd, 0, src.dir if src.granted else 0)
-        if dst is not src and dst.granted:
-            self.queue[-1].also = dst.dir
+        self._enqueue(cmd, 0, self._relied(src.dir))
+        if dst is not src:
+            self.queue[-1].also = self._relied(dst.dir)
         reply_ino = reply_nlink = 0
         if replaced is not None:
             reply_ino = replaced.attr.ino
@@ -264,8 +261,8 @@ class Overlay:
             gid=a.gid if cmd.gid is None else cmd.gid,
             atime_ns=_utime(cmd.atime, a.atime_ns, cmd.now_ns),
             mtime_ns=_utime(cmd.mtime, a.mtime_ns, cmd.now_ns), ctime_ns=cmd.now_ns)
-        if cmd.ino in self.leases:
-            self.leases[cmd.ino].attr = owned.attr
+        if cmd.ino in self.leases:  # a directory we own and lease: one set of attributes
+            self._set_dir_attr(self.leases[cmd.ino], owned.attr)
         self._enqueue(cmd, 0, self._relied(owned.dir))
         return EntryReply(0, owned.attr)
 

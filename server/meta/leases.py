@@ -86,22 +86,31 @@ def _entry_ino(conn: sqlite3.Connection, parent: int, name: bytes) -> int:
     return entry or 0
 
 
-def touched(conn: sqlite3.Connection, cmd: object) -> tuple[int, ...]:
-    """The inodes whose entries or attributes ``cmd`` would change and that
-    may be leased directories: a lease covers a directory's entries and its
-    own attributes (the holder answers getattr of it)."""
-    if isinstance(cmd, (*NEW_NODE_COMMANDS, Clone, Unlink)):
+def named_dirs(cmd: object) -> tuple[int, ...]:
+    """The inodes ``cmd`` names whose entries or attributes it changes and
+    that may be leased directories: a lease covers a directory's entries and
+    its own attributes (the holder answers getattr of it). The mount uses
+    this too, to send such changes inside its batch."""
+    if isinstance(cmd, (*NEW_NODE_COMMANDS, Clone, Unlink, Rmdir)):
         return (cmd.parent,)
     if isinstance(cmd, Link):
         return (cmd.new_parent,)
+    if isinstance(cmd, Rename):
+        return (cmd.parent, cmd.new_parent)
+    if isinstance(cmd, (SetAttr, SetXattr, RemoveXattr)):
+        return (cmd.ino,)
+    return ()
+
+
+def touched(conn: sqlite3.Connection, cmd: object) -> tuple[int, ...]:
+    """``named_dirs`` and the directories an rmdir removes or a rename
+    moves or replaces (their leases cover them too)."""
     if isinstance(cmd, Rmdir):
         return (cmd.parent, _entry_ino(conn, cmd.parent, cmd.name))
     if isinstance(cmd, Rename):
         return (cmd.parent, cmd.new_parent, _entry_ino(conn, cmd.parent, cmd.name),
                 _entry_ino(conn, cmd.new_parent, cmd.new_name))
-    if isinstance(cmd, (SetAttr, SetXattr, RemoveXattr)):
-        return (cmd.ino,)
-    return ()
+    return named_dirs(cmd)
 
 
 def blocked(conn: sqlite3.Connection, cmd: object, holder: int = 0) -> int:
