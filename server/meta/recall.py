@@ -39,16 +39,19 @@ ASK_AGAIN_S = 1.0
 PROPOSE_ROUNDS = 4
 
 
-# Commands that never change a directory's entries or attributes: the gate
-# does not decode them (a CommitWrite of thousands of slices costs the
-# leader a millisecond in Python).
-_NO_DIRS = frozenset({"commitWrite", "compact", "forgetChunks", "releaseOrphan", "tick",
-                      "acquireLease", "releaseLease"})
+# Commands the gate does not decode before proposing: those that never
+# change a directory's entries or attributes (a CommitWrite of thousands of
+# slices costs the leader a millisecond in Python), and lease batches, whose
+# every op apply decodes anyway; a batch that does touch another holder's
+# directory (rare: the holder sends its own changes) is refused with LEASED
+# and recalled for below.
+_NO_PRECHECK = frozenset({"commitWrite", "compact", "forgetChunks", "releaseOrphan", "tick",
+                          "acquireLease", "releaseLease", "leaseBatch"})
 
 
-def _may_touch_dirs(command: bytes) -> bool:
+def _precheck(command: bytes) -> bool:
     try:
-        return codec.command_kind(command) not in _NO_DIRS
+        return codec.command_kind(command) not in _NO_PRECHECK
     except ValueError:
         return False
 
@@ -148,7 +151,7 @@ class LeaseDesk:
         for _ in range(PROPOSE_ROUNDS):
             dirs, holder = [], 0
             if cmd is not None or (leases.any_lease(self.reader.conn)
-                                   and _may_touch_dirs(command)):
+                                   and _precheck(command)):
                 try:
                     cmd = cmd or codec.decode_command(command)
                 except ValueError:
