@@ -135,6 +135,13 @@ INODE_COLUMNS = (
 )
 
 
+def _execute_ddl(conn: sqlite3.Connection, ddl: str) -> None:
+    # Statement by statement: executescript would commit the open transaction.
+    for statement in ddl.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 def init_db(conn: sqlite3.Connection, *, now_ns: int, uid: int = 0, gid: int = 0,
             root_mode: int = 0o755, chunk_bytes: int = CHUNK_BYTES_DEFAULT) -> None:
     """Create the tables and the root directory. Every replica must pass the
@@ -142,9 +149,7 @@ def init_db(conn: sqlite3.Connection, *, now_ns: int, uid: int = 0, gid: int = 0
     assert chunk_bytes > 0
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in DDL.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        _execute_ddl(conn, DDL)
         conn.execute(
             "INSERT INTO state VALUES (0, ?, 0, ?, 1, 0, 0, ?, 0)",
             (SCHEMA_VERSION, ROOT_INO + 1, chunk_bytes),
@@ -168,9 +173,7 @@ def upgrade(conn: sqlite3.Connection) -> None:
     if version == 2:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in LEASE_DDL.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            _execute_ddl(conn, LEASE_DDL)
             conn.execute("UPDATE state SET schema_version = 3 WHERE id = 0")
             conn.execute("COMMIT")
         except BaseException:
