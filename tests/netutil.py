@@ -29,7 +29,16 @@ def _candidates() -> range:
             ephemeral_low = int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral_low = 32_768
-    return range(_LOW, max(_LOW + 1_000, ephemeral_low))
+    span = range(_LOW, max(_LOW + 1_000, ephemeral_low))
+    # pytest-xdist workers (gw0, gw1, ...) take disjoint slices, so two
+    # workers never pick the same port between its check and its bind.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        width = len(span) // count
+        start = span.start + int(worker[2:]) * width
+        return range(start, start + width)
+    return span
 
 
 def _bindable(port: int) -> bool:

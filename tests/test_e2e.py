@@ -50,6 +50,7 @@ def _applied(addr) -> int:
     return int(out.stdout) if out.returncode == 0 and out.stdout.strip() else -1
 
 
+@pytest.mark.xdist_group("heavy")
 def test_three_nodes_mount_copy_kill_one(tmp_path):
     addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
     procs, mnt = [], tmp_path / "mnt"

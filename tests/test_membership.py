@@ -113,6 +113,7 @@ def members(addr: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
+@pytest.mark.xdist_group("heavy")
 def test_a_wiped_voter_cannot_vote_as_itself_and_no_write_is_lost(tmp_path):
     """The issue's reproduction: B's disk is replaced while C is down, then
     A (the leader) dies.  Before: B and C elected a leader lacking the

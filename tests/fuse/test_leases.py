@@ -146,6 +146,7 @@ def test_kill_9_after_fsyncdir_keeps_every_fsynced_entry(real_cluster, tmp_path)
     check_log(b)
 
 
+@pytest.mark.xdist_group("heavy")
 def test_holder_cut_off_past_its_lease_loses_its_batch_with_eio(real_cluster, tmp_path):
     a, b = mounts(real_cluster, tmp_path, a_options="meta_batch_ms=30000",
                   b_options="deadline=60")

@@ -169,6 +169,7 @@ class Reader(threading.Thread):
             self.rounds += 1
 
 
+@pytest.mark.xdist_group("heavy")
 def test_kill_9_leader_during_large_copy(tmp_path):
     cluster = start_cluster(tmp_path / "cluster")
     mounts = []

@@ -115,6 +115,7 @@ print("done", flush=True)
 """
 
 
+@pytest.mark.xdist_group("heavy")
 @pytest.mark.parametrize("kill_mount", [False, True], ids=["closed", "mount-killed"])
 def test_random_overwrites_give_their_space_back(tmp_path, kill_mount):
     """SPACE_MIB file, SPACE_WRITES random 4 KiB overwrites: within 60 s of

@@ -106,6 +106,7 @@ def statuses(table, names):
     return {n: table.get(n, (None, 0))[0] for n in names}
 
 
+@pytest.mark.xdist_group("heavy")
 @pytest.mark.integration
 async def test_five_processes_detect_a_crash_and_take_the_node_back(tmp_path):
     cluster = Cluster(tmp_path, free_ports(NODES))

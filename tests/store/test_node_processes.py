@@ -119,6 +119,7 @@ async def copies_extra(pool, ring: Ring, members: list[str], ids: list[bytes]) -
     return extra
 
 
+@pytest.mark.xdist_group("heavy")
 @pytest.mark.integration
 async def test_node_maintenance_rereplicates_scrubs_and_moves_data(tmp_path):
     ports = free_ports(NODES + 1)
