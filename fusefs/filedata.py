@@ -304,27 +304,38 @@ class FileData:
     # ------------------------------------------------------------ writes
 
     async def write(self, off: int, buf: bytes) -> int:
-        async with self.lock:
-            self._raise_error()
-            self.dirty.write(off, buf)
-            self.size = max(self.size, off + len(buf))
-            self.mtime_ns = time.time_ns()
-            while self.dirty.total >= self.chunk_bytes:
-                await self._start_upload(self.dirty.take(self.chunk_bytes))
-            if self.dirty.total > DIRTY_BYTES_MAX:
-                await self._start_upload(self.dirty.take(self.chunk_bytes))
-            if (len(self.pending) >= PENDING_SLICES_MAX
-                    or len(self.pending_blocks) >= PENDING_BLOCKS_MAX
-                    or (self.pending_since is not None
-                        and time.monotonic() - self.pending_since > PENDING_AGE_S)):
-                if len(self.pending) >= 4 * PENDING_SLICES_MAX:
-                    # Commits fall behind the writer: wait, so memory and
-                    # the age of stored-but-uncommitted blocks stay bounded.
-                    await self._commit_locked()
-                elif not self._behind:
-                    self._behind = True
-                    self.nursery.start_soon(self._commit_behind)
-            return len(buf)
+        if self.lock.locked():
+            async with self.lock:
+                return await self._write_locked(off, buf)
+        # Uncontended (nearly always): take the lock without the two
+        # scheduler turns of ``async with`` (7-15% of a 4 KiB write's cost).
+        self.lock.acquire_nowait()
+        try:
+            return await self._write_locked(off, buf)
+        finally:
+            self.lock.release()
+
+    async def _write_locked(self, off: int, buf: bytes) -> int:
+        self._raise_error()
+        self.dirty.write(off, buf)
+        self.size = max(self.size, off + len(buf))
+        self.mtime_ns = time.time_ns()
+        while self.dirty.total >= self.chunk_bytes:
+            await self._start_upload(self.dirty.take(self.chunk_bytes))
+        if self.dirty.total > DIRTY_BYTES_MAX:
+            await self._start_upload(self.dirty.take(self.chunk_bytes))
+        if (len(self.pending) >= PENDING_SLICES_MAX
+                or len(self.pending_blocks) >= PENDING_BLOCKS_MAX
+                or (self.pending_since is not None
+                    and time.monotonic() - self.pending_since > PENDING_AGE_S)):
+            if len(self.pending) >= 4 * PENDING_SLICES_MAX:
+                # Commits fall behind the writer: wait, so memory and
+                # the age of stored-but-uncommitted blocks stay bounded.
+                await self._commit_locked()
+            elif not self._behind:
+                self._behind = True
+                self.nursery.start_soon(self._commit_behind)
+        return len(buf)
 
     async def _commit_behind(self) -> None:
         """Commit the slices stored so far, without ``lock`` (see module

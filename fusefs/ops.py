@@ -386,8 +386,17 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
 
     # ------------------------------------------------------------ xattrs
 
-    @fuse_op
     async def getxattr(self, inode, name, ctx):
+        # The kernel asks for security.capability before every write(2)
+        # (libfuse 3.14 cannot offer FUSE_HANDLE_KILLPRIV_V2, which would
+        # let it skip that): a known absence is answered here, without the
+        # per-op deadline scope, the cheapest reply a write's twin can get.
+        if not _unsupported_xattr(name, self.enable_acl) and self.xattrs.get(inode, name) is ABSENT:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return await self._getxattr(inode, name)
+
+    @fuse_op
+    async def _getxattr(self, inode, name):
         if name in CONTROL_XATTRS:
             raise pyfuse3.FUSEError(errno.ENODATA)
         if _unsupported_xattr(name, self.enable_acl):

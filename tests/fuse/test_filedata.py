@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fusefs import filedata
 from fusefs.backend import LocalBackend, Unavailable
 from fusefs.filedata import ChunkCache, ChunkReader
-from fusefs.errors import fuse_op
+from fusefs.errors import OP_DEADLINE_S, fuse_op
 from fusefs.filedata import FileData
 from server.meta.types import Create, SetAttr
 
@@ -306,3 +306,26 @@ async def test_every_failure_becomes_one_errno(name, want, caplog):
     assert info.value.errno == want
     if name == "bug":
         assert "handler_bug" in caplog.text
+
+
+async def test_a_handler_past_its_deadline_answers_eio_and_outer_cancels_pass(autojump_clock,
+                                                                              caplog):
+    @fuse_op
+    async def stuck():
+        await trio.sleep_forever()
+
+    @fuse_op
+    async def quick():
+        return 7
+
+    started = trio.current_time()
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await stuck()
+    assert info.value.errno == errno.EIO
+    assert trio.current_time() - started == pytest.approx(OP_DEADLINE_S)
+    assert "op_deadline" in caplog.text
+    assert await quick() == 7
+    # A cancel from outside (unmount) is not turned into an errno.
+    with trio.move_on_after(1) as outer:
+        await stuck()
+    assert outer.cancelled_caught
