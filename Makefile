@@ -32,8 +32,10 @@ run: venv
 stop:
 	-$(VENV)/bin/chordfs demo-stop
 
+# Two workers; tests marked xdist_group("heavy") (long real-process runs
+# with timing budgets) share one worker so they never overlap each other.
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: venv
 	$(PY) benchmarks/rpc_bench.py
