@@ -180,8 +180,22 @@ class Connection:
     async def _read_until_closed(self) -> tuple[str, bool]:
         decoder = FrameDecoder(self.limits)
         stream = self._stream
+        # A plain TCP stream lets the body of a big frame (a chunk) be
+        # received straight into its buffer: no bytes object per receive
+        # and no copy after it. Other streams (TLS) go through receive_some.
+        sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         try:
             while True:
+                target = decoder.big_target() if sock is not None else None
+                if target is not None:
+                    with target:
+                        count = await sock.recv_into(target)
+                    if count:
+                        decoder.big_filled(count)
+                        while (segments := decoder.next_frame()) is not None:
+                            await self._dispatch(segments)
+                        continue
+                    return "peer closed the stream in the middle of a frame (truncated message)", True
                 want = min(max(65536, decoder.wanted_bytes()), 256 * 1024)
                 data = await stream.receive_some(want)
                 if not data:

@@ -13,6 +13,7 @@ from .limits import Limits
 
 _U32 = struct.Struct("<I")
 BIG_FRAME_BYTES = 64 * 1024
+SPARE_BUFFERS = 3
 
 
 def frame_segments(segments: list[bytes]) -> bytes:
@@ -62,7 +63,11 @@ class FrameDecoder:
         self._pos = 0
         self._big: memoryview | None = None
         self._big_fill = 0
-        self._spare: bytearray | None = None  # last big buffer, reused once free
+        # Recent big buffers, reused once free. Several: the message cut from
+        # the last one is often still alive when the next big frame starts
+        # (its caller has not run yet), and a fresh zeroed 4 MiB buffer cost
+        # 16% of a mount's CPU during a cold read.
+        self._spares: list[bytearray] = []
         self._big_layout: tuple[int, tuple[int, ...]] = (0, ())
 
     def feed(self, data: bytes) -> None:
@@ -137,19 +142,33 @@ class FrameDecoder:
         return header_len, sizes, total
 
     def _big_buffer(self, total: int) -> memoryview:
-        """A buffer of ``total`` bytes: the previous one if no reader still
-        holds a view of it (a fresh 1 MiB allocation costs page faults that
-        dominate large transfers)."""
-        spare = self._spare
-        if spare is not None and len(spare) >= total and len(spare) <= 4 * total:
-            try:
-                spare.append(0)  # resizing fails while any memoryview exists
-                spare.pop()
-                return memoryview(spare)[:total]
-            except BufferError:
-                pass
-        self._spare = spare = bytearray(total)
+        """A buffer of ``total`` bytes: a recent one that no reader still
+        holds a view of, if one fits (a fresh 1 MiB allocation costs page
+        faults that dominate large transfers)."""
+        for spare in self._spares:
+            if total <= len(spare) <= 4 * total:
+                try:
+                    spare.append(0)  # resizing fails while any memoryview exists
+                    spare.pop()
+                    return memoryview(spare)[:total]
+                except BufferError:
+                    continue
+        spare = bytearray(total)
+        self._spares.insert(0, spare)
+        del self._spares[SPARE_BUFFERS:]
         return memoryview(spare)
+
+    def big_target(self) -> memoryview | None:
+        """Where the big frame in progress wants its next bytes (a reader
+        may receive straight into it, then call ``big_filled``), or None."""
+        big = self._big
+        if big is None or self._big_fill >= len(big):
+            return None
+        return big[self._big_fill:]
+
+    def big_filled(self, count: int) -> None:
+        assert self._big is not None and 0 < count <= len(self._big) - self._big_fill
+        self._big_fill += count
 
     def _start_big(self, header_len: int, sizes, total: int, avail: int) -> None:
         big = self._big_buffer(total)
