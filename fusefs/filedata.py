@@ -253,8 +253,21 @@ class FileData:
         end = min(off + size, self.size)
         if off >= end:
             return b""
+        here = self.view.overlapping(off, end)
+        if (len(here) == 1 and here[0].block_id and here[0].off <= off
+                and here[0].off + here[0].length >= end and not self.uploads and not self.dirty):
+            # One block holds the whole range (a sequential reader, nearly
+            # always): one copy out of it, no zeroed buffer to paint.
+            s = here[0]
+            block = self.pending_blocks.get(s.block_id)
+            if block is None:
+                block = await self.reader.get(s.block_id)
+            if not self.uploads and not self.dirty:  # still none after the fetch
+                start = s.block_off + off - s.off
+                self._note_read(off, end)
+                return block[start:start + end - off]
         out = bytearray(end - off)
-        for s in self.view.overlapping(off, end):
+        for s in here:
             if s.block_id:
                 block = self.pending_blocks.get(s.block_id)
                 if block is None:
@@ -266,11 +279,14 @@ class FileData:
         for upload in self.uploads.values():
             paint(out, off, upload.ranges)
         paint(out, off, self.dirty.overlapping(off, end))
+        self._note_read(off, end)
+        return bytes(out)
+
+    def _note_read(self, off: int, end: int) -> None:
         sequential = off == self._read_end
         self._read_end = end
         if sequential:
             self._maybe_prefetch(end)
-        return bytes(out)
 
     def _maybe_prefetch(self, end: int) -> None:
         """A sequential reader: keep the blocks of the next PREFETCH_BYTES
