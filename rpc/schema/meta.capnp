@@ -109,7 +109,7 @@ struct Clone {
 struct ReleaseOrphan { ino @0 :UInt64; nowNs @1 :Int64; }
 struct ForgetChunks  { chunkIds @0 :List(Data); marks @1 :List(UInt64); }
 
-struct AcquireLease { holder @0 :UInt64; dir @1 :UInt64; epoch @2 :UInt64; durationNs @3 :Int64; inos @4 :UInt64; }
+struct AcquireLease { holder @0 :UInt64; dir @1 :UInt64; epoch @2 :UInt64; durationNs @3 :Int64; inos @4 :UInt64; shared @5 :Bool; }
 struct ReleaseLease { holder @0 :UInt64; dir @1 :UInt64; epoch @2 :UInt64; }
 
 struct LeaseBatch {

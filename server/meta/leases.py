@@ -32,6 +32,15 @@ apply, so the guarantee does not depend on any node's timing:
   holder's directory touched) not at all. Its ``seq`` makes a retry after an
   uncertain send answer the recorded reply instead of applying twice.
 
+Read leases (``AcquireLease.shared``) are the same grant in shared mode:
+any number of holders may read-lease a directory nobody write-leases, and
+each answers lookups, getattrs and open-time revalidation of the files
+there from its cache. A change that a reader could be answering stale is
+refused with LEASED while another holder's read lease covers it: a change
+of the directory's entries or attributes (``touched``), or of any node
+named in it, found through ``dentry_by_ino`` (``reader_dirs``). The leader
+recalls those read leases first (recall.py), so close-to-open holds.
+
 The handlers get the codec passed in (``Codec``): the batch carries its
 operations as encoded Commands, and this module stays a pure core.
 """
@@ -46,7 +55,8 @@ from dataclasses import dataclass
 from . import acl
 from .schema import load, lookup_entry, read_state, xattr_value
 from .types import (LEASE_LISTING_MAX, LEASED, AcquireLease, BatchReply, Clone,
-                    Create, Link, LeaseBatch, LeaseReply, Mkdir, Mknod, ReleaseLease,
+                    CommitWrite, Compact, Create, Link, LeaseBatch, LeaseReply, Mkdir,
+                    Mknod, ReleaseLease,
                     RemoveXattr, Rename, Result, Rmdir, SetAttr, SetXattr, Status,
                     Symlink, Unlink)
 
@@ -69,7 +79,33 @@ def _log_ns(conn: sqlite3.Connection) -> int:
 
 
 def any_lease(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM lease LIMIT 1").fetchone() is not None
+    """A lease of either kind exists (it may have expired)."""
+    return (conn.execute("SELECT 1 FROM lease LIMIT 1").fetchone() is not None
+            or any_reader(conn))
+
+
+def any_reader(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM read_lease LIMIT 1").fetchone() is not None
+
+
+def readers(conn: sqlite3.Connection, dir_ino: int) -> list[int]:
+    """Holders of a live read lease on ``dir_ino``."""
+    return [row[0] for row in conn.execute(
+        "SELECT r.holder FROM read_lease r JOIN lease_holder h USING (holder) "
+        "WHERE r.dir = ? AND h.expires_ns > (SELECT log_ns FROM state WHERE id = 0)",
+        (dir_ino,))]
+
+
+def holders(conn: sqlite3.Connection, dir_ino: int, *, with_readers: bool = True) -> list[int]:
+    """Every live holder of a lease on ``dir_ino``: the writer, or readers."""
+    lease = owner(conn, dir_ino)
+    if lease is not None:
+        return [lease[0]]
+    return readers(conn, dir_ino) if with_readers else []
+
+
+def parents_of(conn: sqlite3.Connection, ino: int) -> list[int]:
+    return [row[0] for row in conn.execute("SELECT parent FROM dentry WHERE ino = ?", (ino,))]
 
 
 def owner(conn: sqlite3.Connection, dir_ino: int) -> tuple[int, int] | None:
@@ -113,13 +149,47 @@ def touched(conn: sqlite3.Connection, cmd: object) -> tuple[int, ...]:
     return named_dirs(cmd)
 
 
+# Commands that change a node named by ``.ino`` (its attributes, xattrs,
+# content or links): readers of every directory naming it cache them.
+_NODE_COMMANDS = (SetAttr, SetXattr, RemoveXattr, CommitWrite, Compact, Link)
+
+
+def reader_dirs(conn: sqlite3.Connection, cmd: object) -> list[int]:
+    """The directories whose read-lease holders could answer stale after
+    ``cmd``: those it touches, and every directory naming a node whose
+    attributes, xattrs, content or link count it changes (a directory's own
+    attributes are cached by its readers too, as are those of a directory
+    whose entries change)."""
+    dirs: list[int] = []
+    # A directory whose entries change gets new times (and link count):
+    # the readers of the directory naming it cache those.
+    nodes = [d for d in touched(conn, cmd) if d]
+    if isinstance(cmd, _NODE_COMMANDS):
+        nodes.append(cmd.ino)
+    elif isinstance(cmd, Unlink):
+        nodes.append(_entry_ino(conn, cmd.parent, cmd.name))
+    elif isinstance(cmd, Rename):
+        nodes += [_entry_ino(conn, cmd.parent, cmd.name),
+                  _entry_ino(conn, cmd.new_parent, cmd.new_name)]
+    for ino in nodes:
+        if ino:
+            dirs.append(ino)
+            dirs.extend(parents_of(conn, ino))
+    return list(dict.fromkeys(dirs))
+
+
 def blocked(conn: sqlite3.Connection, cmd: object, holder: int = 0) -> int:
     """The first directory ``cmd`` would change that a live lease of another
-    holder covers, or 0."""
+    holder covers (a write lease, or a read lease a reader could answer
+    stale from), or 0."""
     for ino in touched(conn, cmd):
         if ino:
             lease = owner(conn, ino)
             if lease is not None and lease[0] != holder:
+                return ino
+    if any_reader(conn) and not isinstance(cmd, (AcquireLease, ReleaseLease)):
+        for ino in reader_dirs(conn, cmd):
+            if any(h != holder for h in readers(conn, ino)):
                 return ino
     return 0
 
@@ -137,6 +207,7 @@ def _expire(conn: sqlite3.Connection, holder: int) -> None:
     """A holder found expired loses every lease row: none of them may come
     back to life through a later grant."""
     conn.execute("DELETE FROM lease WHERE holder = ?", (holder,))
+    conn.execute("DELETE FROM read_lease WHERE holder = ?", (holder,))
 
 
 def _refill(conn: sqlite3.Connection, row: dict, want: int) -> None:
@@ -177,6 +248,8 @@ def acquire(conn: sqlite3.Connection, cmd: AcquireLease) -> LeaseReply:
     current = owner(conn, cmd.dir)
     if current is not None and current[0] != cmd.holder:
         return LeaseReply(errno.EBUSY)
+    if not cmd.shared and any(h != cmd.holder for h in readers(conn, cmd.dir)):
+        return LeaseReply(errno.EBUSY)  # readers give theirs back first (recall.py)
     row = _holder(conn, cmd.holder)
     if row is None:
         row = {"holder": cmd.holder, "expires_ns": 0, "duration_ns": cmd.duration_ns,
@@ -188,8 +261,15 @@ def acquire(conn: sqlite3.Connection, cmd: AcquireLease) -> LeaseReply:
     row["expires_ns"] = now + cmd.duration_ns
     _refill(conn, row, cmd.inos)
     _save_holder(conn, row)
-    conn.execute("INSERT OR REPLACE INTO lease VALUES (?, ?, ?)",
-                 (cmd.dir, cmd.holder, cmd.epoch))
+    if cmd.shared:
+        if current is None:  # a writer that reads too needs no read lease
+            conn.execute("INSERT OR REPLACE INTO read_lease VALUES (?, ?, ?)",
+                         (cmd.dir, cmd.holder, cmd.epoch))
+    else:
+        conn.execute("DELETE FROM read_lease WHERE dir = ? AND holder = ?",
+                     (cmd.dir, cmd.holder))
+        conn.execute("INSERT OR REPLACE INTO lease VALUES (?, ?, ?)",
+                     (cmd.dir, cmd.holder, cmd.epoch))
     return LeaseReply(0, cmd.epoch, row["ino_next"], row["ino_hi"], node.attr(),
                       _count_entries(conn, cmd.dir))
 
@@ -199,13 +279,16 @@ def release(conn: sqlite3.Connection, cmd: ReleaseLease) -> Status:
     before) is not an error."""
     conn.execute("DELETE FROM lease WHERE dir = ? AND holder = ? AND epoch = ?",
                  (cmd.dir, cmd.holder, cmd.epoch))
+    conn.execute("DELETE FROM read_lease WHERE dir = ? AND holder = ? AND epoch = ?",
+                 (cmd.dir, cmd.holder, cmd.epoch))
     return Status(0)
 
 
 def tick(conn: sqlite3.Connection, now_ns: int) -> None:
     """Drop the leases of expired holders, and holders long expired."""
-    conn.execute("DELETE FROM lease WHERE holder IN "
-                 "(SELECT holder FROM lease_holder WHERE expires_ns <= ?)", (now_ns,))
+    for table in ("lease", "read_lease"):
+        conn.execute(f"DELETE FROM {table} WHERE holder IN "
+                     "(SELECT holder FROM lease_holder WHERE expires_ns <= ?)", (now_ns,))
     conn.execute("DELETE FROM lease_holder WHERE expires_ns <= ?", (now_ns - HOLDER_KEEP_NS,))
 
 

@@ -49,11 +49,16 @@ _NO_PRECHECK = frozenset({"commitWrite", "compact", "forgetChunks", "releaseOrph
                           "acquireLease", "releaseLease", "leaseBatch"})
 
 
-def _precheck(command: bytes) -> bool:
+# With read leases about, a change to a file recalls its directories' readers.
+_READER_PRECHECK = frozenset({"commitWrite", "compact", "leaseBatch"})
+
+
+def _precheck(command: bytes, readers: bool) -> bool:
     try:
-        return codec.command_kind(command) not in _NO_PRECHECK
+        kind = codec.command_kind(command)
     except ValueError:
         return False
+    return kind not in _NO_PRECHECK or (readers and kind in _READER_PRECHECK)
 
 
 class LeaseDesk:
@@ -71,16 +76,19 @@ class LeaseDesk:
     def owner(self, dir_ino: int) -> tuple[int, int] | None:
         return leases.owner(self.reader.conn, dir_ino)
 
-    def others(self, dirs, holder: int) -> list[tuple[int, int]]:
-        """(dir, holder) of the live leases on ``dirs`` not held by ``holder``."""
-        if not leases.any_lease(self.reader.conn):
+    def others(self, dirs, holder: int, *, with_readers: bool = True) -> list[tuple[int, int]]:
+        """(dir, holder) of the live leases on ``dirs`` not held by
+        ``holder``; read leases too unless ``with_readers`` is False (a
+        read does not recall other readers)."""
+        conn = self.reader.conn
+        if not leases.any_lease(conn):
             return []
         out = []
         for dir_ino in dict.fromkeys(dirs):
             if dir_ino:
-                lease = self.owner(dir_ino)
-                if lease is not None and lease[0] != holder:
-                    out.append((dir_ino, lease[0]))
+                for other in leases.holders(conn, dir_ino, with_readers=with_readers):
+                    if other != holder:
+                        out.append((dir_ino, other))
         return out
 
     # ------------------------------------------------------------ holders
@@ -101,10 +109,11 @@ class LeaseDesk:
 
     # ------------------------------------------------------------ requesters
 
-    async def clear(self, dirs, *, holder: int = 0, timeout_s: float, rid: str = "") -> bool:
+    async def clear(self, dirs, *, holder: int = 0, timeout_s: float, rid: str = "",
+                    with_readers: bool = True) -> bool:
         """Recall every other holder's lease on ``dirs`` and wait until none
         is left (True) or ``timeout_s`` passed (False)."""
-        pending = self.others(dirs, holder)
+        pending = self.others(dirs, holder, with_readers=with_readers)
         if not pending:
             return True
         start = trio.current_time()
@@ -121,7 +130,7 @@ class LeaseDesk:
                     self._ask(other, dir_ino)
                 asked_at = now
             await trio.sleep(POLL_S)
-            pending = self.others(dirs, holder)
+            pending = self.others(dirs, holder, with_readers=with_readers)
         waited = trio.current_time() - start
         self.waits_s += waited
         log.info(kv("lease.recalled", node=self.node, rid=rid, dirs=len(dirs),
@@ -140,9 +149,15 @@ class LeaseDesk:
                     op = codec.decode_command(data)
                 except ValueError:
                     continue
-                out.extend(leases.touched(conn, op))
+                out.extend(self._dirs(conn, op))
             return out, cmd.holder
-        return list(leases.touched(conn, cmd)), 0
+        return self._dirs(conn, cmd), 0
+
+    @staticmethod
+    def _dirs(conn, cmd) -> list[int]:
+        if leases.any_reader(conn):
+            return leases.reader_dirs(conn, cmd)
+        return list(leases.touched(conn, cmd))
 
     async def gated_propose(self, command: bytes, propose, *, timeout_s: float):
         """``propose(command)`` once no other holder's lease is in the way
@@ -150,8 +165,9 @@ class LeaseDesk:
         cmd = None
         for _ in range(PROPOSE_ROUNDS):
             dirs, holder = [], 0
-            if cmd is not None or (leases.any_lease(self.reader.conn)
-                                   and _precheck(command)):
+            conn = self.reader.conn
+            if cmd is not None or (leases.any_lease(conn)
+                                   and _precheck(command, leases.any_reader(conn))):
                 try:
                     cmd = cmd or codec.decode_command(command)
                 except ValueError:

@@ -27,7 +27,7 @@ from .types import CHUNK_BYTES_DEFAULT, ROOT_INO, Attr
 
 PURE_CORE = True
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 DDL = """
 CREATE TABLE state(
@@ -121,7 +121,20 @@ CREATE TABLE lease(
 );
 CREATE INDEX lease_by_holder ON lease(holder);
 """
-DDL = DDL.replace("LEASE_DDL", LEASE_DDL)
+# Directory read leases (shared), and the index that finds every directory
+# an inode is named in (a change to a file recalls the read leases on all
+# of them). Added in schema version 4.
+READ_LEASE_DDL = """
+CREATE TABLE read_lease(
+    dir INTEGER NOT NULL,
+    holder INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    PRIMARY KEY (dir, holder)
+) WITHOUT ROWID;
+CREATE INDEX read_lease_by_holder ON read_lease(holder);
+CREATE INDEX dentry_by_ino ON dentry(ino);
+"""
+DDL = DDL.replace("LEASE_DDL", LEASE_DDL + READ_LEASE_DDL)
 
 # A file the compactor should look at: more extents than its size explains
 # (regions of 4 MiB), or inline bytes in a file too big to be inline.
@@ -170,11 +183,13 @@ def upgrade(conn: sqlite3.Connection) -> None:
     """Bring a database of an older schema version to this one. Every
     replica runs the same code on the same state, so they stay identical."""
     version = read_state(conn)["schema_version"]
-    if version == 2:
+    steps = {2: LEASE_DDL, 3: READ_LEASE_DDL}
+    while version in steps:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            _execute_ddl(conn, LEASE_DDL)
-            conn.execute("UPDATE state SET schema_version = 3 WHERE id = 0")
+            _execute_ddl(conn, steps[version])
+            version += 1
+            conn.execute("UPDATE state SET schema_version = ? WHERE id = 0", (version,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -68,10 +68,11 @@ class MetadataServer(rpc.Server, interfaces=[meta_capnp.Metadata]):
             except trio.TooSlowError:
                 raise rpc.Overloaded("no quorum confirmed the read in time") from None
             leased = _leased_dir(q)
-            if leased and md.desk.others((leased,), q.holder):
+            if leased and md.desk.others((leased,), q.holder, with_readers=False):
                 # Another mount may be answering changes there from its own
                 # batch: it flushes and gives the lease back first.
-                if not await md.desk.clear((leased,), holder=q.holder, timeout_s=RECALL_WAIT_S):
+                if not await md.desk.clear((leased,), holder=q.holder, timeout_s=RECALL_WAIT_S,
+                                           with_readers=False):
                     raise rpc.Overloaded("a directory lease is being recalled; try again")
                 try:
                     await md.group.service.read_index(timeout_s=READ_INDEX_TIMEOUT_S)

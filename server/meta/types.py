@@ -285,6 +285,9 @@ class AcquireLease:
     epoch: int
     duration_ns: int
     inos: int = 0
+    # A read lease instead: shared with other readers, no changes answered;
+    # the holder answers lookups, getattrs and opens there from its cache.
+    shared: bool = False
 
 
 @dataclass(frozen=True)
