@@ -56,6 +56,7 @@ from server.meta.types import (LEASE_LISTING_MAX, AcquireLease, BatchReply, Byte
 
 from .backend import Backend, BackendError, FsStat
 from .overlay import DirLease, Overlay, Owned
+from .readleases import ReadLeases
 
 log = logging.getLogger("chordfs.fuse.lease")
 
@@ -122,6 +123,7 @@ class LeasedBackend(Overlay, Backend):
         self._have_leases = trio.Event()
         self.stats = {"local": 0, "batches": 0, "batched_ops": 0, "sync_ops": 0,
                       "grants": 0, "recalls": 0, "lost": 0}
+        self.reads = ReadLeases(self, nursery)
         nursery.start_soon(self._flusher)
         nursery.start_soon(self._recalls)
 
@@ -227,7 +229,7 @@ class LeasedBackend(Overlay, Backend):
             self.owned.pop(d, None)  # its attributes follow its entries: ours no longer
         for ino in [i for i, o in self.owned.items() if o.dir in dirs]:
             del self.owned[ino]
-        if not self.leases:
+        if not self.leases and not self.reads.leases:
             self._have_leases = trio.Event()
 
     def _lose(self, why: str) -> None:
@@ -382,6 +384,7 @@ class LeasedBackend(Overlay, Backend):
             self.stats["recalls"] += 1
             log.info(kv("lease.recall", holder=f"{self.holder:x}",
                          dirs=",".join(map(str, dirs))))
+            await self.reads.recalled(dirs)
             self._give_back([d for d in dirs if d in self.leases], recalled=True)
             for d in dirs:
                 if d not in self.leases:
@@ -396,6 +399,7 @@ class LeasedBackend(Overlay, Backend):
     # ------------------------------------------------------------ changes
 
     async def submit(self, command: Command) -> Result:
+        await self.reads.before_change(command)
         kind = type(command)
         if kind in (Create, Mkdir, Symlink):
             lease = await self._lease_for(command.parent)
@@ -512,14 +516,15 @@ class LeasedBackend(Overlay, Backend):
             if attr is not None:
                 return EntryReply(0, attr)
             await self._flush_if_named(entry[0])
-        return await self.inner.lookup(parent, name)
+            return await self.inner.lookup(parent, name)
+        return await self.reads.lookup(parent, name, self.inner.lookup)
 
     async def getattr(self, ino: int) -> EntryReply:
         attr = self._attr_of(ino)
         if attr is not None:
             return EntryReply(0, attr)
         await self._flush_if_named(ino)
-        return await self.inner.getattr(ino)
+        return await self.reads.getattr(ino, self.inner.getattr)
 
     async def _flush_if_named(self, ino: int) -> None:
         """A node we made or changed must be in the log before the leader
@@ -561,7 +566,7 @@ class LeasedBackend(Overlay, Backend):
             slices = [s for s in owned.content if s.off + s.length > start]
             return ManifestPage(0, owned.attr.size, self.chunk_bytes, slices, 0, True, owned.attr)
         await self._flush_if_named(ino)
-        page = await self.inner.manifest(ino, start, limit)
+        page = await self.reads.manifest(ino, start, limit, self.inner.manifest)
         if not page.err:
             self.chunk_bytes = page.chunk_bytes
         return page
@@ -571,6 +576,7 @@ class LeasedBackend(Overlay, Backend):
         made any more; every lease goes back (the next change asks again)."""
         self._give_back(list(self.leases), recalled=False)
         await self.flush()
+        await self.reads.drop_all()
 
     async def statfs(self) -> FsStat:
         return await self.inner.statfs()
@@ -609,10 +615,12 @@ class LeasedBackend(Overlay, Backend):
             try:
                 self._give_back(list(self.leases), recalled=False)
                 await self.flush()
+                await self.reads.drop_all()
             except BackendError as exc:
                 log.error(kv("lease.unmount_flush_failed", holder=f"{self.holder:x}",
                              error=str(exc)))
-        log.info(kv("lease.stats", holder=f"{self.holder:x}", **self.stats))
+        log.info(kv("lease.stats", holder=f"{self.holder:x}", **self.stats,
+                    **{f"read_{k}": v for k, v in self.reads.stats.items()}))
 
     def __getattr__(self, name: str):
         # Everything else the cluster backend offers (refresh_map, ring, ...).

@@ -191,3 +191,38 @@ def test_holder_cut_off_past_its_lease_loses_its_batch_with_eio(real_cluster, tm
         stop_mount(b)
     check_log(b)
     assert lease_stats(a.log)["lost"] >= 1
+
+
+def test_a_reader_answering_from_its_read_lease_sees_what_another_mount_closed(real_cluster,
+                                                                                tmp_path):
+    """A reads a directory often enough to read-lease it, and answers
+    lookups and opens there from its cache; every change B closes there is
+    recalled first, so A's next open reads it (close-to-open)."""
+    a, b = mounts(real_cluster, tmp_path)
+    try:
+        db = b.path / tmp_path.name
+        db.mkdir()
+        for i in range(40):
+            (db / f"f{i:02d}").write_bytes(b"v0 %d\n" % i)
+        fsync_dir(db)
+        da = a.path / tmp_path.name
+        for _ in range(3):
+            for i in range(40):
+                assert (da / f"f{i:02d}").read_bytes() == b"v0 %d\n" % i
+        for r in range(15):
+            k = (r * 7) % 40
+            (db / f"f{k:02d}").write_bytes(b"round %d\n" % r)  # closed here
+            assert (da / f"f{k:02d}").read_bytes() == b"round %d\n" % r
+            (db / f"new{r}").write_bytes(b"new %d\n" % r)
+            assert (da / f"new{r}").read_bytes() == b"new %d\n" % r
+            for i in range(40):  # the reader keeps reading: it leases again
+                (da / f"f{i:02d}").read_bytes()
+            time.sleep(0.4)
+    finally:
+        stop_mount(a)
+        stop_mount(b)
+    stats = lease_stats(a.log)
+    assert stats["read_grants"] >= 1 and stats["read_hits"] > 0, stats
+    assert stats["read_recalled"] >= 1, stats
+    check_log(a)
+    check_log(b)

@@ -1,0 +1,291 @@
+"""Directory read leases on the mount: lookups, getattrs and the open-time
+manifest of files in a directory this mount reads a lot are answered from
+its cache, with no round trip, while it holds a shared lease there.
+
+Why it is safe (server/meta/leases.py, recall.py): while our read lease on
+a directory D lives in the log, no change that could make an answer here
+stale applies (D's entries and attributes, the attributes, xattrs, content
+and links of every node named in D): the state machine refuses it with
+LEASED, and the leader first asks us, through the lease long poll, to give
+D back. We drop everything cached for D before the release is sent, so a
+change another mount closes before our open is seen at that open
+(close-to-open). If we cannot be reached, our lease runs out in log time;
+we stop answering from the cache ``MARGIN_S`` earlier than that, counted
+from when we *sent* the grant request.
+
+A reply that was on its way while D was dropped must not be cached: every
+drop bumps D's generation, and a reply is kept only if the generation it
+was asked under is still current.
+
+Our own changes are not held back by our own read lease in a batch, and a
+plain change of ours would be (we are not the batch's holder then): so
+before any change goes out, the directories and nodes it names are dropped
+here, and read leases it would collide with are given back first
+(``before_change``). What we miss the leader recalls, at the cost of a
+round trip; nothing stale is ever answered.
+
+Policy: a directory gets a read lease after ``WANT_QUERIES`` cacheable
+queries within ``WANT_WINDOW_S``, unless this mount changed something there
+in the last ``COOLDOWN_S`` or holds its write lease; an idle read lease goes
+back after ``IDLE_S``; a used one is renewed at half its life.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+
+import trio
+
+from rpc.logfmt import kv
+from server.meta.leases import named_dirs
+from server.meta.types import (AcquireLease, Command, EntryReply, LeaseReply, ManifestPage,
+                               ReleaseLease, Rename, Rmdir, Unlink)
+
+from .backend import BackendError
+
+log = logging.getLogger("chordfs.fuse.readlease")
+
+WANT_QUERIES = 16
+WANT_WINDOW_S = 2.0
+IDLE_S = 5.0
+COOLDOWN_S = 5.0
+
+
+@dataclasses.dataclass
+class ReadLease:
+    epoch: int
+    valid_until: float
+    granted_at: float
+    last_used: float
+
+
+class ReadLeases:
+    def __init__(self, owner, nursery: trio.Nursery) -> None:
+        """``owner``: the LeasedBackend (holder, epochs, write leases, the
+        backend underneath, lease timing)."""
+        self.owner = owner
+        self.nursery = nursery
+        self.leases: dict[int, ReadLease] = {}
+        self.gen: dict[int, int] = {}
+        self.entries: dict[tuple[int, bytes], EntryReply] = {}
+        self.attrs: dict[int, tuple[int, EntryReply]] = {}     # ino -> (dir, reply)
+        self.pages: dict[int, tuple[int, ManifestPage]] = {}   # ino -> (dir, first page)
+        self.by_dir: dict[int, set] = {}   # dir -> names and inos cached under it
+        self.wanted: dict[int, tuple[int, float]] = {}  # dir -> (queries, window start)
+        self.asking: set[int] = set()
+        self.cooldown: dict[int, float] = {}
+        # The epoch of our last grant per directory: a renewal on its way
+        # while we gave the lease back can bring the row back, and the
+        # leader's next recall must still find us able to release it.
+        self.epochs: dict[int, int] = {}
+        self.stats = {"hits": 0, "grants": 0, "recalled": 0, "released": 0}
+        nursery.start_soon(self._upkeep)
+
+    # ------------------------------------------------------------ state
+
+    def live(self, dir_ino: int) -> bool:
+        lease = self.leases.get(dir_ino)
+        if lease is None:
+            return False
+        now = trio.current_time()
+        if now >= lease.valid_until:
+            return False
+        lease.last_used = now
+        return True
+
+    def _note(self, dir_ino: int) -> None:
+        """A cacheable query in a directory we do not read-lease."""
+        now = trio.current_time()
+        if (dir_ino in self.asking or dir_ino in self.owner.leases
+                or self.cooldown.get(dir_ino, 0.0) > now):
+            return
+        count, start = self.wanted.get(dir_ino, (0, now))
+        if now - start > WANT_WINDOW_S:
+            count, start = 0, now
+        count += 1
+        if count >= WANT_QUERIES:
+            self.wanted.pop(dir_ino, None)
+            self.asking.add(dir_ino)
+            self.nursery.start_soon(self._acquire, dir_ino)
+        else:
+            self.wanted[dir_ino] = (count, start)
+
+    async def _acquire(self, dir_ino: int) -> None:
+        try:
+            epoch = self.owner._next_epoch()
+            self.epochs[dir_ino] = epoch
+            sent = trio.current_time()
+            gen = self.gen.get(dir_ino, 0)
+            reply = await self.owner.inner.submit(AcquireLease(
+                self.owner.holder, dir_ino, epoch, int(self.owner.lease_s * 1e9), 0, True))
+            if not isinstance(reply, LeaseReply) or reply.err:
+                self.cooldown[dir_ino] = trio.current_time() + COOLDOWN_S
+                return
+            if self.gen.get(dir_ino, 0) != gen or dir_ino in self.owner.leases:
+                # Dropped while the grant was on its way (a change of ours
+                # there, a recall): give it straight back.
+                await self._release(dir_ino, epoch)
+                return
+            self.leases[dir_ino] = ReadLease(
+                epoch, sent + self.owner.lease_s - self.owner.margin_s, sent, sent)
+            self.stats["grants"] += 1
+            self.owner._have_leases.set()  # the recall long poll must run
+        except BackendError as exc:
+            log.info(kv("readlease.grant_failed", dir=dir_ino, error=str(exc)))
+            self.cooldown[dir_ino] = trio.current_time() + COOLDOWN_S
+        finally:
+            self.asking.discard(dir_ino)
+
+    async def _release(self, dir_ino: int, epoch: int) -> None:
+        try:
+            await self.owner.inner.submit(ReleaseLease(self.owner.holder, dir_ino, epoch))
+            self.stats["released"] += 1
+        except BackendError:
+            pass  # it runs out in log time
+
+    def drop(self, dir_ino: int) -> ReadLease | None:
+        """Forget everything cached under ``dir_ino`` and stop answering
+        there; returns the lease, which the caller gives back."""
+        self.gen[dir_ino] = self.gen.get(dir_ino, 0) + 1
+        for key in self.by_dir.pop(dir_ino, ()):
+            if isinstance(key, bytes):
+                self.entries.pop((dir_ino, key), None)
+            else:
+                if self.attrs.get(key, (0,))[0] == dir_ino:
+                    del self.attrs[key]
+                if self.pages.get(key, (0,))[0] == dir_ino:
+                    del self.pages[key]
+        return self.leases.pop(dir_ino, None)
+
+    def _forget_node(self, ino: int) -> None:
+        self.attrs.pop(ino, None)
+        self.pages.pop(ino, None)
+
+    async def give_back(self, dirs, *, cooldown: bool) -> None:
+        now = trio.current_time()
+        for d in dirs:
+            lease = self.drop(d)
+            if cooldown:
+                self.cooldown[d] = now + COOLDOWN_S
+            if lease is not None:
+                await self._release(d, lease.epoch)
+
+    async def recalled(self, dirs) -> None:
+        mine = [d for d in dirs if d in self.epochs]
+        if not mine:
+            return
+        self.stats["recalled"] += 1
+        now = trio.current_time()
+        for d in mine:
+            lease = self.drop(d)
+            self.cooldown[d] = now + COOLDOWN_S
+            # Released even when we let it go already: idempotent, and a
+            # renewal that landed after our release revived the row.
+            await self._release(d, lease.epoch if lease is not None else self.epochs[d])
+
+    async def before_change(self, cmd: Command) -> None:
+        """Our own change ``cmd`` is about to go out (module docstring)."""
+        if not (self.leases or self.by_dir):
+            return
+        dirs = [d for d in named_dirs(cmd) if d]
+        nodes = [n for n in (getattr(cmd, "ino", 0), getattr(cmd, "src", 0)) if n]
+        if isinstance(cmd, (Unlink, Rmdir, Rename)):
+            pairs = [(cmd.parent, cmd.name)]
+            if isinstance(cmd, Rename):
+                pairs.append((cmd.new_parent, cmd.new_name))
+            for parent, name in pairs:
+                cached = self.entries.get((parent, name))
+                if cached is not None and not cached.err:
+                    nodes.append(cached.attr.ino)
+        for ino in dirs + nodes:
+            held = self.attrs.get(ino)
+            if held is not None:
+                dirs.append(held[0])  # the directory naming it
+            self._forget_node(ino)
+        await self.give_back(list(dict.fromkeys(dirs)), cooldown=True)
+
+    async def drop_all(self) -> None:
+        await self.give_back(list(set(self.leases) | set(self.by_dir)), cooldown=False)
+
+    def _keep(self, dir_ino: int, gen: int, key) -> bool:
+        if self.gen.get(dir_ino, 0) != gen or not self.live(dir_ino):
+            return False
+        self.by_dir.setdefault(dir_ino, set()).add(key)
+        return True
+
+    # ------------------------------------------------------------ queries
+
+    async def lookup(self, parent: int, name: bytes, ask) -> EntryReply:
+        if self.live(parent):
+            cached = self.entries.get((parent, name))
+            if cached is not None:
+                self.stats["hits"] += 1
+                return cached
+        else:
+            self._note(parent)
+        gen = self.gen.get(parent, 0)
+        reply = await ask(parent, name)
+        if reply.err in (0, errno.ENOENT) and self._keep(parent, gen, name):
+            self.entries[(parent, name)] = reply
+            if not reply.err and self._keep(parent, gen, reply.attr.ino):
+                self.attrs[reply.attr.ino] = (parent, reply)
+        return reply
+
+    async def getattr(self, ino: int, ask) -> EntryReply:
+        held = self.attrs.get(ino)
+        if held is not None and self.live(held[0]):
+            self.stats["hits"] += 1
+            return held[1]
+        if held is not None:
+            self._note(held[0])
+        reply = await ask(ino)
+        if held is not None and not reply.err and self._keep(held[0], self.gen.get(held[0], 0),
+                                                             ino):
+            self.attrs[ino] = (held[0], reply)
+        return reply
+
+    async def manifest(self, ino: int, start: int, limit, ask) -> ManifestPage:
+        held = self.attrs.get(ino)
+        if start == 0 and limit is None and held is not None:
+            page = self.pages.get(ino)
+            if page is not None and page[0] == held[0] and self.live(held[0]):
+                self.stats["hits"] += 1
+                return page[1]
+            self._note(held[0])
+            gen = self.gen.get(held[0], 0)
+            reply = await ask(ino, start, limit)
+            if not reply.err and reply.done and self._keep(held[0], gen, ino):
+                self.pages[ino] = (held[0], reply)
+            return reply
+        return await ask(ino, start, limit)
+
+    # ------------------------------------------------------------ upkeep
+
+    async def _upkeep(self) -> None:
+        """Idle read leases go back; used ones are renewed before half of
+        their life is left."""
+        while True:
+            await trio.sleep(0.5)
+            now = trio.current_time()
+            for d, lease in list(self.leases.items()):
+                if now - lease.last_used > IDLE_S:
+                    await self.give_back([d], cooldown=False)
+                elif lease.valid_until - now < self.owner.lease_s / 2 and d not in self.asking:
+                    self.asking.add(d)
+                    self.nursery.start_soon(self._renew, d, lease)
+
+    async def _renew(self, dir_ino: int, lease: ReadLease) -> None:
+        try:
+            sent = trio.current_time()
+            gen = self.gen.get(dir_ino, 0)
+            reply = await self.owner.inner.submit(AcquireLease(
+                self.owner.holder, dir_ino, lease.epoch, int(self.owner.lease_s * 1e9), 0, True))
+            if (isinstance(reply, LeaseReply) and not reply.err
+                    and self.leases.get(dir_ino) is lease and self.gen.get(dir_ino, 0) == gen):
+                lease.valid_until = sent + self.owner.lease_s - self.owner.margin_s
+        except BackendError as exc:
+            log.info(kv("readlease.renew_failed", dir=dir_ino, error=str(exc)))
+        finally:
+            self.asking.discard(dir_ino)
