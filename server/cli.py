@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["mount"]:
+        # The mount parses its own arguments: argparse.REMAINDER would take
+        # neither --help nor options before the positionals (fstab's
+        # mount.chordfs passes "-o opts" wherever it likes).
+        from fusefs.mount import mount_main
+        return mount_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:

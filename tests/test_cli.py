@@ -24,6 +24,16 @@ def test_bad_arguments_print_one_sentence(capsys, argv, needle):
     assert needle in err and "\n" not in err and err.startswith("chordfs: ")
 
 
+def test_mount_takes_help_and_options_before_its_arguments(capsys, tmp_path):
+    with pytest.raises(SystemExit) as done:
+        main(["mount", "--help"])
+    assert done.value.code == 0 and "MOUNTPOINT" in capsys.readouterr().out
+    # fstab's mount helper may put -o first: parsed, then the plain error.
+    assert main(["mount", "-o", "ro", "127.0.0.1:1", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("is not a directory") and "unrecognized" not in err and "\n" not in err
+
+
 def test_ping_of_unreachable_node_fails_plainly(capsys):
     assert main(["ping", "127.0.0.1:1", "--count", "1", "--timeout-s", "1"]) == 1
     err = capsys.readouterr().err.strip()

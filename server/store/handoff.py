@@ -37,6 +37,10 @@ async def drop_handed_over(store, name: str, view, pool, replicas: int, *, timeo
     None when the walk reached the end). ``kept``: copies we no longer
     replicate that stay because a replica did not confirm yet (a new holder
     still pulling, or one that did not answer): worth another walk soon."""
+    if not len(view):
+        # Nobody alive in our view (every node stopping, or this one cut
+        # off): no holder to ask, so every copy stays; nothing to report.
+        return 0, 0, 0, None
     examined = dropped = 0
     foreign: dict[bytes, tuple[str, ...]] = {}
     cursor = after_id

@@ -94,3 +94,15 @@ async def test_handed_over_copies_keep_their_protection(cluster):
     for c in moved:
         assert all(cluster.stores[h].store.stamp_of(c) >= 500 for h in after.replicas(ring_key(c), R))
         assert n0.store.has(c) == (c in late)
+
+
+async def test_an_empty_view_keeps_every_copy_and_is_no_error(cluster):
+    """Every node stopping at once leaves each one an empty ring: the
+    hand-off walk then has nobody to ask (it used to raise 'empty ring',
+    logged as an ERROR by every node on shutdown)."""
+    ids, before, after, moved = await _join_after_writes(cluster, 1700, 20)
+    pool = NamePool(cluster)
+    result = await drop_handed_over(cluster.stores["n0"], "n0", Ring([], virtual_ids=16), pool,
+                                    R, timeout_s=5)
+    assert result == (0, 0, 0, None)
+    assert all(cluster.stores["n0"].store.has(c) for c in moved)
