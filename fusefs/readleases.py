@@ -57,7 +57,6 @@ COOLDOWN_S = 5.0
 class ReadLease:
     epoch: int
     valid_until: float
-    granted_at: float
     last_used: float
 
 
@@ -118,8 +117,7 @@ class ReadLeases:
             self.epochs[dir_ino] = epoch
             sent = trio.current_time()
             gen = self.gen.get(dir_ino, 0)
-            reply = await self.owner.inner.submit(AcquireLease(
-                self.owner.holder, dir_ino, epoch, int(self.owner.lease_s * 1e9), 0, True))
+            reply = await self._grant(dir_ino, epoch)
             if not isinstance(reply, LeaseReply) or reply.err:
                 self.cooldown[dir_ino] = trio.current_time() + COOLDOWN_S
                 return
@@ -128,8 +126,7 @@ class ReadLeases:
                 # there, a recall): give it straight back.
                 await self._release(dir_ino, epoch)
                 return
-            self.leases[dir_ino] = ReadLease(
-                epoch, sent + self.owner.lease_s - self.owner.margin_s, sent, sent)
+            self.leases[dir_ino] = ReadLease(epoch, self._valid_until(sent), sent)
             self.stats["grants"] += 1
             self.owner._have_leases.set()  # the recall long poll must run
         except BackendError as exc:
@@ -137,6 +134,15 @@ class ReadLeases:
             self.cooldown[dir_ino] = trio.current_time() + COOLDOWN_S
         finally:
             self.asking.discard(dir_ino)
+
+    async def _grant(self, dir_ino: int, epoch: int):
+        """Ask for (or renew) our read lease on ``dir_ino`` under ``epoch``."""
+        return await self.owner.inner.submit(AcquireLease(
+            self.owner.holder, dir_ino, epoch, int(self.owner.lease_s * 1e9), 0, True))
+
+    def _valid_until(self, sent: float) -> float:
+        """Answers stop this long after the request was *sent* (module docstring)."""
+        return sent + self.owner.lease_s - self.owner.margin_s
 
     async def _release(self, dir_ino: int, epoch: int) -> None:
         try:
@@ -280,11 +286,10 @@ class ReadLeases:
         try:
             sent = trio.current_time()
             gen = self.gen.get(dir_ino, 0)
-            reply = await self.owner.inner.submit(AcquireLease(
-                self.owner.holder, dir_ino, lease.epoch, int(self.owner.lease_s * 1e9), 0, True))
+            reply = await self._grant(dir_ino, lease.epoch)
             if (isinstance(reply, LeaseReply) and not reply.err
                     and self.leases.get(dir_ino) is lease and self.gen.get(dir_ino, 0) == gen):
-                lease.valid_until = sent + self.owner.lease_s - self.owner.margin_s
+                lease.valid_until = self._valid_until(sent)
         except BackendError as exc:
             log.info(kv("readlease.renew_failed", dir=dir_ino, error=str(exc)))
         finally:

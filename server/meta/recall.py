@@ -73,9 +73,6 @@ class LeaseDesk:
 
     # ------------------------------------------------------------ reading
 
-    def owner(self, dir_ino: int) -> tuple[int, int] | None:
-        return leases.owner(self.reader.conn, dir_ino)
-
     def others(self, dirs, holder: int, *, with_readers: bool = True) -> list[tuple[int, int]]:
         """(dir, holder) of the live leases on ``dirs`` not held by
         ``holder``; read leases too unless ``with_readers`` is False (a
