@@ -259,9 +259,7 @@ class FileData:
             # One block holds the whole range (a sequential reader, nearly
             # always): one copy out of it, no zeroed buffer to paint.
             s = here[0]
-            block = self.pending_blocks.get(s.block_id)
-            if block is None:
-                block = await self.reader.get(s.block_id)
+            block = await self._block(s.block_id)
             if not self.uploads and not self.dirty:  # still none after the fetch
                 start = s.block_off + off - s.off
                 self._note_read(off, end)
@@ -269,9 +267,7 @@ class FileData:
         out = bytearray(end - off)
         for s in here:
             if s.block_id:
-                block = self.pending_blocks.get(s.block_id)
-                if block is None:
-                    block = await self.reader.get(s.block_id)
+                block = await self._block(s.block_id)
                 data = memoryview(block)[s.block_off:s.block_off + s.length]
             else:
                 data = s.data
@@ -281,6 +277,11 @@ class FileData:
         paint(out, off, self.dirty.overlapping(off, end))
         self._note_read(off, end)
         return bytes(out)
+
+    async def _block(self, block_id: bytes) -> bytes:
+        """A block this file reads: ours if stored but not committed yet."""
+        block = self.pending_blocks.get(block_id)
+        return block if block is not None else await self.reader.get(block_id)
 
     def _note_read(self, off: int, end: int) -> None:
         sequential = off == self._read_end
