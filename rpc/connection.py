@@ -129,6 +129,14 @@ class Connection:
                 nursery.cancel_scope.cancel()
         finally:
             self._mark_closed(self.close_reason or "connection closed")
+            # The served object may hold per-connection state to release
+            # (a half-received snapshot file, a per-peer count).
+            closed = getattr(self._bootstrap, "rpc_closed", None)
+            if closed is not None:
+                try:
+                    closed()
+                except Exception as e:  # noqa: BLE001 - never stops the close
+                    log.warning(kv("rpc.closed_hook_failed", conn=self.id, error=repr(e)))
             with trio.CancelScope(shield=True, deadline=trio.current_time() + 1.0):
                 try:
                     await self._stream.aclose()

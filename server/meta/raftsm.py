@@ -8,22 +8,28 @@ decodes is checked and applied by ``apply`` (server/meta/apply.py), which
 answers bad values and handler faults with errno results alike on every
 replica.  ``validate`` runs the same check before a command is proposed, so
 a proposer hears the refusal without a trip through the log.  Snapshots are
-the store's consistent file copies, moved as bytes inside Raft's
-InstallSnapshot."""
+the store's consistent file copies (VACUUM INTO), made in the Raft
+directory and handed to Raft as a SnapshotFile: it sends them in parts and
+restores from the joined file, so no image is ever whole in memory."""
 
 import errno
 import itertools
 import os
 
+from ..raft import snapparts
+from ..raft.messages import SnapshotFile
 from . import codec, validate
 from .store import MetaStore
 from .types import Status
 
 
 class MetaStateMachine:
-    def __init__(self, store: MetaStore, scratch_dir: str):
+    def __init__(self, store: MetaStore, scratch_dir: str, image_dir: str | None = None):
         self.store = store
         self._scratch = scratch_dir
+        # Images are made where Raft storage keeps snapshot data, so saving
+        # one adopts the file as it is (see LogStorage._adopt).
+        self.image_dir = image_dir
         os.makedirs(scratch_dir, exist_ok=True)
         for name in os.listdir(scratch_dir):  # images a crash left behind
             if name.startswith("snapshot") and name.endswith(".db"):
@@ -65,12 +71,10 @@ class MetaStateMachine:
         return [results[index] for index, _ in entries]
 
     def snapshot(self) -> bytes:
-        return self.snapshot_image(concurrent=False)[1]
+        """The image as bytes, whatever ``image_dir`` says (tests compare them)."""
+        return self._image_bytes(concurrent=False)[1]
 
-    def snapshot_image(self, *, concurrent: bool = True) -> tuple[int, bytes]:
-        """(applied index, image) of one moment. The Raft service calls it
-        from a worker thread while its driver goes on applying: the copy is
-        read through a connection of its own."""
+    def _image_bytes(self, concurrent: bool) -> tuple[int, bytes]:
         path = os.path.join(self._scratch, f"snapshot-{next(self._images)}.db")
         try:
             index = self.store.snapshot_to(path, concurrent=concurrent)
@@ -80,15 +84,37 @@ class MetaStateMachine:
             if os.path.exists(path):
                 os.unlink(path)
 
-    def restore(self, index: int, data: bytes) -> None:
-        path = os.path.join(self._scratch, "incoming.db")
-        with open(path, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    def snapshot_image(self, *, concurrent: bool = True) -> tuple[int, bytes | SnapshotFile]:
+        """(applied index, image) of one moment. The Raft service calls it
+        from a worker thread while its driver goes on applying: the copy is
+        read through a connection of its own.  With an ``image_dir`` the
+        image is a fsynced file there (bytes otherwise: tests, snapshot())."""
+        if self.image_dir is None:
+            return self._image_bytes(concurrent)
+        tmp = snapparts.new_data_path(self.image_dir, 0) + snapparts.PART_SUFFIX
         try:
-            restored = self.store.restore_from(path)
+            index = self.store.snapshot_to(tmp, concurrent=concurrent)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            path = snapparts.new_data_path(self.image_dir, index)
+            os.rename(tmp, path)
         finally:
-            os.unlink(path)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return index, SnapshotFile(path, os.path.getsize(path))
+
+    def restore(self, index: int, data: bytes | SnapshotFile) -> None:
+        if isinstance(data, SnapshotFile):
+            restored = self.store.restore_from(data.path)
+        else:
+            path = os.path.join(self._scratch, "incoming.db")
+            with open(path, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                restored = self.store.restore_from(path)
+            finally:
+                os.unlink(path)
         if restored != index:
             raise ValueError(f"snapshot holds index {restored}, Raft said {index}")

@@ -222,7 +222,7 @@ class MetadataGroup:
         self.store = MetaStore(os.path.join(data_dir, "meta.db"), init)
         self.reader = MetaStore(os.path.join(data_dir, "meta.db"))
         self.desk = LeaseDesk(self.reader, node_name)
-        sm = MetaStateMachine(self.store, os.path.join(data_dir, "scratch"))
+        sm = MetaStateMachine(self.store, os.path.join(data_dir, "scratch"), image_dir=raft_dir)
         self.group: RaftGroup = open_group(ident.node_id, {}, raft_dir, sm, pool, cfg=cfg,
                                            tick_s=tick_s, bootstrap=False,
                                            resolve=resolve, frame_bytes_max=frame_bytes_max)

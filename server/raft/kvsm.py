@@ -5,6 +5,8 @@ can compare what each node applied, in which order."""
 import json
 import threading
 
+from .messages import SnapshotFile
+
 
 class RecordingStateMachine:
     def __init__(self, sink=None):
@@ -35,7 +37,10 @@ class RecordingStateMachine:
             return self._applied_index, json.dumps(
                 [[i, d.hex()] for i, d in self.applied]).encode()
 
-    def restore(self, index: int, data: bytes) -> None:
+    def restore(self, index: int, data) -> None:
+        if isinstance(data, SnapshotFile):  # what storage hands back after a restart
+            with open(data.path, "rb") as f:
+                data = f.read()
         with self._lock:
             self.applied = [(i, bytes.fromhex(d)) for i, d in json.loads(data or b"[]")]
             self._applied_index = index

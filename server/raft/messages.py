@@ -180,10 +180,24 @@ class SnapshotMeta:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SnapshotFile:
+    """Snapshot data kept in a file rather than in memory: a metadata image
+    of millions of inodes is gigabytes.  The file is written once, fsynced,
+    and never changed; storage deletes it when a newer snapshot replaces
+    it (a reader that opened it first keeps its descriptor)."""
+    path: str
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Snapshot:
-    """State-machine image at meta.index; data is opaque to Raft."""
+    """State-machine image at meta.index; data is opaque to Raft: bytes (the
+    simulations, small state machines) or a SnapshotFile."""
     meta: SnapshotMeta
-    data: bytes = b""
+    data: "bytes | SnapshotFile" = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

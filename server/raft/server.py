@@ -45,10 +45,14 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
     @rpc.inline
     async def step(self, params, results):
         service, messages = self._received(params)
+        if any(type(m) is SnapshotPart for m in messages):
+            # Joining writes to disk, which an inline call must not do.
+            raise rpc.Failed("snapshot parts go through exchange, not step")
         results.accepted = service.deliver(messages)
 
     async def exchange(self, params, results):
         service, messages = self._received(params)
+        messages = await self._join_parts(service, messages)
         accepted, waiter = service.deliver_and_answer(messages)
         results.accepted = accepted
         if waiter is not None:
@@ -57,9 +61,36 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
             for i, m in enumerate(answers):
                 fill_message(out[i], m)
 
+    async def _join_parts(self, service, messages):
+        if not any(type(m) is SnapshotPart for m in messages):
+            return messages
+        # One joiner per connection: a sender's parts come in order on its
+        # connection (server objects are per connection).
+        joiner = getattr(self, "_raft_joiner", None)
+        if joiner is None:
+            joiner = self._raft_joiner = Joiner(service.storage.dir)
+        joined = []
+        try:
+            for m in messages:
+                if type(m) is SnapshotPart:
+                    m = await joiner.add(m)
+                if m is not None:
+                    joined.append(m)
+        except ProtocolError as e:
+            raise rpc.Failed(f"bad Raft message: {e}") from None
+        except OSError as e:
+            joiner.close()
+            raise rpc.Failed(f"snapshot part not stored: {e}") from None
+        return joined
+
+    def rpc_closed(self) -> None:
+        joiner = getattr(self, "_raft_joiner", None)
+        if joiner is not None:
+            joiner.close()
+
     def _received(self, params):
         """The batch's messages, checked (cluster, addressee, sender
-        address), with snapshot parts joined."""
+        address); snapshot parts are joined by the caller."""
         service = self._raft()
         ours, theirs = service.cluster_id, params.clusterId
         if ours != theirs:
@@ -76,14 +107,6 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
                     _refuse_step(service, f"Raft message for node {to:x} reached node "
                                           f"{service.core.id:x} (a replaced machine at the "
                                           "old address?)")
-                if type(m) is SnapshotPart:
-                    # One joiner per connection: a sender's parts come in
-                    # order on its connection (server objects are per connection).
-                    if getattr(self, "_raft_joiner", None) is None:
-                        self._raft_joiner = Joiner()
-                    m = self._raft_joiner.add(m)
-                    if m is None:
-                        continue
                 messages.append(m)
         except ProtocolError as e:
             raise rpc.Failed(f"bad Raft message: {e}") from None
@@ -92,7 +115,9 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
                 rpc.split_addr(params.fromAddr)
             except ValueError:
                 raise rpc.Failed(f"bad sender address {params.fromAddr!r}") from None
-            service.transport.learn_address(messages[0].frm, params.fromAddr)
+            first = messages[0]
+            frm = first.message.frm if type(first) is SnapshotPart else first.frm
+            service.transport.learn_address(frm, params.fromAddr)
         return service, messages
 
     async def propose(self, params, results):

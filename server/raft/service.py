@@ -27,7 +27,7 @@ import trio
 from rpc import trace
 from rpc.logfmt import kv
 
-from .messages import EntryKind, RaftError
+from .messages import EntryKind, InstallSnapshot, RaftError, SnapshotFile
 
 log = logging.getLogger("chordfs.raft")
 
@@ -298,13 +298,21 @@ class RaftService:
         core = self.core
         if self._inbox:
             self._fed += 1
+        received = []  # snapshots that came as files
         while self._inbox:
             m = self._inbox.popleft()
+            if type(m) is InstallSnapshot and isinstance(m.snapshot.data, SnapshotFile):
+                received.append(m.snapshot)
             try:
                 core.step(m)
             except RaftError as e:
                 log.info(kv("raft.step_rejected", node=core.id, term=core.term, frm=m.frm,
                             kind=type(m).__name__, error=str(e)))
+        for snap in received:
+            # One the core did not take (stale, or overtaken by a newer one
+            # before its Ready) would stay on disk until the next start.
+            if snap is not core.log.pending_snapshot and snap is not core.log.snapshot:
+                self.storage.discard(snap)
         while self._reports:
             kind, node_id, ok = self._reports.popleft()
             if kind == "snapshot":
@@ -437,6 +445,7 @@ class RaftService:
             # skip this round, a later cycle tries again.
             log.info(kv("raft.compact_skipped", node=self.core.id, term=self.core.term,
                         index=index, reason=str(e)))
+            self.storage.discard(data)
             self._compacting = False
             return
         self._nursery.start_soon(self._save_image, snap)

@@ -3,7 +3,12 @@ part of the pure core).
 
 Layout of a directory:
   hardstate            term, vote, commit + xxh3_64; replaced atomically
-  snapshot             index, term, membership, data + xxh3_64; atomic
+  snapshot             index, term, membership, name, size and xxh3_64 of
+                       its data file + xxh3_64 of the header; atomic
+  snap-<index>-<r>.data  the snapshot's data (written once, then only read:
+                       a metadata image is gigabytes and is never held in
+                       memory); the one the header names is kept, any
+                       other is swept at open
   log-<first>.seg      append-only records, one xxh3_64 per record:
                          u32 data_len | u64 index | u64 term | u8 kind | data | u64 xxh3
 Atomic replace = write temp file, fsync it, rename over, fsync directory.
@@ -30,13 +35,16 @@ import threading
 
 import xxhash
 
-from .messages import Entry, EntryKind, HardState, Membership, Snapshot, SnapshotMeta
+from . import snapparts
+from .messages import Entry, EntryKind, HardState, Membership, Snapshot, SnapshotFile, SnapshotMeta
 
 _REC = struct.Struct(">IQQB")
 _SUM = struct.Struct(">Q")
 _HS = struct.Struct(">8sQQ?Q")
-_SNAP = struct.Struct(">8sQQII")
-_HS_MAGIC, _SNAP_MAGIC = b"CFRAFTHS", b"CFRAFTSN"
+_SNAP = struct.Struct(">8sQQII")  # the first format: data inline (read, then migrated)
+_SNAP2 = struct.Struct(">8sQQIQQI")  # magic, index, term, mlen, data size, data xxh3, name len
+_HS_MAGIC, _SNAP_MAGIC, _SNAP2_MAGIC = b"CFRAFTHS", b"CFRAFTSN", b"CFRAFTS2"
+_READ_BYTES = 1 << 20
 _NO_VOTE = 0
 
 
@@ -61,6 +69,16 @@ def _write_synced(path: str, blob: bytes) -> None:
         f.write(blob)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _file_sum(path: str) -> tuple[int, int]:
+    """(size, xxh3_64) of a file, read a MiB at a time."""
+    h, size = xxhash.xxh3_64(), 0
+    with open(path, "rb") as f:
+        while piece := f.read(_READ_BYTES):
+            h.update(piece)
+            size += len(piece)
+    return size, h.intdigest()
 
 
 def write_atomic(path: str, blob: bytes) -> None:
@@ -115,6 +133,8 @@ class LogStorage:
             if name.endswith(".tmp"):  # an atomic write that never finished
                 os.unlink(os.path.join(directory, name))
         self.hard_state = self._load_hard_state()
+        self.snapshot: Snapshot | None = None
+        self._data_name: str | None = None  # the data file the header names
         self.snapshot = self._load_snapshot()
         self._segments: list[_Segment] = []
         self._entries: list[Entry] = []
@@ -160,16 +180,48 @@ class LogStorage:
     def _load_snapshot(self) -> Snapshot | None:
         path = os.path.join(self.dir, "snapshot")
         if not os.path.exists(path):
+            self._sweep_data_files(None)
             return None
         blob = open(path, "rb").read()
         body, tail = blob[:-_SUM.size], blob[-_SUM.size:]
         if len(blob) < _SNAP.size + _SUM.size or _checksum(body) != tail:
             raise CorruptLog(f"{path}: bad snapshot checksum at offset {len(body)}")
-        magic, index, term, mlen, dlen = _SNAP.unpack_from(body)
-        if magic != _SNAP_MAGIC or len(body) != _SNAP.size + mlen + dlen:
+        if body[:8] == _SNAP_MAGIC:
+            magic, index, term, mlen, dlen = _SNAP.unpack_from(body)
+            if len(body) != _SNAP.size + mlen + dlen:
+                raise CorruptLog(f"{path}: bad snapshot header at offset 0")
+            membership = Membership.decode(body[_SNAP.size:_SNAP.size + mlen])
+            # The first format held the data inline: move it to a data file.
+            snap = Snapshot(SnapshotMeta(index, term, membership), body[_SNAP.size + mlen:])
+            self._sweep_data_files(None)
+            adopted = self._adopt(snap)
+            self._write_header(adopted)
+            return Snapshot(snap.meta, SnapshotFile(adopted[2], len(snap.data)))
+        if len(body) < _SNAP2.size or body[:8] != _SNAP2_MAGIC:
             raise CorruptLog(f"{path}: bad snapshot header at offset 0")
-        membership = Membership.decode(body[_SNAP.size:_SNAP.size + mlen])
-        return Snapshot(SnapshotMeta(index, term, membership), body[_SNAP.size + mlen:])
+        magic, index, term, mlen, size, dsum, nlen = _SNAP2.unpack_from(body)
+        if len(body) != _SNAP2.size + mlen + nlen:
+            raise CorruptLog(f"{path}: bad snapshot header at offset 0")
+        membership = Membership.decode(body[_SNAP2.size:_SNAP2.size + mlen])
+        name = body[_SNAP2.size + mlen:].decode()
+        data_path = os.path.join(self.dir, name)
+        try:
+            got = _file_sum(data_path)
+        except FileNotFoundError:
+            raise CorruptLog(f"{path}: its data file {name} is missing") from None
+        if got != (size, dsum):
+            raise CorruptLog(f"{data_path}: snapshot data of {got[0]} bytes does not match "
+                             f"its header ({size} bytes, checksum {dsum:x})")
+        self._sweep_data_files(name)
+        self._data_name = name
+        return Snapshot(SnapshotMeta(index, term, membership), SnapshotFile(data_path, size))
+
+    def _sweep_data_files(self, keep: str | None) -> None:
+        """Data files no header names: a crash mid-save, or a received
+        snapshot the core never took."""
+        for name in os.listdir(self.dir):
+            if snapparts.is_data_file(name) and name != keep:
+                os.unlink(os.path.join(self.dir, name))
 
     def _recover_segments(self) -> None:
         names = sorted(n for n in os.listdir(self.dir) if n.startswith("log-") and n.endswith(".seg"))
@@ -334,30 +386,76 @@ class LogStorage:
         self._entries = [e for e in self._entries if e.index < index]
         self._open_active()
 
-    @staticmethod
-    def _snapshot_blob(snap: Snapshot) -> bytes:
+    def _adopt(self, snap: Snapshot) -> tuple[Snapshot, int, str]:
+        """The snapshot with its data in a durable file of this directory,
+        that data's xxh3_64, and its file.  Bytes (small state machines) are written
+        out; a file made here (an image, a joined transfer) is kept as it is."""
+        data = snap.data
+        if isinstance(data, SnapshotFile) and os.path.dirname(data.path) == self.dir:
+            size, dsum = _file_sum(data.path)
+            if size != data.size:
+                raise CorruptLog(f"{data.path}: {size} bytes, the snapshot says {data.size}")
+            return snap, dsum, data.path
+        path = snapparts.new_data_path(self.dir, snap.meta.index)
+        if isinstance(data, SnapshotFile):  # made elsewhere: copied, never moved
+            with open(data.path, "rb") as src, open(path, "wb") as dst:
+                while piece := src.read(_READ_BYTES):
+                    dst.write(piece)
+                dst.flush()
+                os.fsync(dst.fileno())
+        else:
+            _write_synced(path, data)
+        _fsync_dir(self.dir)
+        size, dsum = _file_sum(path)
+        # Memory-held data stays as it is for the caller (the core holds the
+        # same object); what a restart loads is the file.
+        held = data if isinstance(data, bytes) else SnapshotFile(path, size)
+        return dataclasses.replace(snap, data=held), dsum, path
+
+    def _write_header(self, adopted: tuple[Snapshot, int, str]) -> None:
+        """Point ``snapshot`` at the adopted data, then delete the data the
+        old header named (a transfer reading it keeps its descriptor)."""
+        snap, dsum, path = adopted
         meta = snap.meta
-        mblob = meta.membership.encode()
-        body = _SNAP.pack(_SNAP_MAGIC, meta.index, meta.term, len(mblob), len(snap.data))
-        body += mblob + snap.data
-        return body + _checksum(body)
+        mblob, name = meta.membership.encode(), os.path.basename(path).encode()
+        body = _SNAP2.pack(_SNAP2_MAGIC, meta.index, meta.term, len(mblob), os.path.getsize(path),
+                           dsum, len(name)) + mblob + name
+        old = self._data_name
+        write_atomic(os.path.join(self.dir, "snapshot"), body + _checksum(body))
+        self._data_name = os.path.basename(path)
+        self.snapshot = snap
+        if old is not None and old != self._data_name:
+            try:
+                os.unlink(os.path.join(self.dir, old))
+            except FileNotFoundError:
+                pass
+
+    def discard(self, snap: Snapshot) -> None:
+        """Delete the data file of a snapshot that was never saved (an image
+        the core skipped, one a newer snapshot overtook)."""
+        data = snap.data if isinstance(snap, Snapshot) else snap
+        if isinstance(data, SnapshotFile) and os.path.dirname(data.path) == self.dir:
+            with self._lock:
+                if os.path.basename(data.path) != self._data_name:
+                    try:
+                        os.unlink(data.path)
+                    except FileNotFoundError:
+                        pass
 
     def save_own_snapshot(self, snap: Snapshot) -> bool:
         """A snapshot of this node's own state machine, saved while the
-        driver goes on (from a worker thread): the file is written and
-        fsynced outside the lock; under it, one saved meanwhile at the same
-        index or later (a leader's InstallSnapshot) wins, else this one
-        replaces the old and the log it covers goes. True if saved."""
-        path = os.path.join(self.dir, "snapshot")
-        tmp = path + ".own.tmp"
-        _write_synced(tmp, self._snapshot_blob(snap))
+        driver goes on (from a worker thread): the data is made durable
+        outside the lock; under it, one saved meanwhile at the same index or
+        later (a leader's InstallSnapshot) wins and this one's data is
+        deleted, else this one replaces the old and the log it covers goes.
+        True if saved."""
+        adopted = self._adopt(snap)
         with self._lock:
             if self.snapshot is not None and self.snapshot.meta.index >= snap.meta.index:
-                os.unlink(tmp)
+                if os.path.basename(adopted[2]) != self._data_name:
+                    os.unlink(adopted[2])
                 return False
-            os.replace(tmp, path)
-            _fsync_dir(self.dir)
-            self.snapshot = snap
+            self._write_header(adopted)
             self.compact(snap.meta.index)
         return True
 
@@ -370,9 +468,8 @@ class LogStorage:
 
     def _save_snapshot(self, snap: Snapshot) -> None:
         meta = snap.meta
-        write_atomic(os.path.join(self.dir, "snapshot"), self._snapshot_blob(snap))
         old_first = self.first_index()
-        self.snapshot = snap
+        self._write_header(self._adopt(snap))
         keeps_log = any(e.index == meta.index and e.term == meta.term for e in self._entries)
         if not keeps_log and (self._entries or old_first <= meta.index):
             self._close_active()

@@ -21,8 +21,8 @@ from rpc import trace
 from rpc.logfmt import kv
 
 from . import wire
-from .messages import AppendEntries, InstallSnapshot
-from .snapparts import PART_BYTES, cut
+from .messages import AppendEntries, InstallSnapshot, SnapshotFile
+from .snapparts import PART_BYTES, parts
 
 
 def _wire_bytes(m) -> int:
@@ -139,7 +139,8 @@ class RaftTransport:
             cap = await self._pool.bootstrap(peer.addr, wire.raft_capnp.Raft, timeout_s=self._timeout_s)
             pending = []
             for m in batch:
-                if type(m) is InstallSnapshot and len(m.snapshot.data) > self._part_bytes:
+                if type(m) is InstallSnapshot and (isinstance(m.snapshot.data, SnapshotFile)
+                                                   or len(m.snapshot.data) > self._part_bytes):
                     if pending:
                         await self._step(cap, pending)
                         pending = []
@@ -148,7 +149,9 @@ class RaftTransport:
                     pending.append(m)
             if pending:
                 await self._step(cap, pending)
-        except rpc.RpcError as e:
+        except (rpc.RpcError, OSError) as e:
+            # OSError: the snapshot file was replaced by a newer one before
+            # its transfer opened it; the core sends the newer one.
             self._on_report("unreachable", node_id, False)
             if has_snapshot:
                 self._on_report("snapshot", node_id, False)
@@ -162,7 +165,7 @@ class RaftTransport:
         peer.failures = 0
         return True
 
-    async def _step(self, cap, messages) -> None:
+    async def _step(self, cap, messages, exchange: bool = False) -> None:
         """One call. Appends go as an exchange: the follower answers them
         (after its fsync) in the reply, which saves it a call of its own
         per commit and the leader that call's handling; everything else,
@@ -172,10 +175,13 @@ class RaftTransport:
             p.clusterId, p.fromAddr = self.cluster_id, self.self_addr
         if trace.ENABLED:
             trace.mark(f"raft.send {' '.join(type(m).__name__ for m in messages)}")
-        if cap not in self._no_exchange and any(type(m) is AppendEntries for m in messages):
+        if exchange or (cap not in self._no_exchange
+                        and any(type(m) is AppendEntries for m in messages)):
             try:
                 reply = await cap.call("exchange", fill=fill, timeout_s=self._timeout_s)
             except rpc.Unimplemented:
+                if exchange:  # snapshot parts are joined on disk, by exchange only
+                    raise
                 self._no_exchange.add(cap)
             else:
                 answers = [wire.message_from(r) for r in reply.answers]
@@ -189,9 +195,10 @@ class RaftTransport:
 
     async def _send_parts(self, cap, node_id: int, m: InstallSnapshot) -> None:
         started = trio.current_time()
-        parts = cut(m, self._part_bytes)
-        for part in parts:
-            await self._step(cap, [part])
+        sent = 0
+        async for part in parts(m, self._part_bytes):
+            await self._step(cap, [part], exchange=True)
+            sent += 1
         log.info(kv("raft.snapshot_sent", node=self._self_id, term=m.term, to=node_id,
-                    index=m.snapshot.meta.index, bytes=len(m.snapshot.data), parts=len(parts),
+                    index=m.snapshot.meta.index, bytes=len(m.snapshot.data), parts=sent,
                     took_s=round(trio.current_time() - started, 3)))

@@ -2,6 +2,8 @@
 in one process, each with its own storage directory.  Waits poll for a
 condition under a deadline (real sockets and disk threads: no mock clock)."""
 
+import os
+
 import pytest
 import trio
 
@@ -121,7 +123,10 @@ def _meta_sm(directory):
     from server.meta.store import InitParams, MetaStore
     os.makedirs(directory, exist_ok=True)
     store = MetaStore(os.path.join(directory, "meta.db"), InitParams(now_ns=1))
-    return MetaStateMachine(store, os.path.join(directory, "scratch"))
+    # Images as files in the Raft directory, as a node makes them: sent in
+    # parts read from disk, joined into a file, restored from it.
+    return MetaStateMachine(store, os.path.join(directory, "scratch"),
+                            image_dir=os.path.join(directory, "raft"))
 
 
 async def test_metadata_replicates_and_a_lagging_node_catches_up_by_snapshot(tmp_path, caplog):
@@ -176,6 +181,10 @@ async def test_metadata_replicates_and_a_lagging_node_catches_up_by_snapshot(tmp
         assert len(names) == 60
         sent = [r.getMessage() for r in caplog.records if "raft.snapshot_sent" in r.getMessage()]
         assert sent and all("parts=1 " not in s for s in sent), sent
+        for m in members:  # one data file each at most: replaced ones are gone
+            data = [n for n in os.listdir(m.directory + "/raft") if n.startswith("snap-")]
+            snap = m.group.storage.snapshot
+            assert data == ([os.path.basename(snap.data.path)] if snap else []), data
         nursery.cancel_scope.cancel()
 
 

@@ -4,8 +4,17 @@ import os
 
 import pytest
 
-from server.raft.messages import Entry, EntryKind, HardState, Membership, Snapshot, SnapshotMeta
+from server.raft.messages import (Entry, EntryKind, HardState, Membership, Snapshot, SnapshotFile,
+                                  SnapshotMeta)
 from server.raft.storage import CorruptLog, LogStorage, encode_entry
+
+
+def loaded(snapshot):
+    """A snapshot with its data as bytes: storage hands back a file."""
+    if snapshot is None or not isinstance(snapshot.data, SnapshotFile):
+        return snapshot
+    with open(snapshot.data.path, "rb") as f:
+        return Snapshot(snapshot.meta, f.read())
 
 
 def entries(lo, hi, term=1):
@@ -120,7 +129,7 @@ def test_snapshot_compacts_prefix_and_recovers(tmp_path):
     assert s.entries() == entries(21, 30)
     s.close()
     r = LogStorage(str(tmp_path), segment_bytes_max=80)
-    assert r.snapshot == snap(20, 1)
+    assert loaded(r.snapshot) == snap(20, 1)
     assert r.entries() == entries(21, 30)
     assert r.first_index() == 21
 
@@ -142,7 +151,7 @@ def test_snapshot_write_is_atomic(tmp_path):
     # A crash mid-write leaves only a temp file: the old snapshot stands.
     (tmp_path / "snapshot.tmp").write_bytes(b"half a snapshot")
     r = LogStorage(str(tmp_path))
-    assert r.snapshot == snap(5, 1, b"old")
+    assert loaded(r.snapshot) == snap(5, 1, b"old")
     assert not (tmp_path / "snapshot.tmp").exists()
 
 
@@ -219,5 +228,91 @@ def test_matches_reference_model_across_reopens(tmp_path, seed):
             store.close()
             store = LogStorage(str(tmp_path), segment_bytes_max=store.segment_bytes_max)
         assert store.entries() == model.entries
-        assert store.snapshot == model.snapshot and store.hard_state == model.hard_state
+        assert loaded(store.snapshot) == model.snapshot and store.hard_state == model.hard_state
     store.close()
+
+
+def data_files(d):
+    return sorted(n for n in os.listdir(d) if n.startswith("snap-"))
+
+
+def test_snapshot_data_lives_in_one_file_which_the_next_snapshot_replaces(tmp_path):
+    s = LogStorage(str(tmp_path))
+    s.save_snapshot(snap(5, 1, b"a" * 5000))
+    first = data_files(tmp_path)
+    assert len(first) == 1 and os.path.getsize(tmp_path / first[0]) == 5000
+    assert os.path.getsize(tmp_path / "snapshot") < 200  # the header only
+    s.save_snapshot(snap(9, 1, b"b" * 10))
+    assert len(data_files(tmp_path)) == 1 and data_files(tmp_path) != first
+    s.close()
+    r = LogStorage(str(tmp_path))
+    assert isinstance(r.snapshot.data, SnapshotFile) and loaded(r.snapshot) == snap(9, 1, b"b" * 10)
+
+
+def test_a_file_made_in_the_directory_is_adopted_in_place(tmp_path):
+    """An image (or a joined transfer) is never copied or read into memory
+    to be saved: the header names the very file."""
+    s = LogStorage(str(tmp_path))
+    s.append(entries(1, 10))
+    path = tmp_path / "snap-00000000000000000007-abcd.data"
+    path.write_bytes(b"image" * 1000)
+    image = Snapshot(snap(7, 1).meta, SnapshotFile(str(path), 5000))
+    assert s.save_own_snapshot(image)
+    assert data_files(tmp_path) == [path.name] and s.entries() == entries(8, 10)
+    s.close()
+    r = LogStorage(str(tmp_path))
+    assert r.snapshot.data == SnapshotFile(str(path), 5000)
+
+
+def test_an_own_image_overtaken_by_a_newer_snapshot_is_deleted(tmp_path):
+    s = LogStorage(str(tmp_path))
+    s.save_snapshot(snap(20, 2, b"leader's"))
+    path = tmp_path / "snap-00000000000000000007-beef.data"
+    path.write_bytes(b"mine")
+    assert not s.save_own_snapshot(Snapshot(snap(7, 1).meta, SnapshotFile(str(path), 4)))
+    assert not path.exists() and len(data_files(tmp_path)) == 1
+    other = tmp_path / "snap-00000000000000000030-cafe.data"
+    other.write_bytes(b"a transfer the core did not take")
+    s.discard(Snapshot(snap(30, 2).meta, SnapshotFile(str(other), 32)))
+    assert not other.exists()
+    s.discard(s.snapshot)  # never the one the header names
+    assert loaded(s.snapshot) == snap(20, 2, b"leader's")
+
+
+def test_open_sweeps_data_files_no_header_names(tmp_path):
+    s = LogStorage(str(tmp_path))
+    s.save_snapshot(snap(5, 1))
+    kept = data_files(tmp_path)
+    (tmp_path / "snap-00000000000000000009-0001.data").write_bytes(b"crash before the header")
+    (tmp_path / "snap-00000000000000000009-0002.data.part").write_bytes(b"half a transfer")
+    s.close()
+    r = LogStorage(str(tmp_path))
+    assert data_files(tmp_path) == kept and loaded(r.snapshot) == snap(5, 1)
+
+
+def test_damaged_or_missing_snapshot_data_is_refused(tmp_path):
+    s = LogStorage(str(tmp_path))
+    s.save_snapshot(snap(5, 1, b"0123456789"))
+    s.close()
+    data = tmp_path / data_files(tmp_path)[0]
+    data.write_bytes(b"0123456788")
+    with pytest.raises(CorruptLog, match="does not match"):
+        LogStorage(str(tmp_path))
+    data.unlink()
+    with pytest.raises(CorruptLog, match="missing"):
+        LogStorage(str(tmp_path))
+
+
+def test_a_snapshot_of_the_first_format_is_read_and_moved_to_a_data_file(tmp_path):
+    import struct
+
+    import xxhash
+
+    meta = snap(12, 3).meta
+    mblob, data = meta.membership.encode(), b"old inline state"
+    body = struct.pack(">8sQQII", b"CFRAFTSN", 12, 3, len(mblob), len(data)) + mblob + data
+    (tmp_path / "snapshot").write_bytes(body + struct.pack(">Q", xxhash.xxh3_64_intdigest(body)))
+    r = LogStorage(str(tmp_path))
+    assert loaded(r.snapshot) == snap(12, 3, data) and len(data_files(tmp_path)) == 1
+    r.close()
+    assert loaded(LogStorage(str(tmp_path)).snapshot) == snap(12, 3, data)
