@@ -14,7 +14,9 @@ directories; the big one is shared), then measures:
   send a new member): its size and how long writing it took;
 - a fourth node joining through the seeds: the time until its applied index
   reaches the leader's commit index of when it started;
-- leader elections: how many times the Raft term moved during the run.
+- leader elections: how many times the Raft term moved during the run;
+- compactions on each node (from its log): how many, the longest, and the
+  snapshot sent to the new node (bytes, parts, seconds).
 
     .venv/bin/python benchmarks/namespace_scale.py                  # 1,000,000 files
     .venv/bin/python benchmarks/namespace_scale.py --dirs 100 --big 20000   # quicker
@@ -122,6 +124,19 @@ def snapshot_image(db: pathlib.Path, out: pathlib.Path) -> tuple[float, int]:
         reader.close()
 
 
+def compactions(log_path: pathlib.Path) -> str:
+    took, sent = [], []
+    for line in log_path.read_text(errors="replace").splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if "raft.compacted" in line:
+            took.append(float(fields.get("took_s", 0)))
+        elif "raft.snapshot_sent" in line:
+            sent.append(f"sent {int(fields['bytes']) / 2**20:.1f} MiB in {fields['parts']} parts, "
+                        f"{fields['took_s']} s")
+    return (f"{len(took)} compactions, longest save {max(took, default=0):.2f} s"
+            + ("; " + "; ".join(sent) if sent else ""))
+
+
 def join_node(cluster, base: pathlib.Path) -> tuple[subprocess.Popen, str, float]:
     """A fourth node joins through the seeds; seconds until it applied the
     leader's commit index of when it started."""
@@ -155,7 +170,7 @@ def main() -> None:
     args = ap.parse_args()
     total = args.dirs * args.per_dir + args.big
     base = pathlib.Path(tempfile.mkdtemp(prefix="chordfs-scale-"))
-    cluster = start_cluster(base / "cluster")
+    cluster = start_cluster(base / "cluster", log_level="info")
     extra = None
     mount = start_mount(cluster.spec, base / "mnt", base / "mnt.log",
                         options="sync_meta" if args.sync_meta else "")
@@ -181,6 +196,8 @@ def main() -> None:
         print(f"new node caught up in {catch_up:.1f} s")
         term1 = leader_status(cluster.addrs)["term"]
         print(f"leader elections during the run: {term1 - term0}")
+        for i in range(len(cluster.procs)):
+            print(f"node {i}: {compactions(base / 'cluster' / f'n{i}.log')}")
     finally:
         stop_mount(mount)
         if extra is not None:

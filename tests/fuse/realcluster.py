@@ -119,7 +119,8 @@ class Cluster:
 
 
 def start_cluster(base: pathlib.Path, n: int = 3,
-                  node_env: dict[int, dict[str, str]] | None = None) -> Cluster:
+                  node_env: dict[int, dict[str, str]] | None = None,
+                  log_level: str = "warning") -> Cluster:
     """``node_env``: extra environment variables of node i (fault hooks)."""
     base.mkdir(parents=True, exist_ok=True)
     addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
@@ -130,7 +131,7 @@ def start_cluster(base: pathlib.Path, n: int = 3,
                 cluster.procs.append(subprocess.Popen(
                     [sys.executable, "-m", "server.cli", "node", "--listen-port",
                      addr.split(":")[1], "--data-dir", str(base / f"n{i}"),
-                     "--seeds", cluster.spec, "--log-level", "warning"]
+                     "--seeds", cluster.spec, "--log-level", log_level]
                     + (["--init"] if i == 0 else []),
                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
                     env={**os.environ, **(node_env or {}).get(i, {})}))
