@@ -83,12 +83,39 @@ def build_parser() -> argparse.ArgumentParser:
     helper = sub.add_parser("install-mount-helper",
                             help="install /sbin/mount.chordfs so `mount -t chordfs` and fstab work")
     helper.add_argument("--target", default="/sbin/mount.chordfs")
+    _add_pki_commands(sub)
     demo = sub.add_parser("demo", help="start a local 3-node cluster on 127.0.0.1 (make run)")
     demo.add_argument("--dir", default=".chordfs-demo")
     demo.add_argument("--base-port", type=int, default=7071)
     sub.add_parser("demo-stop", help="stop the demo cluster (make stop)").add_argument(
         "--dir", default=".chordfs-demo")
     return parser
+
+
+def _add_pki_commands(sub) -> None:
+    ca = sub.add_parser("ca", help="the cluster's certificate authority: `chordfs ca init`")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True, parser_class=_Parser)
+    ca_init = ca_sub.add_parser("init", help="make the cluster's CA, once: DIR/ca.key signs every "
+                                             "certificate, DIR/ca.crt goes to every node and client")
+    ca_init.add_argument("--dir", required=True, help="where ca.key and ca.crt go (created 0700)")
+    ca_init.add_argument("--cluster-id", metavar="HEX", help="32 hex digits (default: a new one)")
+    ca_init.add_argument("--days", type=int, default=3650, help="how long the CA is valid")
+    cert = sub.add_parser("cert", help="certificates for mutual TLS: `chordfs cert issue`")
+    cert_sub = cert.add_subparsers(dest="cert_command", required=True, parser_class=_Parser)
+    issue = cert_sub.add_parser("issue", help="make a node's or a client's key and certificate, "
+                                              "signed by the CA")
+    issue.add_argument("--ca", required=True, metavar="DIR", help="the directory of `chordfs ca init`")
+    who = issue.add_mutually_exclusive_group(required=True)
+    who.add_argument("--node", metavar="NAME", help="a node's certificate (serves and dials)")
+    who.add_argument("--client", metavar="NAME", help="a client's certificate (dials only)")
+    issue.add_argument("--read-only", action="store_true", help="client only: may not write")
+    issue.add_argument("--subdir", metavar="PATH",
+                       help="client only: confined to this absolute directory of the filesystem")
+    issue.add_argument("--out", metavar="DIR",
+                       help="where NAME.crt, NAME.key and a copy of ca.crt go (default: the CA's DIR)")
+    issue.add_argument("--days", type=int, default=825, help="how long the certificate is valid")
+    issue.add_argument("--force", action="store_true",
+                       help="replace NAME.crt, NAME.key and another CA's ca.crt in the --out DIR")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         return trio.run(_ping, args.addr, args.count, args.timeout_s)
     if args.command == "status":
         return trio.run(_status, args.addr, args.timeout_s)
+    if args.command == "ca":
+        return _ca_init(args)
+    if args.command == "cert":
+        return _cert_issue(args)
     from server import demo
     if args.command == "demo":
         return demo.run(args.dir, args.base_port)
@@ -158,6 +189,35 @@ def _members(args) -> int:
               file=sys.stderr)
         return 2
     return trio.run(members_main, addrs, args.action, args.nodes, args.force, args.timeout_s)
+
+
+def _ca_init(args) -> int:
+    from .pki import PkiError, init_ca
+    try:
+        cluster_id = init_ca(args.dir, cluster_id=args.cluster_id, days=args.days)
+    except PkiError as e:
+        print(f"chordfs: {e}", file=sys.stderr)
+        return 2
+    print(f"CA for cluster {cluster_id} in {args.dir} (keep {args.dir}/ca.key secret; "
+          f"copy {args.dir}/ca.crt to every node and client)")
+    return 0
+
+
+def _cert_issue(args) -> int:
+    import os
+    from .pki import CA_CERT, PkiError, identity_of_pem, issue
+    out = args.ca if args.out is None else args.out
+    try:
+        cert, key = issue(args.ca, out, node=args.node, client=args.client,
+                          read_only=args.read_only, subdir=args.subdir, days=args.days,
+                          force=args.force)
+        ident = identity_of_pem(cert)
+    except PkiError as e:
+        print(f"chordfs: {e}", file=sys.stderr)
+        return 2
+    print(f"certificate  {cert}\nkey          {key} (keep it secret)\n"
+          f"ca           {os.path.join(out, CA_CERT)}\nidentity     {ident.uri}")
+    return 0
 
 
 def _run_node(args) -> int:
