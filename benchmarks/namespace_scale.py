@@ -41,6 +41,7 @@ import trio  # noqa: E402
 
 import rpc  # noqa: E402
 from server.raft.wire import raft_capnp  # noqa: E402
+from tests import tls  # noqa: E402
 from tests.fuse.conftest import start_mount, stop_mount  # noqa: E402
 from tests.fuse.realcluster import start_cluster  # noqa: E402
 from tests.netutil import free_ports  # noqa: E402
@@ -48,7 +49,7 @@ from tests.netutil import free_ports  # noqa: E402
 
 async def _status(addr: str):
     with trio.fail_after(3):
-        async with rpc.connect(addr, connect_timeout_s=3) as conn:
+        async with rpc.connect(addr, connect_timeout_s=3, ssl_context=tls.client_context()) as conn:
             cap = await conn.bootstrap(raft_capnp.Raft, timeout_s=3)
             st = await cap.status(timeout_s=3)
             return {"term": st.term, "role": st.role, "commit": st.commit,
@@ -147,7 +148,8 @@ def join_node(cluster, base: pathlib.Path) -> tuple[subprocess.Popen, str, float
     log = open(base / "n3.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "node", "--listen-port", str(port),
-         "--data-dir", str(base / "n3"), "--seeds", cluster.spec, "--log-level", "warning"],
+         "--data-dir", str(base / "n3"), "--seeds", cluster.spec, "--log-level", "info",
+         *tls.node_flags(addr)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     log.close()
     while True:

@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import ssl
 from collections.abc import AsyncIterator, Sequence
 
 import trio
@@ -84,6 +85,7 @@ class ClusterConfig:
     replicas: int = 3
     write_acks: int | None = None  # None: every live replica, at least 2
     chunk_timeout_s: float = 10.0
+    ssl_context: ssl.SSLContext | None = None  # the mount's client certificate (None: plain TCP)
     chunk_deadline_s: float = 30.0
     ring_refresh_s: float = 5.0  # 0: keep the mount-time node list
     # Until the cluster's committed settings are read (refresh_map), which
@@ -143,7 +145,7 @@ class ClusterBackend(Backend):
         self.cfg = cfg
         self.pool = Pool(nursery, connect_timeout_s=cfg.connect_timeout_s,
                          backoff_initial_s=cfg.backoff_initial_s,
-                         backoff_max_s=cfg.backoff_max_s)
+                         backoff_max_s=cfg.backoff_max_s, ssl_context=cfg.ssl_context)
         self.meta = MetaClient(self.pool, cfg.nodes, deadline_s=cfg.call_deadline_s,
                                attempt_timeout_s=cfg.attempt_timeout_s,
                                backoff_initial_s=cfg.backoff_initial_s,

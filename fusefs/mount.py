@@ -25,6 +25,10 @@ chordfs's; fstab words
 (``defaults``, ``_netdev``, ``nofail``, ``auto``, ...) are accepted and
 ignored. ``allow_other`` and ``default_permissions`` are on by default
 (DESIGN: a root mount is shared by every user, the kernel checks modes).
+``tls_ca``, ``tls_cert``, ``tls_key`` name the client certificate a cluster
+mount presents (``chordfs cert issue --client NAME``; default: ca.crt,
+client.crt and client.key in /etc/chordfs/tls); a read-only certificate
+mounts ``ro``; ``insecure`` mounts a plain-TCP cluster (tests only).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import trio
 
 from rpc.logfmt import configure, kv
 from server.meta.types import CHUNK_BYTES_DEFAULT
+from server.pki import PkiError, TlsFiles
 
 from .backend import Backend, LocalBackend
 from .cluster import ClusterConfig, open_cluster, parse_nodes
@@ -101,6 +106,10 @@ class MountConfig:
     acls: bool = True
     sync_meta: bool = False  # -o sync_meta: no directory write-behind (fusefs/leases.py)
     meta_batch_s: float = 0.1  # -o meta_batch_ms: the longest a change waits in a batch
+    tls: TlsFiles | None = None  # None: -o insecure, or --local
+
+
+TLS_DEFAULT_DIR = "/etc/chordfs/tls"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -135,13 +144,20 @@ def parse_options(text: str) -> dict:
            "read_ahead_kb": READ_AHEAD_KB_DEFAULT, "cache_mib": CACHE_MIB_DEFAULT,
            "chunk_kib": CHUNK_BYTES_DEFAULT >> 10, "deadline": DEADLINE_S_DEFAULT,
            "writeback": WRITEBACK_DEFAULT, "acl": True, "sync_meta": False,
-           "meta_batch_ms": int(FLUSH_AGE_S * 1000)}
+           "meta_batch_ms": int(FLUSH_AGE_S * 1000), "insecure": False,
+           "tls_ca": "", "tls_cert": "", "tls_key": ""}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
         if key in ("attr_timeout", "entry_timeout", "deadline"):
             out[key] = _number(key, value, float)
         elif key in ("read_ahead_kb", "cache_mib", "chunk_kib", "meta_batch_ms"):
             out[key] = _number(key, value)
+        elif key in ("tls_ca", "tls_cert", "tls_key"):
+            if not value:
+                raise UsageError(f"mount option {key} needs a file path")
+            out[key] = value
+        elif item == "insecure":
+            out["insecure"] = True
         elif key == "noallow_other":
             out["allow_other"] = False
         elif item in ("writeback", "nowriteback"):
@@ -185,6 +201,12 @@ def parse_args(argv: list[str]) -> MountConfig:
     if args.local and os.path.exists(args.local) and not os.path.isdir(args.local):
         raise UsageError(f"data directory {args.local} is not a directory")
     opts = parse_options(args.options)
+    tls = None if args.local else _tls_files(opts)
+    if tls is not None and tls.identity().read_only:
+        # Nothing this mount could send would be accepted; the kernel
+        # answers EROFS at once, and without leases it proposes nothing.
+        opts["fuse"].add("ro")
+        opts["sync_meta"] = True
     return MountConfig(
         data_dir=os.path.abspath(args.local) if args.local else None, nodes=nodes,
         deadline_s=opts["deadline"], mountpoint=os.path.abspath(mountpoint),
@@ -193,8 +215,41 @@ def parse_args(argv: list[str]) -> MountConfig:
         read_ahead_kb=opts["read_ahead_kb"], cache_bytes=opts["cache_mib"] << 20,
         chunk_bytes=opts["chunk_kib"] << 10, writeback=opts["writeback"],
         foreground=args.foreground, acls=opts["acl"], sync_meta=opts["sync_meta"],
-        meta_batch_s=opts["meta_batch_ms"] / 1000,
+        meta_batch_s=opts["meta_batch_ms"] / 1000, tls=tls,
         log_file=args.log_file, debug=args.debug)
+
+
+def _tls_files(opts: dict) -> TlsFiles | None:
+    """The client certificate a cluster mount presents: the tls_* options,
+    else the files at TLS_DEFAULT_DIR; None only with -o insecure."""
+    given = [k for k in ("tls_ca", "tls_cert", "tls_key") if opts[k]]
+    if opts["insecure"]:
+        if given:
+            raise UsageError(f"mount option insecure contradicts {given[0]}")
+        return None
+    if given and len(given) < 3:
+        missing = next(k for k in ("tls_ca", "tls_cert", "tls_key") if not opts[k])
+        raise UsageError(f"mount option {given[0]} needs {missing} too")
+    if not given:
+        default = TlsFiles(*(os.path.join(TLS_DEFAULT_DIR, n)
+                             for n in ("ca.crt", "client.crt", "client.key")))
+        if not os.path.exists(default.cert):
+            raise UsageError("give -o tls_ca=FILE,tls_cert=FILE,tls_key=FILE (chordfs cert issue "
+                             f"--client NAME) or put them in {TLS_DEFAULT_DIR}; -o insecure "
+                             "mounts a cluster without TLS")
+        files = default
+    else:
+        files = TlsFiles(opts["tls_ca"], opts["tls_cert"], opts["tls_key"])
+    try:
+        files.check()
+        ident = files.identity()
+    except PkiError as e:
+        raise UsageError(str(e)) from None
+    if ident.kind != "client":
+        # A node certificate would pass every role check: keep it on nodes.
+        raise UsageError(f"{files.cert} is a {ident.kind} certificate; a mount needs one issued "
+                         "with chordfs cert issue --client NAME")
+    return files
 
 
 def _source_and_mountpoint(local: str | None,
@@ -269,7 +324,9 @@ async def _open_backend(cfg: MountConfig):
         finally:
             await backend.aclose()
         return
-    async with open_cluster(ClusterConfig(cfg.nodes, call_deadline_s=cfg.deadline_s)) as backend:
+    ssl_context = cfg.tls.client_context() if cfg.tls else None
+    async with open_cluster(ClusterConfig(cfg.nodes, call_deadline_s=cfg.deadline_s,
+                                          ssl_context=ssl_context)) as backend:
         if cfg.sync_meta:
             yield backend
             return
@@ -294,7 +351,10 @@ async def _serve_backend(cfg: MountConfig, backend: Backend, ready_fd: int | Non
     source = cfg.data_dir or ",".join(cfg.nodes or ())
     log.info(kv("mounted", mountpoint=cfg.mountpoint, source=source,
                 options=",".join(sorted(cfg.fuse_options)), writeback=cfg.writeback,
-                acls=cfg.acls))
+                acls=cfg.acls, client=cfg.tls.identity().name if cfg.tls else "-"))
+    if cfg.tls is None and cfg.nodes:
+        log.warning(kv("mount.insecure", mountpoint=cfg.mountpoint,
+                       detail="plain TCP: no certificate proves the nodes are the cluster's"))
     _notify_ready(ready_fd, b"ok")
     try:
         ops.invalidator.start()

@@ -7,14 +7,14 @@ Public surface: ``Server`` and ``Capability`` (interface.py), ``Connection``
 from . import errors, schema
 from .connection import Connection
 from .errors import (CallTimeout, ConnectionLost, Disconnected, Failed, Overloaded,
-                     ProtocolError, RemoteError, RpcError, Unimplemented)
+                     PermissionDenied, ProtocolError, RemoteError, RpcError, Unimplemented)
 from .interface import Capability, Interface, Server, inline
 from .limits import Limits
 from .transport import connect, memory_pair, open_connection, open_tcp_stream, serve_tcp, split_addr
 
 __all__ = [
     "errors", "schema", "Connection", "CallTimeout", "ConnectionLost", "Disconnected", "Failed",
-    "Overloaded", "ProtocolError", "RemoteError", "RpcError", "Unimplemented", "Capability",
+    "Overloaded", "PermissionDenied", "ProtocolError", "RemoteError", "RpcError", "Unimplemented", "Capability",
     "Interface", "Server", "inline", "Limits", "connect", "memory_pair", "open_connection",
     "open_tcp_stream", "serve_tcp", "split_addr",
 ]

@@ -34,6 +34,11 @@ class Failed(RemoteError):
     kind = "failed"
 
 
+class PermissionDenied(Failed):
+    """The callee's policy refuses this peer the call (its certificate's
+    role); the remote side sees a Failed whose remote_type names this."""
+
+
 class Overloaded(RemoteError):
     """The callee refused the call for lack of capacity; retry later."""
 

@@ -26,13 +26,39 @@ def split_addr(addr: str) -> tuple[str, int]:
 
 async def serve_tcp(bootstrap_factory, port: int, *, host: str = "127.0.0.1",
                     limits: Limits = Limits(), ssl_context: ssl.SSLContext | None = None,
-                    handshake_timeout_s: float = 10.0, task_status=trio.TASK_STATUS_IGNORED):
+                    handshake_timeout_s: float = 10.0, identify=None,
+                    per_address_max: int | None = None, task_status=trio.TASK_STATUS_IGNORED):
     """Accept connections forever; each gets ``bootstrap_factory()`` as its
-    bootstrap object.  ``task_status.started`` receives the listeners (so
-    port 0 callers can read the chosen port)."""
+    bootstrap object, or ``bootstrap_factory(identify(stream))`` when
+    ``identify`` is given (it sees the TLS stream after the handshake and
+    raises ValueError to refuse the peer).  ``per_address_max``: open
+    connections one remote address may hold; one more is closed at once, so
+    a flood from one host cannot take the sockets and memory other peers
+    need.  ``task_status.started`` receives the listeners (so port 0
+    callers can read the chosen port)."""
+    open_by_host: dict[str, int] = {}
+    refused_logged: set[str] = set()
 
     async def handle(stream):
         peer = _peer_name(stream)
+        host_ = peer.rpartition(":")[0]
+        if per_address_max is not None and open_by_host.get(host_, 0) >= per_address_max:
+            if host_ not in refused_logged:  # once per address, or the flood floods the log
+                refused_logged.add(host_)
+                log.warning(kv("rpc.connection_refused", peer=peer,
+                               reason=f"{per_address_max} connections from {host_} already open"))
+            await trio.aclose_forcefully(stream)
+            return
+        open_by_host[host_] = open_by_host.get(host_, 0) + 1
+        try:
+            await _serve_one(stream, peer)
+        finally:
+            open_by_host[host_] -= 1
+            if not open_by_host[host_]:
+                del open_by_host[host_]
+                refused_logged.discard(host_)
+
+    async def _serve_one(stream, peer):
         if ssl_context is not None:
             stream = trio.SSLStream(stream, ssl_context, server_side=True)
             with trio.move_on_after(handshake_timeout_s) as scope:
@@ -45,7 +71,17 @@ async def serve_tcp(bootstrap_factory, port: int, *, host: str = "127.0.0.1",
                 log.warning(kv("rpc.tls_handshake_timeout", peer=peer))
                 await trio.aclose_forcefully(stream)
                 return
-        conn = Connection(stream, bootstrap=bootstrap_factory(), limits=limits, peer=peer)
+        if identify is not None:
+            try:
+                who = identify(stream)
+            except ValueError as e:
+                log.warning(kv("rpc.peer_refused", peer=peer, reason=str(e)))
+                await trio.aclose_forcefully(stream)
+                return
+            bootstrap = bootstrap_factory(who)
+        else:
+            bootstrap = bootstrap_factory()
+        conn = Connection(stream, bootstrap=bootstrap, limits=limits, peer=peer)
         log.debug(kv("rpc.accepted", conn=conn.id, peer=peer))
         await conn.run()
 

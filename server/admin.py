@@ -106,9 +106,10 @@ async def change(pool, view: ClusterView, op: str, node: int, force: bool = Fals
 
 
 async def members_main(addrs: list[str], action: str, targets: list[str], force: bool,
-                       timeout_s: float) -> int:
+                       timeout_s: float, ssl_context=None) -> int:
     async with trio.open_nursery() as nursery:
-        pool = Pool(nursery, connect_timeout_s=timeout_s, backoff_max_s=0.5)
+        pool = Pool(nursery, connect_timeout_s=timeout_s, backoff_max_s=0.5,
+                    ssl_context=ssl_context)
         try:
             return await _members(pool, addrs, action, targets, force, timeout_s)
         except (rpc.RpcError, trio.TooSlowError) as e:

@@ -58,14 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--force", action="store_true",
                          help="remove even if the voters left hold no live quorum")
     members.add_argument("--timeout-s", type=float, default=3.0)
+    _add_tls_arguments(members, node=True)
     sub.add_parser("example-config", help="print a node.toml with every key at its default")
     ping = sub.add_parser("ping", help="call Diag.ping on a node and print the round trip")
     ping.add_argument("addr", type=_addr)
     ping.add_argument("--count", type=int, default=3)
     ping.add_argument("--timeout-s", type=float, default=3.0)
+    _add_tls_arguments(ping)
     status = sub.add_parser("status", help="print a node's ring members: name, state, incarnation")
     status.add_argument("addr", type=_addr)
     status.add_argument("--timeout-s", type=float, default=3.0)
+    _add_tls_arguments(status)
     mount = sub.add_parser("mount", help="mount a cluster: chordfs mount ADDR[,ADDR...] MOUNTPOINT [-o opts]",
                            add_help=False)
     mount.add_argument("rest", nargs=argparse.REMAINDER)
@@ -90,6 +93,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo-stop", help="stop the demo cluster (make stop)").add_argument(
         "--dir", default=".chordfs-demo")
     return parser
+
+
+TLS_DEFAULT_DIR = "/etc/chordfs/tls"
+
+
+def _add_tls_arguments(parser, node: bool = False) -> None:
+    who = "a node's (membership changes are for nodes)" if node else "a client's or a node's"
+    parser.add_argument("--tls-ca", metavar="FILE", help="the cluster CA's certificate "
+                        f"(default {TLS_DEFAULT_DIR}/ca.crt)")
+    parser.add_argument("--tls-cert", metavar="FILE", help=f"{who} certificate (default "
+                        f"{TLS_DEFAULT_DIR}/client.crt)")
+    parser.add_argument("--tls-key", metavar="FILE", help="its key (default "
+                        f"{TLS_DEFAULT_DIR}/client.key)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plain TCP, for a node started with insecure = true")
+
+
+def _client_context(args):
+    """The TLS context a CLI command dials with, or None with --insecure.
+    UsageError (one sentence) when the files are missing or unusable."""
+    from .pki import PkiError, TlsFiles
+    given = [args.tls_ca, args.tls_cert, args.tls_key]
+    if args.insecure:
+        if any(given):
+            raise UsageError("--insecure contradicts --tls-ca, --tls-cert and --tls-key")
+        return None
+    defaults = [f"{TLS_DEFAULT_DIR}/{n}" for n in ("ca.crt", "client.crt", "client.key")]
+    files = TlsFiles(*(g or d for g, d in zip(given, defaults)))
+    try:
+        files.check()
+        return files.client_context()
+    except PkiError as e:
+        raise UsageError(f"{e} (give --tls-ca, --tls-cert and --tls-key, or --insecure for a "
+                         "node without TLS)") from None
 
 
 def _add_pki_commands(sub) -> None:
@@ -151,10 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "example-config":
         print(example_toml(), end="")
         return 0
-    if args.command == "ping":
-        return trio.run(_ping, args.addr, args.count, args.timeout_s)
-    if args.command == "status":
-        return trio.run(_status, args.addr, args.timeout_s)
+    if args.command in ("ping", "status"):
+        try:
+            context = _client_context(args)
+        except UsageError as e:
+            print(f"chordfs: {e}", file=sys.stderr)
+            return 2
+        if args.command == "ping":
+            return trio.run(_ping, args.addr, args.count, args.timeout_s, context)
+        return trio.run(_status, args.addr, args.timeout_s, context)
     if args.command == "ca":
         return _ca_init(args)
     if args.command == "cert":
@@ -188,7 +230,13 @@ def _members(args) -> int:
         print(f"chordfs: members {args.action} takes {wanted} node(s), got {len(args.nodes)}",
               file=sys.stderr)
         return 2
-    return trio.run(members_main, addrs, args.action, args.nodes, args.force, args.timeout_s)
+    try:
+        context = _client_context(args)
+    except UsageError as e:
+        print(f"chordfs: {e}", file=sys.stderr)
+        return 2
+    return trio.run(members_main, addrs, args.action, args.nodes, args.force, args.timeout_s,
+                    context)
 
 
 def _ca_init(args) -> int:
@@ -223,7 +271,8 @@ def _cert_issue(args) -> int:
 def _run_node(args) -> int:
     from .identity import IdentityError
     from .meta.service import JoinRefused
-    from .node import Node
+    from .node import Node, tls_files
+    from .pki import PkiError
     try:
         cfg = config_from_args(args)
     except ConfigError as e:
@@ -231,7 +280,12 @@ def _run_node(args) -> int:
         return 2
     configure(getattr(logging, cfg.log_level.upper()), node=cfg.node_name)
     try:
-        trio.run(Node(cfg, init=args.init).run)
+        tls = tls_files(cfg)
+    except PkiError as e:
+        print(f"chordfs: {e}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(Node(cfg, init=args.init, tls=tls).run)
     except KeyboardInterrupt:
         log.info(kv("node.stopped", reason="interrupt"))
     except BaseException as e:  # noqa: BLE001 -- one plain sentence, not a traceback
@@ -278,10 +332,10 @@ def _leaf(error: BaseException) -> BaseException:
     return error
 
 
-async def _ping(addr: str, count: int, timeout_s: float) -> int:
+async def _ping(addr: str, count: int, timeout_s: float, context=None) -> int:
     from server.diag import diag
     try:
-        async with rpc.connect(addr, connect_timeout_s=timeout_s) as conn:
+        async with rpc.connect(addr, connect_timeout_s=timeout_s, ssl_context=context) as conn:
             cap = await conn.bootstrap(diag.Diag, timeout_s=timeout_s)
             for _ in range(count):
                 start = trio.current_time()
@@ -294,17 +348,19 @@ async def _ping(addr: str, count: int, timeout_s: float) -> int:
     return 0
 
 
-async def _status(addr: str, timeout_s: float) -> int:
+async def _status(addr: str, timeout_s: float, context=None) -> int:
     from server.ring.wire import ring_capnp, updates_from
     try:
         with trio.fail_after(timeout_s):  # one budget for connect, bootstrap and call
-            async with rpc.connect(addr, connect_timeout_s=timeout_s) as conn:
+            async with rpc.connect(addr, connect_timeout_s=timeout_s, ssl_context=context) as conn:
                 cap = await conn.bootstrap(ring_capnp.RingPeer, timeout_s=timeout_s)
                 reply = await cap.members(timeout_s=timeout_s)
                 members = updates_from(reply.members)
     except (rpc.RpcError, trio.TooSlowError) as e:
         print(f"chordfs: {addr} did not answer: {e or 'timed out'}", file=sys.stderr)
         return 1
+    if context is None:
+        print(f"INSECURE: {addr} serves plain TCP; anyone who reaches it controls the cluster")
     for u in members:
         print(f"{u.name} {u.status.name.lower()} {u.incarnation}")
     return 0

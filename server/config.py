@@ -83,7 +83,15 @@ class NodeConfig:
     scrub_interval_s: float = _setting(7 * 86400.0, 1.0, 365 * 86400.0)
     metrics_port: int = _setting(0, 0, 65535, doc="Prometheus endpoint; 0 disables")
     log_level: str = _setting("info", choices=_LOG_LEVELS)
-    secret_file: str = _setting("", doc="file holding the cluster secret")
+    tls_ca: str = _setting("", doc="the cluster CA's certificate (chordfs ca init): every peer "
+                           "must present a certificate it signed")
+    tls_cert: str = _setting("", doc="this node's certificate (chordfs cert issue --node NAME; "
+                             "NAME must equal node_name)")
+    tls_key: str = _setting("", doc="this node's private key")
+    insecure: bool = _setting(False, doc="plain TCP, no certificates: anyone who reaches the port "
+                              "controls the cluster (tests and TLS-cost benchmarks only)")
+    connections_per_address_max: int = _setting(64, 1, 65536, doc="open connections one remote "
+                                                 "address may hold; more are closed at once")
 
     def __post_init__(self) -> None:
         for key in FIELDS:
@@ -163,9 +171,12 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     """Type-check one TOML value, converting lists to tuples and ints to
     floats where a float is declared."""
     hint = _HINTS[key]
-    expected = {int: "an integer", float: "a number", str: "a string"}.get(hint, "a list of strings")
+    expected = {int: "an integer", float: "a number", str: "a string",
+                bool: "true or false"}.get(hint, "a list of strings")
     ok = False
-    if hint is int:
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -249,6 +260,14 @@ def _check_relations(cfg: NodeConfig, origin: Callable[[str], str]) -> None:
         ("frame_bytes_max", cfg.frame_bytes_max >= frame_min,
          f"at least {FRAME_OVERHEAD_BYTES} more than {other('chunk_bytes_max')}"),
     ]
+    tls = [k for k in ("tls_ca", "tls_cert", "tls_key") if getattr(cfg, k)]
+    if tls and len(tls) < 3:
+        missing = next(k for k in ("tls_ca", "tls_cert", "tls_key") if not getattr(cfg, k))
+        raise ConfigError(f"config key '{missing}' is not set, but {other(tls[0])} is: "
+                          "TLS needs tls_ca, tls_cert and tls_key")
+    if tls and cfg.insecure:
+        raise ConfigError(f"config key 'insecure' in {origin('insecure')} must be false when "
+                          "tls_ca, tls_cert and tls_key are set")
     for key, ok, requirement in rules:
         if not ok:
             raise ConfigError(
@@ -324,13 +343,23 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="PATH", help="node TOML file")
     for key, f in FIELDS.items():
         help_text = f.metadata["doc"] or None
-        if _HINTS[key] is not int and _HINTS[key] is not float and _HINTS[key] is not str:
+        if _HINTS[key] is bool:  # --insecure alone means true
+            parser.add_argument(_flag(key), dest=f"cfg_{key}", metavar="BOOL", nargs="?",
+                                const="true", help=help_text)
+            continue
+        if _HINTS[key] not in (int, float, str):
             help_text = (help_text or "") + " (comma-separated)"
         parser.add_argument(_flag(key), dest=f"cfg_{key}", metavar="VALUE", help=help_text)
 
 
 def _parse_flag_value(key: str, text: str) -> Any:
     hint = _HINTS[key]
+    if hint is bool:
+        if text.lower() in ("true", "yes", "1", "on"):
+            return True
+        if text.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"flag {_flag(key)} must be true or false, got {text!r}")
     try:
         if hint is int:
             return int(text.replace("_", ""))
@@ -361,11 +390,15 @@ def example_toml() -> str:
     """A commented node.toml with every key at its default."""
     lines = ["# chordfs node configuration; every key is optional except data_dir."]
     for key, f in FIELDS.items():
-        value = "/var/lib/chordfs/node1" if key == "data_dir" else f.default
+        value = {"data_dir": "/var/lib/chordfs/node1", "tls_ca": "/etc/chordfs/tls/ca.crt",
+                 "tls_cert": "/etc/chordfs/tls/node1.crt",
+                 "tls_key": "/etc/chordfs/tls/node1.key"}.get(key, f.default)
         if isinstance(value, tuple):
             rendered = "[" + ", ".join(f'"{v}"' for v in value) + "]"
         elif isinstance(value, str):
             rendered = f'"{value}"'
+        elif isinstance(value, bool):
+            rendered = "true" if value else "false"
         else:
             rendered = repr(value)
         doc = f"  # {f.metadata['doc']}" if f.metadata["doc"] else ""

@@ -28,6 +28,7 @@ def run(directory: str, base_port: int) -> int:
         stop(directory)
     procs = []
     addrs = [f"127.0.0.1:{base_port + i}" for i in range(NODES)]
+    tls = _certificates(base / "tls", addrs)
     for i in range(NODES):
         log = open(base / f"node{i + 1}.log", "ab")
         # Node names stay their addresses: the ring sends to a member by name.
@@ -35,22 +36,25 @@ def run(directory: str, base_port: int) -> int:
         # others join through it and the leader promotes them to voters.
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "server.cli", "node", "--listen-port", str(base_port + i),
-             "--data-dir", str(base / f"node{i + 1}"), "--seeds", ",".join(addrs)]
+             "--data-dir", str(base / f"node{i + 1}"), "--seeds", ",".join(addrs),
+             *_flags(tls, addrs[i])]
             + (["--init"] if i == 0 else []),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs))
-    if not _wait_ready(addrs, procs):
+    if not _wait_ready(addrs, procs, _flags(tls, "admin")):
         print(f"chordfs: the demo nodes did not start; see {base}/node*.log", file=sys.stderr)
         stop(directory)
         return 1
     mnt = pathlib.Path(MOUNTPOINT).resolve()
-    if not _mount(addrs, mnt, base):
+    if not _mount(addrs, mnt, base, tls):
         stop(directory)
         return 1
     print(f"chordfs demo: {NODES} nodes serving on {', '.join(addrs)} (logs in {base}/)")
     print(f"mounted at {mnt}; try:")
     print(f"      cp -r /usr/share/doc/fuse3 {mnt}/ && ls -l {mnt}/fuse3")
-    print("      .venv/bin/chordfs status 127.0.0.1:7071      # ring members as node 1 sees them")
+    print(f"      .venv/bin/chordfs status {addrs[0]} {' '.join(_flags(tls, 'admin'))}")
+    print("          # ring members as node 1 sees them (TLS: the demo's CA and an admin "
+          f"certificate in {tls}/)")
     print("      kill -9 one node's PID (see .chordfs-demo/pids): reads keep working")
     print("stop: Ctrl-C here, or `make stop` from another shell")
     try:
@@ -69,12 +73,32 @@ def run(directory: str, base_port: int) -> int:
             stop(directory)
 
 
-def _wait_ready(addrs: list[str], procs, timeout_s: float = 15.0) -> bool:
+def _certificates(tls: pathlib.Path, addrs: list[str]) -> pathlib.Path:
+    """The demo cluster's CA and certificates, made once: one per node (its
+    name is its address), an admin node certificate for the CLI, and the
+    mount's client certificate."""
+    from .pki import init_ca, issue
+    if not (tls / "ca.crt").exists():
+        init_ca(str(tls))
+    for name in [*addrs, "admin"]:
+        if not (tls / f"{name}.crt").exists():
+            issue(str(tls), str(tls), node=name)
+    if not (tls / "mount.crt").exists():
+        issue(str(tls), str(tls), client="mount")
+    return tls
+
+
+def _flags(tls: pathlib.Path, name: str) -> list[str]:
+    return ["--tls-ca", str(tls / "ca.crt"), "--tls-cert", str(tls / f"{name}.crt"),
+            "--tls-key", str(tls / f"{name}.key")]
+
+
+def _wait_ready(addrs: list[str], procs, flags: list[str], timeout_s: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout_s
     for addr in addrs:
         while True:
             ping = subprocess.run([sys.executable, "-m", "server.cli", "ping", addr, "--count", "1",
-                                   "--timeout-s", "1"], capture_output=True, text=True)
+                                   "--timeout-s", "1", *flags], capture_output=True, text=True)
             if ping.returncode == 0:
                 break
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
@@ -83,11 +107,13 @@ def _wait_ready(addrs: list[str], procs, timeout_s: float = 15.0) -> bool:
     return True
 
 
-def _mount(addrs: list[str], mnt: pathlib.Path, base: pathlib.Path) -> bool:
+def _mount(addrs: list[str], mnt: pathlib.Path, base: pathlib.Path, tls: pathlib.Path) -> bool:
     mnt.mkdir(exist_ok=True)
     (base / "mountpoint").write_text(str(mnt))
+    options = f"tls_ca={tls}/ca.crt,tls_cert={tls}/mount.crt,tls_key={tls}/mount.key"
     result = subprocess.run([sys.executable, "-m", "fusefs.mount", ",".join(addrs), str(mnt),
-                             "--log", str(base / "mount.log")], capture_output=True, text=True)
+                             "-o", options, "--log", str(base / "mount.log")],
+                            capture_output=True, text=True)
     if result.returncode != 0:
         print(f"chordfs: mounting at {mnt} failed: {result.stderr.strip()}", file=sys.stderr)
         return False

@@ -19,10 +19,12 @@ from rpc.logfmt import kv
 from rpc.pool import Pool
 
 from . import clusterparams, sdnotify
+from .access import Guarded
 from .config import NodeConfig
 from .diag import DiagServer
 from .meta.service import MetadataGroup, MetadataServer
 from .meta.store import InitParams
+from .pki import PeerIdentity, PkiError, TlsFiles, identity_of_cert
 from .raft.config import RaftConfig
 from .raft.messages import RaftError, Role
 from .raft.server import RaftServer
@@ -39,14 +41,16 @@ RING_LEAVE_S = 3.0  # part of STOP_GRACE_S: lets the ring hear of the leave firs
 TRANSFER_S = 2.0  # part of STOP_GRACE_S: a leader hands leadership over before it exits
 
 
-class NodeServer(DiagServer, ChunkStoreServer, RingPeerServer, RaftServer, MetadataServer):
+class NodeServer(Guarded, DiagServer, ChunkStoreServer, RingPeerServer, RaftServer, MetadataServer):
     """The bootstrap capability every connection gets: one object serving
     every interface of the node (Diag, ChunkStore, RingPeer, Raft,
-    Metadata)."""
+    Metadata), each call checked against the peer's certificate
+    (server/access.py)."""
 
-    def __init__(self, node: "Node"):
+    def __init__(self, node: "Node", peer: PeerIdentity | None = None):
         DiagServer.__init__(self, node.config.node_name)
         ChunkStoreServer.__init__(self, node.store_service)
+        self.peer = peer
         self.node = node
         self.metadata = node.metadata
         self.raft_service = node.metadata.group.service if node.metadata else None
@@ -88,9 +92,52 @@ def rpc_limits(cfg: NodeConfig) -> rpc.Limits:
                       call_timeout_s=cfg.rpc_deadline_ms / 1000)
 
 
+def tls_files(cfg: NodeConfig) -> TlsFiles | None:
+    """The node's checked TLS files, or None on an ``insecure`` node.
+    PkiError (one sentence) when they are missing, unusable or not this
+    node's."""
+    if cfg.insecure:
+        return None
+    if not cfg.tls_cert:
+        raise PkiError("a node needs tls_ca, tls_cert and tls_key (chordfs ca init, then "
+                       f"chordfs cert issue --node {cfg.node_name}), or insecure = true for tests")
+    files = TlsFiles(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+    files.check()
+    ident = files.identity()
+    if not ident.is_node:
+        raise PkiError(f"{cfg.tls_cert} is a {ident.kind} certificate; a node needs one issued "
+                       f"with --node {cfg.node_name}")
+    if ident.name != cfg.node_name:
+        raise PkiError(f"{cfg.tls_cert} is node {ident.name}'s certificate, but this node is "
+                       f"{cfg.node_name} (node_name)")
+    return files
+
+
+def identify_peer(own: PeerIdentity):
+    """The serve_tcp ``identify`` of a TLS node: the peer's role from its
+    certificate (the handshake already proved the CA signed it)."""
+    def identify(stream) -> PeerIdentity:
+        try:
+            peer = identity_of_cert(stream.getpeercert())
+        except PkiError as e:
+            raise ValueError(str(e)) from None
+        if peer.cluster_id != own.cluster_id:
+            raise ValueError(f"certificate of cluster {peer.cluster_id}, this is cluster "
+                             f"{own.cluster_id}")
+        if peer.kind == "client" and peer.subdir != "/":
+            # Refused rather than served whole: nothing enforces a subtree yet.
+            raise ValueError(f"client {peer.name} is limited to {peer.subdir}, which this "
+                             "version cannot enforce")
+        if peer.kind not in ("node", "client"):
+            raise ValueError(f"a {peer.kind} certificate cannot connect")
+        return peer
+    return identify
+
+
 class Node:
-    def __init__(self, config: NodeConfig, *, init: bool = False):
+    def __init__(self, config: NodeConfig, *, init: bool = False, tls: TlsFiles | None = None):
         self.config = config
+        self.tls = tls
         self.init = init
         self.listeners = []
         self.store: AsyncChunkStore | None = None
@@ -122,13 +169,23 @@ class Node:
             async with trio.open_nursery() as nursery:
                 # A short backoff cap: a restarted peer is redialled within
                 # about a second.
-                pool = Pool(nursery, limits=rpc_limits(cfg), connect_timeout_s=1.0, backoff_max_s=1.0)
+                tls = self.tls
+                pool = Pool(nursery, limits=rpc_limits(cfg), connect_timeout_s=1.0, backoff_max_s=1.0,
+                            ssl_context=tls.client_context() if tls else None)
                 self.pool = pool
                 self.metadata = open_metadata(cfg, pool, init=self.init)
+                if tls is None:
+                    log.warning(kv("node.insecure", node=cfg.node_name,
+                                   detail="plain TCP, no certificates: anyone who reaches "
+                                          f"{cfg.listen_addr} controls this cluster"))
                 self.listeners = await nursery.start(
-                    lambda task_status: rpc.serve_tcp(lambda: NodeServer(self), cfg.listen_port,
-                                                      host=cfg.listen_host, limits=rpc_limits(cfg),
-                                                      task_status=task_status))
+                    lambda task_status: rpc.serve_tcp(
+                        (lambda peer: NodeServer(self, peer)) if tls else (lambda: NodeServer(self)),
+                        cfg.listen_port, host=cfg.listen_host, limits=rpc_limits(cfg),
+                        ssl_context=tls.server_context() if tls else None,
+                        identify=identify_peer(tls.identity()) if tls else None,
+                        per_address_max=cfg.connections_per_address_max,
+                        task_status=task_status))
                 await nursery.start(self.metadata.run)
                 # Placement comes from the committed configuration: a joiner
                 # has it once admitted (its ring waits for that).

@@ -43,7 +43,7 @@ from .identity import new_cluster_id
 SCHEME = "chordfs"
 KINDS = ("node", "client", "ca")
 CA_KEY, CA_CERT = "ca.key", "ca.crt"
-NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # ":": a node name defaults to host:port
 CLUSTER_ID_RE = re.compile(r"[0-9a-f]{32}")
 URI_RE = re.compile(r"[!-~]+")  # printable ASCII, no space: urlsplit drops tabs and newlines
 SUBDIR_BYTES_MAX = 4096         # PATH_MAX
@@ -104,7 +104,7 @@ def _check_cluster_id(cluster_id: str) -> None:
 
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise PkiError(f"name {name!r} is not 1 to 64 of the characters A-Z a-z 0-9 . _ -")
+        raise PkiError(f"name {name!r} is not 1 to 64 of the characters A-Z a-z 0-9 . _ : -")
 
 
 def _check_subdir(subdir: str) -> None:

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from server.cli import main
+from tests import tls
 from tests.netutil import free_ports
 
 
@@ -35,7 +36,7 @@ def test_mount_takes_help_and_options_before_its_arguments(capsys, tmp_path):
 
 
 def test_ping_of_unreachable_node_fails_plainly(capsys):
-    assert main(["ping", "127.0.0.1:1", "--count", "1", "--timeout-s", "1"]) == 1
+    assert main(["ping", "127.0.0.1:1", "--count", "1", "--timeout-s", "1", "--insecure"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("chordfs: 127.0.0.1:1 did not answer") and "\n" not in err
 
@@ -44,26 +45,28 @@ def test_ping_of_unreachable_node_fails_plainly(capsys):
 def test_node_process_answers_ping_and_stops_on_sigterm(tmp_path):
     port = free_ports(1)[0]
     addr = f"127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "server.cli", "node", "--init", "--listen-port", str(port),
-            "--data-dir", str(tmp_path / "n1"), "--node-name", "n1"]
+    def node(name, data, *extra):
+        return [sys.executable, "-m", "server.cli", "node", "--listen-port", str(port),
+                "--data-dir", str(tmp_path / data), "--node-name", name, *tls.node_flags(name),
+                *extra]
+    argv = node("n1", "n1", "--init")
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 15
         while True:
-            out = subprocess.run([sys.executable, "-m", "server.cli", "ping", addr, "--count", "1"],
+            out = subprocess.run([sys.executable, "-m", "server.cli", "ping", addr, "--count", "1",
+                                  *tls.cli_flags()],
                                  capture_output=True, text=True)
             if out.returncode == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert out.returncode == 0, out.stderr
         assert "name=n1" in out.stdout
-        same_dir = subprocess.run(argv[:-2] + ["--node-name", "n2"], capture_output=True,
+        same_dir = subprocess.run(node("n2", "n1", "--init"), capture_output=True,
                                   text=True, timeout=30)
         assert same_dir.returncode == 1 and "in use" in same_dir.stderr
         assert same_dir.stderr.count("\n") == 1
-        busy = subprocess.run([a for a in argv[:-4] if a != "--init"]
-                              + ["--data-dir", str(tmp_path / "n2"), "--node-name", "n2",
-                                 "--seeds", addr],
+        busy = subprocess.run(node("n2", "n2", "--seeds", addr),
                               capture_output=True, text=True, timeout=30)
         assert busy.returncode == 1 and "cannot serve" in busy.stderr
         assert busy.stderr.count("\n") == 1

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests import tls
 from tests.netutil import free_ports
 
 pytestmark = [pytest.mark.integration,
@@ -29,11 +30,13 @@ def _wait(predicate, timeout_s, what):
 
 def _answers(addr):
     return subprocess.run([sys.executable, "-m", "server.cli", "ping", addr, "--count", "1",
+                           *tls.cli_flags(),
                            "--timeout-s", "1"], capture_output=True).returncode == 0
 
 
 def _voters(addr) -> int:
-    out = subprocess.run([sys.executable, "-m", "server.cli", "members", addr],
+    out = subprocess.run([sys.executable, "-m", "server.cli", "members", addr,
+                          *tls.cli_flags(node=True)],
                          capture_output=True, text=True)
     return out.stdout.count(" voter ") if out.returncode == 0 else -1
 
@@ -42,11 +45,14 @@ def _applied(addr) -> int:
     out = subprocess.run([sys.executable, "-c", (
         "import sys, trio, rpc\n"
         "from server.raft.wire import raft_capnp\n"
-        "async def main(a):\n"
-        "    async with rpc.connect(a, connect_timeout_s=1) as c:\n"
+        "from server import pki\n"
+        "async def main(a, *files):\n"
+        "    ctx = pki.client_context(*files)\n"
+        "    async with rpc.connect(a, connect_timeout_s=1, ssl_context=ctx) as c:\n"
         "        s = await (await c.bootstrap(raft_capnp.Raft, timeout_s=1)).status(timeout_s=1)\n"
         "        print(s.applied)\n"
-        "trio.run(main, sys.argv[1])\n"), addr], capture_output=True, text=True)
+        "trio.run(main, *sys.argv[1:])\n"), addr, *tls.cli_flags()[1::2]],
+        capture_output=True, text=True)
     return int(out.stdout) if out.returncode == 0 and out.stdout.strip() else -1
 
 
@@ -60,13 +66,14 @@ def test_three_nodes_mount_copy_kill_one(tmp_path):
             return subprocess.Popen(
                 [sys.executable, "-m", "server.cli", "node", "--listen-port", addrs[i].split(":")[1],
                  "--data-dir", str(tmp_path / f"n{i}"), "--seeds", ",".join(addrs),
-                 "--log-level", "warning"] + (["--init"] if i == 0 else []),
+                 "--log-level", "warning", *tls.node_flags(addrs[i])] + (["--init"] if i == 0 else []),
                 stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"n{i}.log", "ab"))
 
         procs.extend(start(i) for i in range(3))
         _wait(lambda: all(_answers(a) for a in addrs), 20, "nodes")
         _wait(lambda: _voters(addrs[0]) == 3, 30, "the joiners to be promoted")
         mounted = subprocess.run([sys.executable, "-m", "fusefs.mount", ",".join(addrs), str(mnt),
+                                  "-o", tls.mount_options(),
                                   "--log", str(tmp_path / "mount.log")],
                                  capture_output=True, text=True, timeout=60)
         assert mounted.returncode == 0, mounted.stderr

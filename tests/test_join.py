@@ -36,7 +36,8 @@ def test_joiners_become_learners_then_voters(tmp_path):
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "server.cli", "node", "--listen-port", addrs[i].split(":")[1],
              "--data-dir", str(tmp_path / f"n{i}"), "--seeds", seeds, "--voters-max", "4",
-             "--ring-tick-ms", "25", "--log-level", "warning"] + (["--init"] if i == 0 else []),
+             "--ring-tick-ms", "25", "--log-level", "warning", "--insecure"]
+            + (["--init"] if i == 0 else []),
             stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"n{i}.log", "wb")))
 
     async def scenario():

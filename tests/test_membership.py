@@ -23,6 +23,7 @@ from server.meta.types import Mkdir
 from server.raft.wire import raft_capnp
 from server.ring.ringmath import Ring
 from server.store.keyrange import ring_key
+from tests import tls
 from tests.fuse.conftest import fuse_usable, start_mount, stop_mount
 from tests.netutil import free_ports
 
@@ -39,7 +40,8 @@ class Nodes:
         seeds = self.addrs if seeds is None else seeds
         return [sys.executable, "-m", "server.cli", "node", "--listen-port",
                 self.addrs[i].rpartition(":")[2], "--data-dir", str(self.tmp / f"n{i}"),
-                "--seeds", ",".join(seeds), "--log-level", "info", "--ring-tick-ms", "25", *extra]
+                "--seeds", ",".join(seeds), "--log-level", "info", "--ring-tick-ms", "25",
+                *tls.node_flags(self.addrs[i]), *extra]
 
     def start(self, i: int, *extra: str, seeds: list[str] | None = None) -> subprocess.Popen:
         log = open(self.tmp / f"n{i}.log", "ab")
@@ -67,7 +69,7 @@ class Nodes:
 
 async def status(addr: str):
     with trio.fail_after(3):
-        async with rpc.connect(addr, connect_timeout_s=1) as conn:
+        async with rpc.connect(addr, connect_timeout_s=1, ssl_context=tls.client_context(node=True)) as conn:
             cap = await conn.bootstrap(raft_capnp.Raft, timeout_s=2)
             return await cap.status(timeout_s=2)
 
@@ -101,7 +103,7 @@ async def leader_with(addrs: list[str], voters: int):
 
 async def mkdir(addr: str, name: bytes) -> None:
     """One acknowledged metadata write (through any node: it forwards)."""
-    async with rpc.connect(addr, connect_timeout_s=1) as conn:
+    async with rpc.connect(addr, connect_timeout_s=1, ssl_context=tls.client_context(node=True)) as conn:
         cap = await conn.bootstrap(raft_capnp.Raft, timeout_s=2)
         reply = await cap.propose(command=codec.encode_command(Mkdir(1, name, 0o755, 0, 0, 1)),
                                   forwarded=False, timeout_s=10)
@@ -109,7 +111,8 @@ async def mkdir(addr: str, name: bytes) -> None:
 
 
 def members(addr: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", "members", addr, *args],
+    return subprocess.run([sys.executable, "-m", "server.cli", "members", addr, *args,
+                           *tls.cli_flags(node=True)],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
@@ -246,7 +249,7 @@ def test_another_clusters_node_and_traffic_are_refused(tmp_path):
         st_x, _ = await leader_with([x], 1)
         st_y, _ = await leader_with([y], 1)
         assert st_x.clusterId != st_y.clusterId
-        async with rpc.connect(y, connect_timeout_s=1) as conn:
+        async with rpc.connect(y, connect_timeout_s=1, ssl_context=tls.client_context(node=True)) as conn:
             cap = await conn.bootstrap(raft_capnp.Raft, timeout_s=2)
             reply = await cap.addLearner(name=x, nodeId=st_x.id, clusterId=st_x.clusterId,
                                          timeout_s=2)

@@ -176,8 +176,8 @@ def test_parse_uri_refuses_malformed(uri):
         pki.parse_uri(uri)
 
 
-_names = st.text(st.sampled_from("abcXYZ019._-"), min_size=1, max_size=64).filter(lambda n: n != "ca")
-_parts = st.text(st.characters(blacklist_characters="/\x00"), min_size=1, max_size=12).filter(
+_names = st.text(st.sampled_from("abcXYZ019._:-"), min_size=1, max_size=64).filter(lambda n: n != "ca")
+_parts = st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), min_size=1, max_size=12).filter(
     lambda p: p not in (".", ".."))
 
 

@@ -99,9 +99,19 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
             _refuse_step(service, f"Raft traffic of cluster {theirs or '(none)'} reached "
                                   f"cluster {ours or '(not admitted yet)'}")
         messages = []
+        peer = getattr(self, "peer", None)  # the certificate's identity (TLS nodes)
+        membership = service.core.log.membership() if peer is not None else None
         try:
             for r in params.messages:
                 m = message_from(r)
+                frm = m.message.frm if type(m) is SnapshotPart else m.frm
+                if membership is not None:
+                    named = membership.name_of(frm)
+                    if named is not None and named != peer.name:
+                        # A node may speak only for itself: forged senders
+                        # would vote, depose leaders or install entries.
+                        _refuse_step(service, f"node {peer.name} sent Raft messages as node "
+                                              f"{frm:x}, which is {named}")
                 to = m.message.to if type(m) is SnapshotPart else m.to
                 if to != service.core.id:
                     _refuse_step(service, f"Raft message for node {to:x} reached node "
@@ -205,6 +215,9 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
         results.clusterId = service.cluster_id
         refusal = join_refusal(core.log.membership(), service.cluster_id, name, joiner,
                                params.clusterId)
+        peer = getattr(self, "peer", None)
+        if not refusal and peer is not None and peer.name != name:
+            refusal = f"the joining node's certificate is {peer.name}'s, not {name}'s"
         if refusal:
             log.warning(kv("raft.join_refused", node=core.id, term=core.term, joiner=f"{joiner:x}",
                            addr=name, reason=refusal))

@@ -23,7 +23,7 @@ Member names are ``host:port`` addresses: the schema carries names only, so
 a name is also where its messages go. A message whose ``src`` is not a valid
 address, is ourselves, or whose ``dst`` is not us, is a protocol violation:
 it is logged (rate-limited), counted, dropped, and the caller gets Failed.
-(``src`` cannot be authenticated until the cluster secret lands.)
+On a TLS node ``src`` must be the name in the sender's certificate.
 
 Subscribers get events through a bounded channel each; one that falls
 behind loses events beyond its bound and then receives one ``Resync``: it
@@ -395,6 +395,11 @@ class RingPeerServer(rpc.Server, interfaces=[ring_capnp.RingPeer]):
         except ProtocolError as exc:
             self.ring_service._violation("?", str(exc))
             raise rpc.Failed(f"bad ring message: {exc}") from None
+        peer = getattr(self, "peer", None)  # the certificate's identity (TLS nodes)
+        if peer is not None and msg.src != peer.name:
+            reason = f"ring message from {msg.src!r} sent by node {peer.name}"
+            self.ring_service._violation(peer.name, reason)
+            raise rpc.Failed(reason)
         try:
             self.ring_service.deliver_nowait(msg)
         except ProtocolError as exc:

@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+from tests import tls
+
 from .realcluster import Cluster, start_cluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -49,6 +51,8 @@ def start_mount(data: pathlib.Path | str, mnt: pathlib.Path, log: pathlib.Path,
     mnt.mkdir(parents=True, exist_ok=True)
     source = [data] if isinstance(data, str) else ["--local", str(data)]
     cmd = [sys.executable, "-m", "fusefs.mount", *source, str(mnt), "--foreground"]
+    if isinstance(data, str) and "insecure" not in options.split(",") and "tls_" not in options:
+        options = ",".join(filter(None, [options, tls.mount_options()]))
     if options:
         cmd += ["-o", options]
     out = open(log, "ab")

@@ -19,6 +19,7 @@ import trio
 import rpc
 from server.raft.wire import raft_capnp
 from server.ring.wire import ring_capnp, updates_from
+from tests import tls
 from tests.netutil import free_ports
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -28,14 +29,16 @@ READY_DEADLINE_S = 30.0
 
 async def _raft_status(addr: str, timeout_s: float):
     with trio.fail_after(timeout_s):
-        async with rpc.connect(addr, connect_timeout_s=timeout_s) as conn:
+        async with rpc.connect(addr, connect_timeout_s=timeout_s,
+                               ssl_context=tls.client_context()) as conn:
             cap = await conn.bootstrap(raft_capnp.Raft, timeout_s=timeout_s)
             return await cap.status(timeout_s=timeout_s)
 
 
 async def _ring_members(addr: str, timeout_s: float):
     with trio.fail_after(timeout_s):
-        async with rpc.connect(addr, connect_timeout_s=timeout_s) as conn:
+        async with rpc.connect(addr, connect_timeout_s=timeout_s,
+                               ssl_context=tls.client_context()) as conn:
             cap = await conn.bootstrap(ring_capnp.RingPeer, timeout_s=timeout_s)
             reply = await cap.members(timeout_s=timeout_s)
             return updates_from(reply.members)
@@ -132,7 +135,7 @@ def start_cluster(base: pathlib.Path, n: int = 3,
                     [sys.executable, "-m", "server.cli", "node", "--listen-port",
                      addr.split(":")[1], "--data-dir", str(base / f"n{i}"),
                      "--seeds", cluster.spec, "--log-level", log_level]
-                    + (["--init"] if i == 0 else []),
+                    + tls.node_flags(addr) + (["--init"] if i == 0 else []),
                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
                     env={**os.environ, **(node_env or {}).get(i, {})}))
         cluster.wait_leader(voters=n if n % 2 else n - 1)

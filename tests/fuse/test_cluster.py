@@ -365,7 +365,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _start_mount(addrs: str, mnt: pathlib.Path, log) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fusefs.mount", addrs, str(mnt), "--foreground"],
+        # tests.fuse.cluster_nodes serves plain TCP (in-process test nodes).
+        [sys.executable, "-m", "fusefs.mount", addrs, str(mnt), "--foreground", "-o", "insecure"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait(lambda: os.path.ismount(mnt), 30, "mount", proc)

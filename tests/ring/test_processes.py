@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_status_of_unreachable_node_fails_plainly(capsys):
-    assert main(["status", "127.0.0.1:1", "--timeout-s", "1"]) == 1
+    assert main(["status", "127.0.0.1:1", "--timeout-s", "1", "--insecure"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("chordfs: 127.0.0.1:1 did not answer") and "\n" not in err
 
@@ -49,7 +49,7 @@ class Cluster:
         log = open(self.tmp / f"node{i}.{self.starts[i]}.log", "w")
         argv = [sys.executable, "-m", "server.cli", "node", "--listen-port", port,
                 "--data-dir", str(self.tmp / f"n{i}"), "--seeds", ",".join(self.addrs[:3]),
-                "--ring-tick-ms", str(RING_TICK_MS)] + (["--init"] if i == 0 else [])
+                "--ring-tick-ms", str(RING_TICK_MS), "--insecure"] + (["--init"] if i == 0 else [])
         self.procs[i] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
 
@@ -118,10 +118,12 @@ async def test_five_processes_detect_a_crash_and_take_the_node_back(tmp_path):
         took = await wait_for(addrs, lambda t: statuses(t, addrs) == all_alive, 30)
         print(f"\n5 nodes all alive on all after {took:.2f} s")
 
-        status = subprocess.run([sys.executable, "-m", "server.cli", "status", addrs[3]],
-                                capture_output=True, text=True, timeout=20, cwd=ROOT)
+        status = subprocess.run([sys.executable, "-m", "server.cli", "status", addrs[3],
+                                 "--insecure"], capture_output=True, text=True, timeout=20, cwd=ROOT)
         assert status.returncode == 0, status.stderr
-        assert sorted(status.stdout.splitlines()) == sorted(f"{a} alive 0" for a in addrs)
+        lines = status.stdout.splitlines()
+        assert lines[0].startswith(f"INSECURE: {addrs[3]} serves plain TCP")  # loud, first
+        assert sorted(lines[1:]) == sorted(f"{a} alive 0" for a in addrs)
 
         victim, rest = addrs[0], addrs[1:]  # the first seed, which founded the ring
         cluster.procs[0].send_signal(signal.SIGKILL)

@@ -51,7 +51,7 @@ class Cluster:
         argv = [sys.executable, "-m", "server.cli", "node", "--listen-port", port,
                 "--data-dir", str(self.data_dir(i)), "--seeds", ",".join(self.addrs[:3]),
                 "--ring-tick-ms", str(RING_TICK_MS), "--scrub-interval-s", str(SCRUB_INTERVAL_S),
-                "--disk-reserve-bytes", "0"] + (["--init"] if i == 0 else [])
+                "--disk-reserve-bytes", "0", "--insecure"] + (["--init"] if i == 0 else [])
         self.procs[i] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
 
