@@ -6,6 +6,9 @@ LocalBackend, and with ``--cluster`` also a real local cluster of three
 ``chordfs node`` processes on 127.0.0.1 (3 replicas, Raft metadata).
 ``--writeback both`` measures each chordfs mount with the kernel's
 writeback cache off and on (``-o nowriteback`` / ``-o writeback``).
+The cluster runs with mutual TLS as deployed (a throwaway CA); ``--tls
+both`` also measures a plain-TCP cluster (``insecure``) in the same run:
+the cost of TLS.
 
     .venv/bin/python benchmarks/fuse_bench.py [--dir BASE] [--size-mib 256] [--cluster]
         [--writeback off|on|both]
@@ -218,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writeback", choices=("off", "on", "both"), default="off",
                         help="the kernel writeback cache on the chordfs mounts (both: a column "
                              "for each)")
+    parser.add_argument("--tls", choices=("on", "both"), default="on",
+                        help="both: also a plain-TCP cluster (column cluster-notls)")
     parser.add_argument("--ls-files", type=int, default=None,
                         help="files in the ls -l directory (default: 10,000, or 2,000 on a "
                              "mount creating fewer than 300 files/s)")
@@ -231,15 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cluster:
             sys.path.insert(0, str(ROOT))
+            from tests import tls
             from tests.fuse.realcluster import start_cluster
-            cluster = start_cluster(base / "cluster")
-            try:
-                for mode in modes:
-                    results["cluster" + mode], size, ls_files = measure_mount(
-                        cluster.spec, base / "cmnt", options[mode], size, args.size_mib,
-                        ls_files)
-            finally:
-                cluster.stop()
+            for secure in ([True, False] if args.tls == "both" else [True]):
+                cluster = start_cluster(base / f"cluster{int(secure)}", secure=secure)
+                extra = tls.mount_options() if secure else "insecure"
+                try:
+                    for mode in modes:
+                        results["cluster" + mode + ("" if secure else "-notls")], size, ls_files = \
+                            measure_mount(cluster.spec, base / "cmnt", f"{options[mode]},{extra}",
+                                          size, args.size_mib, ls_files)
+                finally:
+                    cluster.stop()
         for mode in modes:
             results["chordfs" + mode], size, ls_files = measure_mount(
                 base / f"data{mode}", base / "mnt", options[mode], size, args.size_mib,
@@ -251,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
     print(f"sequential size: {size >> 20} MiB; small files: {SMALL_FILES} x {SMALL_BYTES} B; "
           f"ls -l of {ls_files} files")
-    names = [n for n in ("chordfs", "chordfs+wb", "cluster", "cluster+wb", "local dir")
-             if n in results]
+    names = [n for n in ("chordfs", "chordfs+wb", "cluster", "cluster+wb", "cluster-notls",
+                         "cluster+wb-notls", "local dir") if n in results]
     plain = results["local dir"]
     ratios = [n for n in names if n != "local dir"]
     print(f"{'':24}" + "".join(f"{n:>12}" for n in names)

@@ -6,8 +6,10 @@ a client of its own kind in another process:
   - concurrent small calls/s (1,000 calls in flight: 1,000 workers each
     making calls in turn),
   - MiB/s of 1 MiB echoes (sent and returned, counted once).
-chordfs is measured twice: with echo as an inline method (how the node's
-Diag serves it) and as a task-per-call method (any method that may block).
+chordfs is measured three times: with echo as an inline method (how the
+node's Diag serves it), as a task-per-call method (any method that may
+block), and inline over mutual TLS as nodes and mounts run it (certificates
+from a throwaway CA); the last column is TLS / plain.
 Each figure is the median of --repeats interleaved runs; ratios are
 chordfs / pycapnp.
 
@@ -37,10 +39,14 @@ class TaskDiag(DiagServer):
         results.data = params.data
 
 
-async def _serve(kind: str) -> None:
-    factory = DiagServer if kind == "inline" else TaskDiag
+async def _serve(kind: str, *tls_files: str) -> None:
+    from server import pki
+    factory = TaskDiag if kind == "task" else DiagServer
+    context = pki.server_context(*tls_files) if tls_files else None
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(rpc.serve_tcp, factory, 0)
+        listeners = await nursery.start(
+            lambda task_status: rpc.serve_tcp(factory, 0, ssl_context=context,
+                                              task_status=task_status))
         print("READY", listeners[0].socket.getsockname()[1], flush=True)
 
 
@@ -54,8 +60,11 @@ def _start(argv: list[str]) -> tuple[subprocess.Popen, int]:
     return proc, int(line[1])
 
 
-async def _chordfs_client(addr: str, n: int, workers: int = 1000, big_reps: int = 200) -> dict:
-    async with rpc.connect(addr) as conn:
+async def _chordfs_client(addr: str, n: int, *tls_files: str, workers: int = 1000,
+                          big_reps: int = 200) -> dict:
+    from server import pki
+    context = pki.client_context(*tls_files) if tls_files else None
+    async with rpc.connect(addr, ssl_context=context) as conn:
         cap = await conn.bootstrap(diag.Diag)
         await cap.ping()
         small = b"x" * 16
@@ -82,7 +91,7 @@ async def _chordfs_client(addr: str, n: int, workers: int = 1000, big_reps: int 
         return {"seq_calls_s": seq, "conc_calls_s": conc, "echo_1mib_mib_s": mibs}
 
 
-def _client_run(which: str, port: int, calls: int) -> dict:
+def _client_run(which: str, port: int, calls: int, tls_files: list[str]) -> dict:
     addr = f"127.0.0.1:{port}"
     if which == "pycapnp":
         out = subprocess.run([sys.executable, "-m", "tests.rpc.pycapnp_peer", "bench", addr, str(calls)],
@@ -91,7 +100,7 @@ def _client_run(which: str, port: int, calls: int) -> dict:
         if out.returncode:
             raise SystemExit(f"pycapnp client failed: {out.stderr.strip()[-500:]}")
         return json.loads(out.stdout)
-    out = subprocess.run([sys.executable, __file__, "_client", addr, str(calls)], cwd=ROOT,
+    out = subprocess.run([sys.executable, __file__, "_client", addr, str(calls), *tls_files], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     if out.returncode:
         raise SystemExit(f"chordfs client failed: {out.stderr.strip()[-500:]}")
@@ -100,20 +109,25 @@ def _client_run(which: str, port: int, calls: int) -> dict:
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "_serve":
-        trio.run(_serve, argv[1])
+        trio.run(_serve, *argv[1:])
         return 0
     if argv and argv[0] == "_client":
-        print(json.dumps(trio.run(_chordfs_client, argv[1], int(argv[2]))))
+        print(json.dumps(trio.run(_chordfs_client, argv[1], int(argv[2]), *argv[3:])))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    from tests import tls
+    server_cert, server_key = tls._issue("node", "bench-server")
+    client_cert, client_key = tls._issue("client", "bench-client")
     servers = {
         "pycapnp": ["-m", "tests.rpc.pycapnp_peer", "server", "0"],
         "chordfs-inline": [__file__, "_serve", "inline"],
         "chordfs-task": [__file__, "_serve", "task"],
+        "chordfs-tls": [__file__, "_serve", "inline", tls.ca_cert(), server_cert, server_key],
     }
+    client_tls = {"chordfs-tls": [tls.ca_cert(), client_cert, client_key]}
     # All servers up at once and the repeats interleaved, so background load
     # on a shared machine lands on every side alike.
     started = {name: _start(cmd) for name, cmd in servers.items()}
@@ -122,7 +136,7 @@ def main(argv: list[str]) -> int:
         for _ in range(args.repeats):
             for name, (_, port) in started.items():
                 client = "pycapnp" if name == "pycapnp" else "chordfs"
-                runs[name].append(_client_run(client, port, args.calls))
+                runs[name].append(_client_run(client, port, args.calls, client_tls.get(name, [])))
     finally:
         for proc, _ in started.values():
             proc.kill()
@@ -137,12 +151,15 @@ def _report(results: dict) -> None:
     keys = [("seq_calls_s", "sequential small calls/s"), ("conc_calls_s", "concurrent calls/s (1,000 in flight)"),
             ("echo_1mib_mib_s", "1 MiB echo MiB/s")]
     base = results["pycapnp"]
-    print(f"{'metric':40s} {'pycapnp':>10s} {'chordfs-inline':>15s} {'ratio':>6s} {'chordfs-task':>13s} {'ratio':>6s}")
+    print(f"{'metric':40s} {'pycapnp':>10s} {'chordfs-inline':>15s} {'ratio':>6s} "
+          f"{'chordfs-task':>13s} {'ratio':>6s} {'inline+TLS':>11s} {'TLS/plain':>9s}")
     for key, label in keys:
         b = base[key]
         i = results["chordfs-inline"][key]
         t = results["chordfs-task"][key]
-        print(f"{label:40s} {b:10.0f} {i:15.0f} {i / b:6.2f} {t:13.0f} {t / b:6.2f}")
+        s = results["chordfs-tls"][key]
+        print(f"{label:40s} {b:10.0f} {i:15.0f} {i / b:6.2f} {t:13.0f} {t / b:6.2f} "
+              f"{s:11.0f} {s / i:9.2f}")
     print(f"cpus={os.cpu_count()} python={sys.version.split()[0]}")
 
 

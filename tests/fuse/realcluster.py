@@ -27,36 +27,36 @@ READY_DEADLINE_S = 30.0
 
 
 
-async def _raft_status(addr: str, timeout_s: float):
+async def _raft_status(addr: str, timeout_s: float, secure: bool):
     with trio.fail_after(timeout_s):
         async with rpc.connect(addr, connect_timeout_s=timeout_s,
-                               ssl_context=tls.client_context()) as conn:
+                               ssl_context=tls.client_context() if secure else None) as conn:
             cap = await conn.bootstrap(raft_capnp.Raft, timeout_s=timeout_s)
             return await cap.status(timeout_s=timeout_s)
 
 
-async def _ring_members(addr: str, timeout_s: float):
+async def _ring_members(addr: str, timeout_s: float, secure: bool):
     with trio.fail_after(timeout_s):
         async with rpc.connect(addr, connect_timeout_s=timeout_s,
-                               ssl_context=tls.client_context()) as conn:
+                               ssl_context=tls.client_context() if secure else None) as conn:
             cap = await conn.bootstrap(ring_capnp.RingPeer, timeout_s=timeout_s)
             reply = await cap.members(timeout_s=timeout_s)
             return updates_from(reply.members)
 
 
-def ring_alive(addr: str, timeout_s: float = 1.0) -> set[str] | None:
+def ring_alive(addr: str, timeout_s: float = 1.0, secure: bool = True) -> set[str] | None:
     """Names of the members one node's ring view holds alive (``chordfs status``)."""
     try:
-        members = trio.run(_ring_members, addr, timeout_s)
+        members = trio.run(_ring_members, addr, timeout_s, secure)
     except (rpc.RpcError, trio.TooSlowError, OSError):
         return None
     return {u.name for u in members if u.status.name.lower() == "alive"}
 
 
-def raft_status(addr: str, timeout_s: float = 1.0):
+def raft_status(addr: str, timeout_s: float = 1.0, secure: bool = True):
     """(id, leader, role, voters) of one node, or None if it does not answer."""
     try:
-        st = trio.run(_raft_status, addr, timeout_s)
+        st = trio.run(_raft_status, addr, timeout_s, secure)
     except (rpc.RpcError, trio.TooSlowError, OSError):
         return None
     return st.id, st.leader, str(st.role), len(st.voters)
@@ -67,6 +67,7 @@ class Cluster:
     base: pathlib.Path
     addrs: list[str]
     procs: list[subprocess.Popen]
+    secure: bool = True  # mutual TLS (tests/tls.py); False: --insecure nodes
 
     @property
     def spec(self) -> str:
@@ -79,7 +80,7 @@ class Cluster:
         """Index of the node whose Raft status says it leads (over at least
         ``voters`` voters), if one does."""
         for i in self.alive():
-            st = raft_status(self.addrs[i])
+            st = raft_status(self.addrs[i], secure=self.secure)
             if st is not None and st[2].lower() == "leader" and st[3] >= voters:
                 return i
         return None
@@ -100,7 +101,7 @@ class Cluster:
         the FUSE task) and place every chunk on that node alone."""
         want = {self.addrs[i] for i in self.alive()}
         deadline = time.monotonic() + timeout_s
-        while any(ring_alive(self.addrs[i]) != want for i in self.alive()):
+        while any(ring_alive(self.addrs[i], secure=self.secure) != want for i in self.alive()):
             if time.monotonic() > deadline:
                 raise AssertionError(f"ring did not converge within {timeout_s} s:\n{self.logs()}")
             time.sleep(0.1)
@@ -123,11 +124,12 @@ class Cluster:
 
 def start_cluster(base: pathlib.Path, n: int = 3,
                   node_env: dict[int, dict[str, str]] | None = None,
-                  log_level: str = "warning") -> Cluster:
-    """``node_env``: extra environment variables of node i (fault hooks)."""
+                  log_level: str = "warning", secure: bool = True) -> Cluster:
+    """``node_env``: extra environment variables of node i (fault hooks);
+    ``secure=False``: plain-TCP nodes (the TLS-cost benchmarks)."""
     base.mkdir(parents=True, exist_ok=True)
     addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
-    cluster = Cluster(base, addrs, [])
+    cluster = Cluster(base, addrs, [], secure)
     try:
         for i, addr in enumerate(addrs):
             with open(base / f"n{i}.log", "wb") as err:
@@ -135,7 +137,8 @@ def start_cluster(base: pathlib.Path, n: int = 3,
                     [sys.executable, "-m", "server.cli", "node", "--listen-port",
                      addr.split(":")[1], "--data-dir", str(base / f"n{i}"),
                      "--seeds", cluster.spec, "--log-level", log_level]
-                    + tls.node_flags(addr) + (["--init"] if i == 0 else []),
+                    + (tls.node_flags(addr) if secure else ["--insecure"])
+                    + (["--init"] if i == 0 else []),
                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
                     env={**os.environ, **(node_env or {}).get(i, {})}))
         cluster.wait_leader(voters=n if n % 2 else n - 1)
