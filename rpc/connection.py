@@ -74,11 +74,12 @@ class _Question:
 
 
 class _Answer:
-    __slots__ = ("scope", "finished", "cap_obj", "exports")
+    __slots__ = ("scope", "finished", "cap_obj", "exports", "params_bytes")
 
     def __init__(self, cap_obj=None, exports=()):
         self.scope = None
         self.finished = False
+        self.params_bytes = 0
         self.cap_obj = cap_obj  # set only for answers whose result is a capability
         self.exports = list(exports)
 
@@ -99,6 +100,9 @@ class Connection:
         self._deadlines = Deadlines()
         self._answers: dict[int, _Answer] = {}
         self._running_calls = 0
+        self._inflight_bytes = 0  # frames of the running calls' params
+        self._frame_bytes = 0  # of the frame being dispatched
+        self._bytes_freed = trio.Event()
         self._exports = ExportTable()
         self._result_words: dict[str, int] = {}  # method name -> first segment words
         self._imports: dict[int, int] = {}  # import id -> refcount held
@@ -194,6 +198,9 @@ class Connection:
         sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         try:
             while True:
+                while self._inflight_bytes >= self.limits.inflight_bytes_max:
+                    await self._bytes_freed.wait()
+                    self._bytes_freed = trio.Event()
                 target = decoder.big_target() if sock is not None else None
                 if target is not None:
                     with target:
@@ -222,6 +229,7 @@ class Connection:
             return f"stream error: {e!r}", False
 
     async def _dispatch(self, segments: list[bytes]) -> None:
+        self._frame_bytes = sum(len(s) for s in segments)
         try:
             fast = envelope.decode(segments, self.limits.traversal_words_max, self.limits.nesting_max)
             if fast is not None:
@@ -552,6 +560,8 @@ class Connection:
             await self._send(self._run_inline(qid, bound, method, params))
             return
         answer = _Answer()
+        answer.params_bytes = self._frame_bytes
+        self._inflight_bytes += answer.params_bytes
         self._answers[qid] = answer
         self._running_calls += 1
         self._nursery.start_soon(self._serve_call, qid, answer, bound, method, params)
@@ -618,6 +628,8 @@ class Connection:
             except Exception as e:  # noqa: BLE001 -- every error becomes a typed Return
                 error = e
         self._running_calls -= 1
+        self._inflight_bytes -= answer.params_bytes
+        self._bytes_freed.set()
         self._answers.pop(qid, None)
         if scope.cancelled_caught:
             frame = frames.canceled_frame(qid)

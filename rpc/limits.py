@@ -13,6 +13,10 @@ class Limits:
     traversal_factor: int = 4
     nesting_max: int = 64
     inflight_calls_max: int = 1024  # answers being computed for the peer
+    # Bytes of the params of those calls: past it the connection stops
+    # reading (TCP pushes back on the peer) until calls finish, so a peer
+    # cannot park frame_bytes_max x inflight_calls_max in our memory.
+    inflight_bytes_max: int = 64 * 1024 * 1024
     outstanding_calls_max: int = 1024  # our own questions awaiting a return
     send_queue_frames_max: int = 4096
     call_timeout_s: float = 30.0
@@ -22,7 +26,8 @@ class Limits:
         if self.frame_bytes_max < 64 or self.frame_bytes_max > (1 << 31):
             raise ValueError("frame_bytes_max must be between 64 bytes and 2 GiB")
         for name in ("segments_max", "nesting_max", "inflight_calls_max",
-                     "outstanding_calls_max", "send_queue_frames_max", "traversal_factor"):
+                     "outstanding_calls_max", "send_queue_frames_max", "traversal_factor",
+                     "inflight_bytes_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.call_timeout_s <= 0:

@@ -90,7 +90,7 @@ class NodeConfig:
     tls_key: str = _setting("", doc="this node's private key")
     insecure: bool = _setting(False, doc="plain TCP, no certificates: anyone who reaches the port "
                               "controls the cluster (tests and TLS-cost benchmarks only)")
-    connections_per_address_max: int = _setting(64, 1, 65536, doc="open connections one remote "
+    connections_per_address_max: int = _setting(32, 1, 65536, doc="open connections one remote "
                                                  "address may hold; more are closed at once")
 
     def __post_init__(self) -> None:

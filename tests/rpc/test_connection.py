@@ -119,6 +119,36 @@ async def test_server_inflight_limit_answers_overloaded(autojump_clock):
         assert sorted(map(str, results)) == ["b'wait'"] * 3 + ["overloaded"] * 2
 
 
+async def test_params_bytes_in_flight_pause_reading_instead_of_piling_up(autojump_clock):
+    """Calls whose params add up to inflight_bytes_max stop the reader: the
+    next frames wait in the peer's socket (TCP back-pressure), none is
+    refused, and all run once the first ones finish."""
+    limits = rpc.Limits(inflight_bytes_max=100 * 1024)
+
+    class Big(Recorder):
+        async def echo(self, params, results):
+            self.started += 1
+            await self.gate.wait()
+            results.data = params.data[:4]
+
+    rec = Big()
+    async with rpc.memory_pair(bootstrap_b=rec, limits=limits) as (a, b):
+        cap = await a.bootstrap(diag.Diag)
+        results = []
+
+        async def call(i):
+            results.append((await cap.echo(data=bytes([i]) * (40 * 1024))).data)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(6):
+                nursery.start_soon(call, i)
+            await trio.sleep(1)
+            assert rec.started == 3 and b._inflight_bytes >= limits.inflight_bytes_max
+            rec.gate.set()
+        assert sorted(results) == [bytes([i]) * 4 for i in range(6)] and rec.started == 6
+        assert b._inflight_bytes == 0
+
+
 async def test_client_outstanding_limit_waits(autojump_clock):
     limits = rpc.Limits(outstanding_calls_max=2)
     rec = Recorder()
