@@ -159,7 +159,16 @@ def init_main(cfg) -> int:
         print(f"chordfs: {cfg.data_dir} already belongs to cluster {existing.cluster_id}; "
               "cluster init runs once, on one node", file=sys.stderr)
         return 1
-    ident = found_cluster(cfg.data_dir, os.path.join(meta_dir, "raft"), cfg.node_name)
+    cluster_id = None
+    if cfg.tls_cert:  # a TLS cluster's id is its CA's
+        from .pki import PkiError, identity_of_pem
+        try:
+            cluster_id = identity_of_pem(cfg.tls_cert).cluster_id
+        except PkiError as e:
+            print(f"chordfs: {e}", file=sys.stderr)
+            return 2
+    ident = found_cluster(cfg.data_dir, os.path.join(meta_dir, "raft"), cfg.node_name,
+                          cluster_id=cluster_id)
     print(f"cluster {ident.cluster_id} founded: node {ident.node_id:016x} at {cfg.node_name} is its "
           "first voter; start it with `chordfs node`, and the others with --seeds pointing at it")
     return 0

@@ -113,14 +113,15 @@ def load_or_create(data_dir: str) -> Identity:
     return ident
 
 
-def init_cluster(data_dir: str) -> Identity:
-    """Make this directory the first member of a new cluster.  Refuses a
+def init_cluster(data_dir: str, cluster_id: str | None = None) -> Identity:
+    """Make this directory the first member of a new cluster, under
+    ``cluster_id`` (a TLS cluster's: its CA's) or a new id.  Refuses a
     directory that already belongs to a cluster (init runs once)."""
     ident = load_or_create(data_dir)
     if ident.cluster_id:
         raise IdentityError(f"{data_dir} already belongs to cluster {ident.cluster_id}; "
                             "cluster init runs once, on one node")
-    ident = dataclasses.replace(ident, cluster_id=new_cluster_id(), founder=True)
+    ident = dataclasses.replace(ident, cluster_id=cluster_id or new_cluster_id(), founder=True)
     save(data_dir, ident)
     return ident
 

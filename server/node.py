@@ -18,7 +18,7 @@ import rpc
 from rpc.logfmt import kv
 from rpc.pool import Pool
 
-from . import clusterparams, sdnotify
+from . import clusterparams, identity, sdnotify
 from .access import Guarded
 from .config import NodeConfig
 from .diag import DiagServer
@@ -66,7 +66,8 @@ class NodeServer(Guarded, DiagServer, ChunkStoreServer, RingPeerServer, RaftServ
         return self.node.ring
 
 
-def open_metadata(cfg: NodeConfig, pool, resolve=None, init: bool = False) -> MetadataGroup:
+def open_metadata(cfg: NodeConfig, pool, resolve=None, init: bool = False,
+                  cluster_id: str | None = None) -> MetadataGroup:
     """This node's metadata replica: with ``init`` on a directory that
     belongs to no cluster, the first voter of a new one; otherwise it joins
     through its seeds as a learner (promoted later by the leader)."""
@@ -83,7 +84,8 @@ def open_metadata(cfg: NodeConfig, pool, resolve=None, init: bool = False) -> Me
                          init=InitParams(now_ns=0, chunk_bytes=cfg.chunk_bytes_max),
                          voters_max=cfg.voters_max, resolve=resolve,
                          frame_bytes_max=cfg.frame_bytes_max, bootstrap=init,
-                         identity_dir=cfg.data_dir, params=clusterparams.params_of(cfg))
+                         identity_dir=cfg.data_dir, params=clusterparams.params_of(cfg),
+                         cluster_id=cluster_id)
 
 
 def rpc_limits(cfg: NodeConfig) -> rpc.Limits:
@@ -110,6 +112,14 @@ def tls_files(cfg: NodeConfig) -> TlsFiles | None:
     if ident.name != cfg.node_name:
         raise PkiError(f"{cfg.tls_cert} is node {ident.name}'s certificate, but this node is "
                        f"{cfg.node_name} (node_name)")
+    try:
+        member = identity.load(cfg.data_dir)
+    except identity.IdentityError:
+        member = None  # the node's start reports a damaged identity in its own words
+    if member is not None and member.cluster_id and member.cluster_id != ident.cluster_id:
+        raise PkiError(f"{cfg.data_dir} belongs to cluster {member.cluster_id} but {cfg.tls_cert} "
+                       f"is for cluster {ident.cluster_id}; certificates of this cluster come "
+                       f"from a CA made with chordfs ca init --cluster-id {member.cluster_id}")
     return files
 
 
@@ -173,7 +183,9 @@ class Node:
                 pool = Pool(nursery, limits=rpc_limits(cfg), connect_timeout_s=1.0, backoff_max_s=1.0,
                             ssl_context=tls.client_context() if tls else None)
                 self.pool = pool
-                self.metadata = open_metadata(cfg, pool, init=self.init)
+                # A TLS cluster's id is its CA's: founding takes it from there.
+                self.metadata = open_metadata(cfg, pool, init=self.init,
+                                              cluster_id=tls.identity().cluster_id if tls else None)
                 if tls is None:
                     log.warning(kv("node.insecure", node=cfg.node_name,
                                    detail="plain TCP, no certificates: anyone who reaches "

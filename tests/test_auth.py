@@ -126,7 +126,8 @@ async def test_a_node_certificate_cannot_speak_for_another_node(node):
             raft = await conn.bootstrap(raft_capnp.Raft, timeout_s=5)
             status = await raft.status(timeout_s=5)
 
-            assert status.clusterId  # the right cluster: only the sender is wrong
+            # The right cluster (founded under its CA's id): only the sender is wrong.
+            assert status.clusterId == pki.identity_of_pem(tls.ca_cert()).cluster_id
 
             def fill(p):  # "I am the leader, at a higher term": would depose it
                 fill_batch(p, [Heartbeat(status.id, status.id, status.term + 5, 0, 0)])
@@ -204,3 +205,19 @@ def test_a_read_only_certificate_mounts_read_only(node, tmp_path):
         assert e.value.errno == errno.EROFS
     finally:
         stop_mount(mount)
+
+
+def test_a_node_refuses_certificates_of_another_cluster_than_its_data(tmp_path):
+    from server import identity
+    from server.config import NodeConfig
+    from server.node import tls_files
+    name = "127.0.0.1:7999"
+    flags = dict(zip(["tls_ca", "tls_cert", "tls_key"], tls.node_flags(name)[1::2]))
+    cfg = NodeConfig(data_dir=str(tmp_path / "d"), listen_port=7999, **flags)
+    assert tls_files(cfg).identity().name == name  # no identity yet: fine
+    identity.init_cluster(cfg.data_dir, "ab" * 16)
+    with pytest.raises(pki.PkiError, match="chordfs ca init --cluster-id " + "ab" * 16):
+        tls_files(cfg)
+    other = NodeConfig(data_dir=str(tmp_path / "e"), listen_port=7998, **flags)
+    with pytest.raises(pki.PkiError, match="this node is 127.0.0.1:7998"):
+        tls_files(other)

@@ -153,7 +153,8 @@ def _run(reader: MetaStore, q):
 
 
 def found_cluster(identity_dir: str, raft_dir: str, node_name: str,
-                  params: tuple[tuple[str, int], ...] = ()) -> identity.Identity:
+                  params: tuple[tuple[str, int], ...] = (),
+                  cluster_id: str | None = None) -> identity.Identity:
     """Make this node the first member of a new cluster (chordfs cluster
     init, node --init): a cluster id, then the first configuration -- this
     node, the only voter, and the cluster-wide settings ``params`` -- written
@@ -162,7 +163,7 @@ def found_cluster(identity_dir: str, raft_dir: str, node_name: str,
     another cluster (not the founder) is left as it is."""
     ident = identity.load_or_create(identity_dir)
     if not ident.cluster_id:
-        ident = identity.init_cluster(identity_dir)
+        ident = identity.init_cluster(identity_dir, cluster_id)
     elif not ident.founder or ident.member:
         log.info(kv("meta.init_skipped", node=node_name, cluster=ident.cluster_id,
                     reason="this data directory already belongs to a cluster"))
@@ -202,7 +203,8 @@ class MetadataGroup:
     def __init__(self, node_name: str, seeds: list[str], data_dir: str, pool, *,
                  tick_s: float, cfg: RaftConfig, init: InitParams, voters_max: int = 5,
                  resolve=None, frame_bytes_max: int = 16 << 20, bootstrap: bool = False,
-                 identity_dir: str | None = None, params: tuple[tuple[str, int], ...] = ()):
+                 identity_dir: str | None = None, params: tuple[tuple[str, int], ...] = (),
+                 cluster_id: str | None = None):
         self.name, self.pool, self.voters_max = node_name, pool, voters_max
         self.seeds = [s for s in seeds if s != node_name]
         self.identity_dir = identity_dir or data_dir
@@ -211,7 +213,7 @@ class MetadataGroup:
         ident = identity.load_or_create(self.identity_dir)
         if bootstrap:
             ident = found_cluster(self.identity_dir, raft_dir, node_name,
-                                  params or (("chunk_bytes_max", init.chunk_bytes),))
+                                  params or (("chunk_bytes_max", init.chunk_bytes),), cluster_id)
         if not LogStorage.has_state(raft_dir):
             identity.check_storage(ident, has_raft_state=False)
         elif not ident.cluster_id:
