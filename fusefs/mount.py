@@ -188,7 +188,8 @@ def parse_args(argv: list[str]) -> MountConfig:
     parser.add_argument("--local", metavar="DATA_DIR",
                         help="serve this directory (metadata + chunks) in-process")
     parser.add_argument("places", nargs="*", metavar="[HOST:PORT,...] MOUNTPOINT")
-    parser.add_argument("-o", dest="options", default="", help="mount options")
+    parser.add_argument("-o", dest="options", action="append", default=[],
+                        help="mount options (comma-separated; -o may repeat)")
     parser.add_argument("-f", "--foreground", action="store_true")
     parser.add_argument("--log", dest="log_file", help="log file when detached")
     parser.add_argument("--debug", action="store_true")
@@ -200,7 +201,7 @@ def parse_args(argv: list[str]) -> MountConfig:
         raise UsageError(f"{mountpoint} is already a mount point")
     if args.local and os.path.exists(args.local) and not os.path.isdir(args.local):
         raise UsageError(f"data directory {args.local} is not a directory")
-    opts = parse_options(args.options)
+    opts = parse_options(",".join(args.options))
     tls = None if args.local else _tls_files(opts)
     if tls is not None and tls.identity().read_only:
         # Nothing this mount could send would be accepted; the kernel
@@ -499,7 +500,7 @@ def helper_main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="mount.chordfs")
     parser.add_argument("source")
     parser.add_argument("mountpoint")
-    parser.add_argument("-o", dest="options", default="")
+    parser.add_argument("-o", dest="options", action="append", default=[])
     for flag in ("-s", "-f", "-n", "-v"):
         parser.add_argument(flag, action="store_true")
     try:
@@ -514,7 +515,7 @@ def helper_main(argv: list[str] | None = None) -> int:
         return 2
     if args.f:
         return 0
-    return mount_main(mount_argv + ["-o", args.options])
+    return mount_main(mount_argv + ["-o", ",".join(args.options)])
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ pytestmark = pytest.mark.integration
     (["--local", "/tmp", "/nonexistent-mnt"], "not a directory"),
     (["--local", "/tmp", "/tmp", "-o", "bogus"], "unknown mount option 'bogus'"),
     (["--local", "/tmp", "/tmp", "-o", "attr_timeout=x"], "needs a number"),
+    (["127.0.0.1:1", "/tmp", "-o", "insecure", "-o", "tls_ca=/x"], "insecure contradicts tls_ca"),
+    (["127.0.0.1:1", "/tmp", "-o", "tls_cert=/nonexistent"], "tls_cert needs tls_ca too"),
+    (["127.0.0.1:1", "/tmp", "-o", "tls_ca=/n/ca,tls_cert=/n/c,tls_key=/n/k"], "/n/ca"),
 ])
 def test_bad_arguments_are_one_sentence(argv, words, capsys):
     assert mount_main(argv) == 2
@@ -76,3 +79,9 @@ def test_sigterm_unmounts_and_commits_open_files(tmp_path):
         assert (mount.path / "open-at-exit").read_bytes() == b"x" * 100_000
     finally:
         stop_mount(mount)
+
+
+def test_repeated_o_options_add_up(tmp_path):
+    from fusefs.mount import parse_args
+    cfg = parse_args(["127.0.0.1:1", str(tmp_path), "-o", "insecure", "-o", "sync_meta,ro"])
+    assert cfg.sync_meta and cfg.tls is None and "ro" in cfg.fuse_options
