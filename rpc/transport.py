@@ -1,4 +1,4 @@
-"""Ways to get a stream under a Connection: TCP (optionally TLS), and trio
+"""Ways to get a stream under a Connection: TCP (optionally TLS, rpc/tls.py), and trio
 memory streams for tests; plus serving and connecting helpers."""
 
 import contextlib
@@ -11,6 +11,7 @@ import trio.testing
 from .connection import Connection
 from .errors import ConnectionLost
 from .limits import Limits
+from .tls import TlsStream
 from .logfmt import kv
 
 log = logging.getLogger("chordfs.rpc")
@@ -60,7 +61,7 @@ async def serve_tcp(bootstrap_factory, port: int, *, host: str = "127.0.0.1",
 
     async def _serve_one(stream, peer):
         if ssl_context is not None:
-            stream = trio.SSLStream(stream, ssl_context, server_side=True)
+            stream = TlsStream(stream, ssl_context, server_side=True)
             with trio.move_on_after(handshake_timeout_s) as scope:
                 try:
                     await stream.do_handshake()
@@ -103,7 +104,8 @@ async def open_tcp_stream(addr: str, *, ssl_context: ssl.SSLContext | None = Non
         with trio.fail_after(connect_timeout_s):
             stream = await trio.open_tcp_stream(host, port)
             if ssl_context is not None:
-                stream = trio.SSLStream(stream, ssl_context, server_hostname=server_hostname or host)
+                stream = TlsStream(stream, ssl_context, server_side=False,
+                                   server_hostname=server_hostname or host)
                 await stream.do_handshake()
             return stream
     except trio.TooSlowError:
