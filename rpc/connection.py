@@ -192,19 +192,23 @@ class Connection:
     async def _read_until_closed(self) -> tuple[str, bool]:
         decoder = FrameDecoder(self.limits)
         stream = self._stream
-        # A plain TCP stream lets the body of a big frame (a chunk) be
-        # received straight into its buffer: no bytes object per receive
-        # and no copy after it. Other streams (TLS) go through receive_some.
-        sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        # A plain TCP stream, or TLS (rpc/tls.py), lets the body of a big
+        # frame (a chunk) be received straight into its buffer: no bytes
+        # object per receive and no copy after it. Other streams go through
+        # receive_some.
+        if isinstance(stream, trio.SocketStream):
+            recv_into = stream.socket.recv_into
+        else:
+            recv_into = getattr(stream, "receive_into", None)
         try:
             while True:
                 while self._inflight_bytes >= self.limits.inflight_bytes_max:
                     await self._bytes_freed.wait()
                     self._bytes_freed = trio.Event()
-                target = decoder.big_target() if sock is not None else None
+                target = decoder.big_target() if recv_into is not None else None
                 if target is not None:
                     with target:
-                        count = await sock.recv_into(target)
+                        count = await recv_into(target)
                     if count:
                         decoder.big_filled(count)
                         while (segments := decoder.next_frame()) is not None:

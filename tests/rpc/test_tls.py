@@ -40,9 +40,16 @@ async def _pair(server_ctx, client_ctx, client_kind=TlsStream):
 
 
 async def _read_exactly(stream, n: int) -> bytes:
+    """receive_some and (TlsStream) receive_into, mixed at random."""
     got = bytearray()
     while len(got) < n:
-        piece = await stream.receive_some(random.choice([1, 100, 65536, 300_000]))
+        size = random.choice([1, 100, 65536, 300_000])
+        if hasattr(stream, "receive_into") and random.random() < 0.5:
+            buf = bytearray(min(size, n - len(got)))
+            count = await stream.receive_into(memoryview(buf))
+            piece = bytes(buf[:count])
+        else:
+            piece = await stream.receive_some(size)
         assert piece, "closed early"
         got += piece
     return bytes(got)
