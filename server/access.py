@@ -33,7 +33,7 @@ _IFACES = {name: rpc.Interface.of(getattr(schema.load(module), name)).id
                                 ("ring", "RingPeer"), ("store", "ChunkStore"))}
 
 CLIENT = {
-    "Diag": {"ping"},
+    "Diag": {"ping", "report"},
     "Metadata": {"query", "leaseEvents"},
     "Raft": {"propose", "status"},
     "RingPeer": {"members"},

@@ -33,6 +33,10 @@ def _addr(text: str) -> str:
     return text
 
 
+def _addrs(text: str) -> list[str]:
+    return [_addr(a) for a in text.split(",") if a] or [_addr(text)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="chordfs", description="chordfs: a POSIX filesystem served by a cluster")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -65,10 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("--count", type=int, default=3)
     ping.add_argument("--timeout-s", type=float, default=3.0)
     _add_tls_arguments(ping)
-    status = sub.add_parser("status", help="print a node's ring members: name, state, incarnation")
-    status.add_argument("addr", type=_addr)
+    status = sub.add_parser("status", help="the cluster as its nodes report it: each member's "
+                                           "ring state, Raft role, term, commit and applied "
+                                           "index, disk, blocks, repair, scrub and GC")
+    status.add_argument("addr", type=_addrs, help="any node(s), host:port[,host:port...]")
+    status.add_argument("--json", action="store_true", help="every node's report as JSON")
+    status.add_argument("--ring", action="store_true",
+                        help="only the first node's ring view: name, state, incarnation per line")
     status.add_argument("--timeout-s", type=float, default=3.0)
     _add_tls_arguments(status)
+    df = sub.add_parser("df", help="disk used and free on every node, and what the filesystem holds")
+    df.add_argument("addr", type=_addrs, help="any node(s), host:port[,host:port...]")
+    df.add_argument("--json", action="store_true", help="every node's report as JSON")
+    df.add_argument("--timeout-s", type=float, default=3.0)
+    _add_tls_arguments(df)
     mount = sub.add_parser("mount", help="mount a cluster: chordfs mount ADDR[,ADDR...] MOUNTPOINT [-o opts]",
                            add_help=False)
     mount.add_argument("rest", nargs=argparse.REMAINDER)
@@ -186,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "example-config":
         print(example_toml(), end="")
         return 0
-    if args.command in ("ping", "status"):
+    if args.command in ("ping", "status", "df"):
         try:
             context = _client_context(args)
         except UsageError as e:
@@ -194,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.command == "ping":
             return trio.run(_ping, args.addr, args.count, args.timeout_s, context)
-        return trio.run(_status, args.addr, args.timeout_s, context)
+        if args.command == "status" and args.ring:
+            return trio.run(_status, args.addr[0], args.timeout_s, context)
+        from .statuscli import main as status_main
+        return status_main(args.addr, args.command, args.json, args.timeout_s, context)
     if args.command == "ca":
         return _ca_init(args)
     if args.command == "cert":

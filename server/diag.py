@@ -32,6 +32,9 @@ class DiagServer(rpc.Server, interfaces=[diag.Diag]):
             raise ValueError(f"unknown error kind {params.kind!r}")
         raise cls(params.message)
 
+    async def report(self, params, results):
+        raise rpc.Unimplemented("this server keeps no node report")
+
     async def sleep(self, params, results):
         try:
             await trio.sleep(min(params.ms, SLEEP_MS_MAX) / 1000)

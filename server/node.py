@@ -28,6 +28,7 @@ from .pki import PeerIdentity, PkiError, TlsFiles, identity_of_cert
 from .raft.config import RaftConfig
 from .raft.messages import RaftError, Role
 from .raft.server import RaftServer
+from .report import node_report, to_json
 from .ring.service import RingPeerServer, RingService
 from .store.aiostore import AsyncChunkStore
 from .store.compactor import Compactor
@@ -56,6 +57,9 @@ class NodeServer(Guarded, DiagServer, ChunkStoreServer, RingPeerServer, RaftServ
         self.raft_service = node.metadata.group.service if node.metadata else None
         self.raft_pool = node.pool
         self.raft_addr_of = node.metadata.group.addr_of if node.metadata else (lambda _: None)
+
+    async def report(self, params, results):
+        results.json = to_json(await node_report(self.node))
 
     @property
     def ring_service(self) -> RingService:
@@ -158,9 +162,11 @@ class Node:
         self.maintenance: Maintenance | None = None
         self.compactor: Compactor | None = None
         self.effective: NodeConfig = config  # with the cluster's settings once known
+        self.started_s = 0.0  # trio time of run()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
+        self.started_s = trio.current_time()
         os.makedirs(cfg.data_dir, exist_ok=True)
         self.store = await AsyncChunkStore.open(
             os.path.join(cfg.data_dir, "chunks"), threads_max=cfg.store_threads_max,

@@ -16,4 +16,8 @@ interface Diag {
   sleep @3 (ms :UInt32) -> (completed :Bool);
   # Waits ms milliseconds (capped by the server) to exercise deadlines and
   # cancellation.
+
+  report @4 () -> (json :Text);
+  # The node's own state for operators (server/report.py): Raft, disk and
+  # blocks, ring view, repair/scrub/GC passes; JSON with stable keys.
 }

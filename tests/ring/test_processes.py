@@ -118,7 +118,7 @@ async def test_five_processes_detect_a_crash_and_take_the_node_back(tmp_path):
         took = await wait_for(addrs, lambda t: statuses(t, addrs) == all_alive, 30)
         print(f"\n5 nodes all alive on all after {took:.2f} s")
 
-        status = subprocess.run([sys.executable, "-m", "server.cli", "status", addrs[3],
+        status = subprocess.run([sys.executable, "-m", "server.cli", "status", addrs[3], "--ring",
                                  "--insecure"], capture_output=True, text=True, timeout=20, cwd=ROOT)
         assert status.returncode == 0, status.stderr
         lines = status.stdout.splitlines()

@@ -1,0 +1,104 @@
+"""What one node knows about itself, as one plain dict: its Raft state, its
+disk and blocks, its view of the ring, and its repair, scrub, GC and sweep
+passes.  It is what ``Diag.report`` answers (as JSON), what ``chordfs
+status`` gathers from every member, and what the metrics endpoint and the
+status page show, so the operator's three views never disagree.
+
+Everything here is read from the node's own state at the moment of the
+call; nothing waits on the network.  Keys are stable (tools and tests read
+them); a value not known yet (a joiner without a ring) is None."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import trio
+
+REPORT_VERSION = 1
+
+
+def _raft(node) -> dict | None:
+    group = node.metadata.group if node.metadata is not None else None
+    if group is None:
+        return None
+    service, core = group.service, group.service.core
+    st = core.status()
+    members = st.membership
+    live = core.live_members()
+    progress = core.tracker.progress if core.tracker is not None and live else {}
+    ids = sorted(members.voters) + sorted(members.learners)
+    return {
+        "id": f"{st.id:x}", "role": st.role.name.lower(), "term": st.term,
+        "leader": f"{st.leader:x}" if st.leader else None,
+        "leader_addr": (members.name_of(st.leader) or None) if st.leader else None,
+        "commit": st.commit, "applied": service.applied, "last_index": st.last_index,
+        "snapshot_index": group.storage.snapshot.meta.index if group.storage.snapshot else 0,
+        "members": [{"id": f"{i:x}", "name": members.name_of(i) or "",
+                     "voter": i in members.voters,
+                     "live": i in live if live else None,
+                     "match": progress[i].match if i in progress else None} for i in ids],
+    }
+
+
+def _ring(node) -> list[dict] | None:
+    if node.ring is None:
+        return None
+    return [{"name": u.name, "state": u.status.name.lower(), "incarnation": u.incarnation}
+            for u in sorted(node.ring.members(), key=lambda u: u.name)]
+
+
+def _namespace(node) -> dict | None:
+    """This replica's counters (as of its applied index): files and bytes
+    the filesystem holds, blocks it references."""
+    if node.metadata is None:
+        return None
+    st = node.metadata.reader.statfs()
+    return {"inodes": st.inodes, "bytes": st.bytes, "blocks": st.chunks}
+
+
+async def node_report(node) -> dict:
+    cfg = node.effective
+    stats = await node.store.stats() if node.store is not None else None
+    maintenance = node.maintenance.status() if node.maintenance is not None else None
+    running = node.maintenance.repair_running if node.maintenance is not None else None
+    ident = node.metadata.identity if node.metadata is not None else None
+    return {
+        "version": REPORT_VERSION,
+        "node": cfg.node_name,
+        "cluster": (ident.cluster_id or None) if ident is not None else None,
+        "secure": node.tls is not None,
+        "wall_time_s": time.time(),
+        "uptime_s": round(trio.current_time() - node.started_s, 1),
+        "placement": {"replication_factor": cfg.replication_factor,
+                      "virtual_ids_per_node": cfg.virtual_ids_per_node,
+                      "chunk_bytes_max": cfg.chunk_bytes_max},
+        "raft": _raft(node),
+        "namespace": _namespace(node),
+        "store": dataclasses.asdict(stats) if stats is not None else None,
+        "ring": _ring(node),
+        "repair": {
+            "running": running is not None,
+            "backlog_tasks": (running.tasks_total - running.tasks_done) if running else 0,
+            "progress": ({"done": running.tasks_done, "total": running.tasks_total}
+                         if running else None),
+            "passes": maintenance["repair_passes"] if maintenance else 0,
+            # Copies the last pass had to make: blocks it found with fewer
+            # replicas than placement asks for.
+            "under_replicated_last_pass": ((maintenance["repair_last"] or {}).get("chunks_pulled", 0)
+                                           + (maintenance["repair_last"] or {}).get("chunks_pushed", 0)
+                                           if maintenance else None),
+            "last": maintenance["repair_last"] if maintenance else None,
+        },
+        "scrub": maintenance["scrub_last"] if maintenance else None,
+        "gc": maintenance["gc_last"] if maintenance else None,
+        "sweep": maintenance["sweep_last"] if maintenance else None,
+        "restored": maintenance["restored"] if maintenance else 0,
+        "restore_failed": maintenance["restore_failed"] if maintenance else 0,
+    }
+
+
+def to_json(report: dict) -> str:
+    import json
+    return json.dumps(report, sort_keys=True,
+                      default=lambda v: sorted(v) if isinstance(v, (set, frozenset)) else str(v))

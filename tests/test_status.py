@@ -1,0 +1,65 @@
+"""`chordfs status` and `chordfs df` against a real 3-node cluster with
+mutual TLS: every member's report, one leader, the blocks a written file
+put on the nodes, and an unreachable member named as such."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import tls
+from tests.fuse.conftest import ROOT, fuse_usable, start_mount, stop_mount
+from tests.fuse.realcluster import start_cluster
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "server.cli", *args, *tls.cli_flags()],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+@pytest.mark.skipif(not fuse_usable(), reason="no FUSE here")
+def test_status_and_df_show_every_member(tmp_path):
+    cluster = start_cluster(tmp_path / "c")
+    try:
+        mount = start_mount(cluster.spec, tmp_path / "m", tmp_path / "m.log")
+        try:
+            (mount.path / "f").write_bytes(os.urandom(300_000))  # one block, 3 copies
+            os.sync()
+        finally:
+            stop_mount(mount)
+        deadline = time.monotonic() + 30
+        while True:
+            out = _cli("status", cluster.addrs[1], "--json")
+            assert out.returncode == 0, out.stderr
+            nodes = json.loads(out.stdout)["nodes"]
+            blocks = [n["store"]["chunk_count"] for n in nodes.values()]
+            applied = {n["raft"]["applied"] for n in nodes.values()}
+            if sum(blocks) >= 3 and len(applied) == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert sorted(nodes) == sorted(cluster.addrs)
+        assert [n["raft"]["role"] for n in nodes.values()].count("leader") == 1
+        assert sum(blocks) >= 3 and len(applied) == 1, (blocks, applied)
+        assert all(n["secure"] and n["cluster"] for n in nodes.values())
+        assert all(n["namespace"]["inodes"] >= 2 for n in nodes.values())
+        table = _cli("status", cluster.spec)
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        assert lines[0].startswith("cluster ") and "leader 127.0.0.1:" in lines[0]
+        assert lines[1].split()[:3] == ["NODE", "RING", "ROLE"]
+        assert len(lines) == 2 + 3 + 1 and "unreachable: none" in lines[-1]
+        df = _cli("df", cluster.addrs[0])
+        assert df.returncode == 0 and "total" in df.stdout and "3 copies of each block" in df.stdout
+        cluster.kill(2)
+        down = _cli("status", cluster.spec, "--timeout-s", "2")
+        assert down.returncode == 3
+        assert f"unreachable: {cluster.addrs[2]}" in down.stdout.splitlines()[-1]
+    finally:
+        cluster.stop()
