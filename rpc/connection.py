@@ -23,6 +23,7 @@ A protocol violation or a frame beyond the limits closes this connection
 
 import itertools
 import logging
+import time
 
 import capnp
 import outcome
@@ -85,8 +86,12 @@ class _Answer:
 
 
 class Connection:
-    def __init__(self, stream, *, bootstrap=None, limits: Limits = Limits(), peer: str = ""):
+    def __init__(self, stream, *, bootstrap=None, limits: Limits = Limits(), peer: str = "",
+                 observe=None):
         self._stream = stream
+        # observe(method name, seconds, error, "Cancelled" or None) after each
+        # call served (metrics); it must not block or raise.
+        self._observe = observe
         self._bootstrap = bootstrap
         self.limits = limits
         self.id = next(_conn_ids)
@@ -603,14 +608,20 @@ class Connection:
         """Drive an inline method's coroutine to completion by hand: it must
         finish without yielding to trio."""
         payload, results = self._result_payload(method)
+        observe = self._observe
+        started = time.perf_counter() if observe is not None else 0.0
         coro = bound(params, results)
         try:
             coro.send(None)
         except StopIteration as done:
             if done.value is not None:
                 fill_struct(results, done.value)
+            if observe is not None:
+                observe(method.name, time.perf_counter() - started, None)
             return self._results_frame(qid, method, payload)
         except Exception as e:  # noqa: BLE001 -- becomes a typed Return
+            if observe is not None:
+                observe(method.name, time.perf_counter() - started, e)
             self._log_call_error(qid, method, e)
             return frames.exception_frame(qid, *errors.to_wire(e))
         coro.close()
@@ -621,6 +632,7 @@ class Connection:
     async def _serve_call(self, qid, answer, bound, method, params) -> None:
         payload, results = self._result_payload(method)
         error = None
+        started = time.perf_counter()
         with trio.CancelScope() as scope:
             answer.scope = scope
             if answer.finished:
@@ -631,6 +643,9 @@ class Connection:
                     fill_struct(results, value)
             except Exception as e:  # noqa: BLE001 -- every error becomes a typed Return
                 error = e
+        if self._observe is not None:
+            self._observe(method.name, time.perf_counter() - started,
+                          "Cancelled" if scope.cancelled_caught else error)
         self._running_calls -= 1
         self._inflight_bytes -= answer.params_bytes
         self._bytes_freed.set()

@@ -28,14 +28,16 @@ def split_addr(addr: str) -> tuple[str, int]:
 async def serve_tcp(bootstrap_factory, port: int, *, host: str = "127.0.0.1",
                     limits: Limits = Limits(), ssl_context: ssl.SSLContext | None = None,
                     handshake_timeout_s: float = 10.0, identify=None,
-                    per_address_max: int | None = None, task_status=trio.TASK_STATUS_IGNORED):
+                    per_address_max: int | None = None, observe=None,
+                    task_status=trio.TASK_STATUS_IGNORED):
     """Accept connections forever; each gets ``bootstrap_factory()`` as its
     bootstrap object, or ``bootstrap_factory(identify(stream))`` when
     ``identify`` is given (it sees the TLS stream after the handshake and
     raises ValueError to refuse the peer).  ``per_address_max``: open
     connections one remote address may hold; one more is closed at once, so
     a flood from one host cannot take the sockets and memory other peers
-    need.  ``task_status.started`` receives the listeners (so port 0
+    need.  ``observe``: the Connections' per-call hook (metrics).
+    ``task_status.started`` receives the listeners (so port 0
     callers can read the chosen port)."""
     open_by_host: dict[str, int] = {}
     refused_logged: set[str] = set()
@@ -82,7 +84,7 @@ async def serve_tcp(bootstrap_factory, port: int, *, host: str = "127.0.0.1",
             bootstrap = bootstrap_factory(who)
         else:
             bootstrap = bootstrap_factory()
-        conn = Connection(stream, bootstrap=bootstrap, limits=limits, peer=peer)
+        conn = Connection(stream, bootstrap=bootstrap, limits=limits, peer=peer, observe=observe)
         log.debug(kv("rpc.accepted", conn=conn.id, peer=peer))
         await conn.run()
 

@@ -81,7 +81,8 @@ class NodeConfig:
     repair_bytes_per_s: int = _setting(64 * MIB, 1, 1 << 40)
     scrub_bytes_per_s: int = _setting(16 * MIB, 1, 1 << 40)
     scrub_interval_s: float = _setting(7 * 86400.0, 1.0, 365 * 86400.0)
-    metrics_port: int = _setting(0, 0, 65535, doc="Prometheus endpoint; 0 disables")
+    metrics_port: int = _setting(0, 0, 65535, doc="HTTP port on listen_host: Prometheus /metrics, "
+                                 "the status page at /, /report.json; 0 disables")
     log_level: str = _setting("info", choices=_LOG_LEVELS)
     tls_ca: str = _setting("", doc="the cluster CA's certificate (chordfs ca init): every peer "
                            "must present a certificate it signed")

@@ -28,6 +28,7 @@ from .pki import PeerIdentity, PkiError, TlsFiles, identity_of_cert
 from .raft.config import RaftConfig
 from .raft.messages import RaftError, Role
 from .raft.server import RaftServer
+from .metrics import NodeMetrics
 from .report import node_report, to_json
 from .ring.service import RingPeerServer, RingService
 from .store.aiostore import AsyncChunkStore
@@ -163,6 +164,7 @@ class Node:
         self.compactor: Compactor | None = None
         self.effective: NodeConfig = config  # with the cluster's settings once known
         self.started_s = 0.0  # trio time of run()
+        self.metrics = None  # NodeMetrics when metrics_port is set
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -196,6 +198,7 @@ class Node:
                     log.warning(kv("node.insecure", node=cfg.node_name,
                                    detail="plain TCP, no certificates: anyone who reaches "
                                           f"{cfg.listen_addr} controls this cluster"))
+                metrics = self.metrics = NodeMetrics() if cfg.metrics_port else None
                 self.listeners = await nursery.start(
                     lambda task_status: rpc.serve_tcp(
                         (lambda peer: NodeServer(self, peer)) if tls else (lambda: NodeServer(self)),
@@ -203,8 +206,12 @@ class Node:
                         ssl_context=tls.server_context() if tls else None,
                         identify=identify_peer(tls.identity()) if tls else None,
                         per_address_max=cfg.connections_per_address_max,
+                        observe=metrics.observe_call if metrics else None,
                         task_status=task_status))
                 await nursery.start(self.metadata.run)
+                if metrics is not None:
+                    self.metadata.group.service.on_persist = metrics.observe_persist
+                    await nursery.start(self._serve_http, metrics)
                 # Placement comes from the committed configuration: a joiner
                 # has it once admitted (its ring waits for that).
                 if not await self._wait_joined(signals):
@@ -234,6 +241,20 @@ class Node:
                     nursery.cancel_scope.cancel()
                     break
         log.info(kv("node.stopped", node=cfg.node_name))
+
+    async def _serve_http(self, metrics, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from .httpstatus import StatusHttp
+        from .statuscli import gather
+        cfg, tls = self.config, self.tls
+        context = tls.client_context() if tls else None
+        http = StatusHttp(self, metrics, lambda addrs, timeout_s: gather(addrs, timeout_s, context))
+        try:
+            await http.serve(cfg.listen_host, cfg.metrics_port, task_status=task_status)
+        except OSError as e:
+            # The filesystem matters more than its dashboard: say so and go on.
+            log.error(kv("http.unavailable", node=cfg.node_name, port=cfg.metrics_port,
+                         error=e.strerror or str(e)))
+            task_status.started()
 
     def _applied_index(self) -> int:
         return self.metadata.reader.applied_index if self.metadata is not None else 0

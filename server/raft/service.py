@@ -109,6 +109,7 @@ class RaftService:
         self._snapshot_entries = snapshot_entries
         self._nursery: trio.Nursery | None = None
         self._compacting = False  # an image is being taken or saved
+        self.on_persist = None  # on_persist(seconds) after each log write (metrics)
         self._image: tuple[int, bytes] | None = None  # taken, not handed to the core yet
         self.applied = state_machine.applied_index()
         self._persist_cost = _Cost()  # per Ready
@@ -342,9 +343,12 @@ class RaftService:
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             if trace.ENABLED:
                 trace.mark(f"raft.persist {len(rd.entries)}")
+            started = time.perf_counter()
             await self._run_disk(self._persist_cost, 1,
                                  inline and rd.snapshot is None and self._small(rd.entries),
                                  self.storage.save, rd.hard_state, rd.entries, rd.snapshot)
+            if self.on_persist is not None:
+                self.on_persist(time.perf_counter() - started)
             if trace.ENABLED:
                 trace.mark("raft.persist.done")
 

@@ -124,9 +124,11 @@ class Cluster:
 
 def start_cluster(base: pathlib.Path, n: int = 3,
                   node_env: dict[int, dict[str, str]] | None = None,
-                  log_level: str = "warning", secure: bool = True) -> Cluster:
+                  log_level: str = "warning", secure: bool = True,
+                  node_args: dict[int, list[str]] | None = None) -> Cluster:
     """``node_env``: extra environment variables of node i (fault hooks);
-    ``secure=False``: plain-TCP nodes (the TLS-cost benchmarks)."""
+    ``secure=False``: plain-TCP nodes (the TLS-cost benchmarks);
+    ``node_args``: extra ``chordfs node`` flags of node i."""
     base.mkdir(parents=True, exist_ok=True)
     addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
     cluster = Cluster(base, addrs, [], secure)
@@ -138,6 +140,7 @@ def start_cluster(base: pathlib.Path, n: int = 3,
                      addr.split(":")[1], "--data-dir", str(base / f"n{i}"),
                      "--seeds", cluster.spec, "--log-level", log_level]
                     + (tls.node_flags(addr) if secure else ["--insecure"])
+                    + (node_args or {}).get(i, [])
                     + (["--init"] if i == 0 else []),
                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
                     env={**os.environ, **(node_env or {}).get(i, {})}))
