@@ -8,7 +8,16 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := fuse3 libfuse3-dev pkg-config attr acl
 
-.PHONY: run test stop bench sysdeps venv clean install-mount-helper
+.PHONY: run test stop bench sysdeps venv clean install-mount-helper install uninstall
+
+# `make install`: chordfs in its own environment, its commands on PATH, the
+# units where systemd looks, mount.chordfs where mount(8) looks. Every
+# directory can be moved (a package build, a test): make install OPT=/tmp/x ...
+OPT      ?= /opt/chordfs
+BINDIR   ?= /usr/local/bin
+SBINDIR  ?= /sbin
+UNITDIR  ?= /etc/systemd/system
+CONFDIR  ?= /etc/chordfs
 
 sysdeps:
 	@if ! pkg-config --exists fuse3 2>/dev/null || ! command -v fusermount3 >/dev/null \
@@ -45,3 +54,24 @@ clean:
 
 install-mount-helper: venv
 	$(VENV)/bin/chordfs install-mount-helper
+
+install: sysdeps
+	@test -x $(OPT)/bin/python || $(PYTHON) -m venv $(OPT)
+	$(OPT)/bin/python -m pip install -q --upgrade pip
+	$(OPT)/bin/python -m pip install -q .
+	install -d $(BINDIR) $(SBINDIR) $(UNITDIR)
+	install -d -m 0700 $(CONFDIR)/tls
+	ln -sfn $(OPT)/bin/chordfs $(BINDIR)/chordfs
+	ln -sfn $(OPT)/bin/mount.chordfs $(SBINDIR)/mount.chordfs
+	install -m 0644 systemd/chordfs-node@.service systemd/chordfs.target $(UNITDIR)/
+	@if [ -d /run/systemd/system ] && [ "$(UNITDIR)" = /etc/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed: $(BINDIR)/chordfs, $(SBINDIR)/mount.chordfs, units in $(UNITDIR) (chordfs in $(OPT))"
+	@echo "next: $(BINDIR)/chordfs example-config > $(CONFDIR)/NAME.toml, certificates into $(CONFDIR)/tls,"
+	@echo "      systemctl enable --now chordfs-node@NAME (see README 'Running nodes and mounting')"
+
+uninstall:
+	rm -f $(BINDIR)/chordfs $(SBINDIR)/mount.chordfs
+	rm -f $(UNITDIR)/chordfs-node@.service $(UNITDIR)/chordfs.target
+	rm -rf $(OPT)
+	@if [ -d /run/systemd/system ] && [ "$(UNITDIR)" = /etc/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "removed chordfs; $(CONFDIR) and node data directories are left as they were"

@@ -28,7 +28,8 @@ ignored. ``allow_other`` and ``default_permissions`` are on by default
 ``tls_ca``, ``tls_cert``, ``tls_key`` name the client certificate a cluster
 mount presents (``chordfs cert issue --client NAME``; default: ca.crt,
 client.crt and client.key in /etc/chordfs/tls); a read-only certificate
-mounts ``ro``; ``insecure`` mounts a plain-TCP cluster (tests only).
+mounts ``ro``; ``insecure`` mounts a plain-TCP cluster (tests only);
+``nonempty`` allows a mountpoint that holds files (refused otherwise).
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def parse_options(text: str) -> dict:
            "chunk_kib": CHUNK_BYTES_DEFAULT >> 10, "deadline": DEADLINE_S_DEFAULT,
            "writeback": WRITEBACK_DEFAULT, "acl": True, "sync_meta": False,
            "meta_batch_ms": int(FLUSH_AGE_S * 1000), "insecure": False,
-           "tls_ca": "", "tls_cert": "", "tls_key": ""}
+           "tls_ca": "", "tls_cert": "", "tls_key": "", "nonempty": False}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
         if key in ("attr_timeout", "entry_timeout", "deadline"):
@@ -158,6 +159,8 @@ def parse_options(text: str) -> dict:
             out[key] = value
         elif item == "insecure":
             out["insecure"] = True
+        elif item == "nonempty":
+            out["nonempty"] = True
         elif key == "noallow_other":
             out["allow_other"] = False
         elif item in ("writeback", "nowriteback"):
@@ -203,6 +206,11 @@ def parse_args(argv: list[str]) -> MountConfig:
         raise UsageError(f"data directory {args.local} is not a directory")
     opts = parse_options(",".join(args.options))
     tls = None if args.local else _tls_files(opts)
+    if not opts["nonempty"] and os.listdir(mountpoint):
+        # Mounting over files hides them until the unmount: almost always a
+        # wrong path. FUSE 3 dropped its own check.
+        raise UsageError(f"mountpoint {mountpoint} is not empty (its files would be hidden); "
+                         "-o nonempty mounts over them anyway")
     if tls is not None and tls.identity().read_only:
         # Nothing this mount could send would be accepted; the kernel
         # answers EROFS at once, and without leases it proposes nothing.

@@ -62,7 +62,6 @@ class NodeConfig:
     write_quorum_min: int = _setting(2, 1, 16, doc="fsynced acks a chunk write needs at least")
     voters_max: int = _setting(5, 1, 9, doc="Raft voters; further nodes are learners")
     chunk_bytes_max: int = _setting(4 * MIB, 4096, 64 * MIB)
-    inline_bytes_max: int = _setting(64 * 1024, 0, MIB, doc="files up to this live in metadata")
     disk_reserve_bytes: int = _setting(1024 * MIB, 0, 1 << 50, doc="free space never written into")
     store_threads_max: int = _setting(8, 1, 256, doc="worker threads for disk calls")
     tick_ms: int = _setting(10, 1, 1000)
@@ -391,9 +390,11 @@ def example_toml() -> str:
     """A commented node.toml with every key at its default."""
     lines = ["# chordfs node configuration; every key is optional except data_dir."]
     for key, f in FIELDS.items():
-        value = {"data_dir": "/var/lib/chordfs/node1", "tls_ca": "/etc/chordfs/tls/ca.crt",
-                 "tls_cert": "/etc/chordfs/tls/node1.crt",
-                 "tls_key": "/etc/chordfs/tls/node1.key"}.get(key, f.default)
+        # The paths of `make install` and the unit chordfs-node@n1 (its
+        # StateDirectory is /var/lib/chordfs/n1).
+        value = {"data_dir": "/var/lib/chordfs/n1", "tls_ca": "/etc/chordfs/tls/ca.crt",
+                 "tls_cert": "/etc/chordfs/tls/n1.crt",
+                 "tls_key": "/etc/chordfs/tls/n1.key"}.get(key, f.default)
         if isinstance(value, tuple):
             rendered = "[" + ", ".join(f'"{v}"' for v in value) + "]"
         elif isinstance(value, str):

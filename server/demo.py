@@ -21,11 +21,38 @@ def _pidfile(base: pathlib.Path) -> pathlib.Path:
     return base / "pids"
 
 
+class _Stop(Exception):
+    """SIGTERM or SIGHUP (the terminal closed): stop like Ctrl-C."""
+
+
+def _on_signal(signum, frame):
+    raise _Stop(signal.Signals(signum).name)
+
+
 def run(directory: str, base_port: int) -> int:
     base = pathlib.Path(directory).resolve()
     base.mkdir(parents=True, exist_ok=True)
-    if _pidfile(base).exists():
-        stop(directory)
+    running = [pid for pid in _recorded(base) if _alive(pid)]
+    if running:
+        print(f"chordfs: a demo cluster is already running from {base} (node pids "
+              f"{' '.join(map(str, running))}); stop it with `make stop` first", file=sys.stderr)
+        return 1
+    _pidfile(base).unlink(missing_ok=True)
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run(base, base_port)
+    except (KeyboardInterrupt, _Stop):
+        print("\nstopping the demo cluster")
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if _pidfile(base).exists():
+            with _signals_ignored():
+                stop(str(base))
+
+
+def _run(base: pathlib.Path, base_port: int) -> int:
     procs = []
     addrs = [f"127.0.0.1:{base_port + i}" for i in range(NODES)]
     tls = _certificates(base / "tls", addrs)
@@ -40,37 +67,57 @@ def run(directory: str, base_port: int) -> int:
              *_flags(tls, addrs[i])]
             + (["--init"] if i == 0 else []),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-    _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs))
+        # Recorded as each starts: an interrupt now still stops what began.
+        _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs))
     if not _wait_ready(addrs, procs, _flags(tls, "admin")):
         print(f"chordfs: the demo nodes did not start; see {base}/node*.log", file=sys.stderr)
-        stop(directory)
         return 1
     mnt = pathlib.Path(MOUNTPOINT).resolve()
     if not _mount(addrs, mnt, base, tls):
-        stop(directory)
         return 1
     print(f"chordfs demo: {NODES} nodes serving on {', '.join(addrs)} (logs in {base}/)")
     print(f"mounted at {mnt}; try:")
     print(f"      cp -r /usr/share/doc/fuse3 {mnt}/ && ls -l {mnt}/fuse3")
     print(f"      .venv/bin/chordfs status {addrs[0]} {' '.join(_flags(tls, 'admin'))}")
-    print("          # ring members as node 1 sees them (TLS: the demo's CA and an admin "
-          f"certificate in {tls}/)")
-    print("      kill -9 one node's PID (see .chordfs-demo/pids): reads keep working")
+    print("          # every member's state (TLS: the demo's CA and an admin certificate in "
+          f"{tls}/)")
+    print(f"      kill -9 one node's PID (see {base}/pids): reads and writes keep working")
     print("stop: Ctrl-C here, or `make stop` from another shell")
-    try:
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
+    exited: set[int] = set()
+    while True:
+        time.sleep(0.5)
         if not _pidfile(base).exists():
             print("the demo cluster was stopped (make stop)")
             return 0
-        print("chordfs: a demo node exited; stopping the others", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nstopping the demo cluster")
-        return 0
-    finally:
-        if _pidfile(base).exists():
-            stop(directory)
+        for i, p in enumerate(procs):
+            if p.poll() is not None and i not in exited:
+                exited.add(i)
+                # A node going away is what the demo is for: the others go on.
+                print(f"chordfs demo: node {i + 1} ({addrs[i]}) exited with code {p.returncode}; "
+                      f"the cluster goes on with {NODES - len(exited)} (log: {base}/node{i + 1}.log)",
+                      file=sys.stderr)
+        if len(exited) == NODES:
+            print("chordfs demo: every node exited; stopping", file=sys.stderr)
+            return 1
+
+
+class _signals_ignored:
+    """Stopping is not itself interrupted by a second Ctrl-C or SIGTERM."""
+
+    def __enter__(self):
+        self.saved = {s: signal.signal(s, signal.SIG_IGN)
+                      for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+    def __exit__(self, *exc):
+        for s, handler in self.saved.items():
+            signal.signal(s, handler)
+
+
+def _recorded(base: pathlib.Path) -> list[int]:
+    try:
+        return [int(line) for line in _pidfile(base).read_text().split()]
+    except (FileNotFoundError, ValueError):
+        return []
 
 
 def _certificates(tls: pathlib.Path, addrs: list[str]) -> pathlib.Path:
@@ -126,10 +173,31 @@ def _unmount(base: pathlib.Path) -> None:
         return
     mnt = record.read_text().strip()
     if os.path.ismount(mnt):
-        if subprocess.run(["fusermount3", "-u", mnt], capture_output=True).returncode != 0:
+        if subprocess.run(["fusermount3", "-u", mnt], capture_output=True).returncode == 0:
+            print(f"unmounted {mnt}")
+        else:
+            # Busy: detach it now; the mount process is stopped below with
+            # the nodes' shutdown, so open files fail instead of hanging.
             subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+            print(f"{mnt} was busy (a file open there): detached it; programs that hold files "
+                  "there get errors from now on")
+            _stop_mount_process(mnt)
     record.unlink(missing_ok=True)
-    print(f"unmounted {mnt}")
+
+
+def _stop_mount_process(mnt: str) -> None:
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"fusefs.mount" in b" ".join(args) and mnt.encode() in args:
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 def stop(directory: str) -> int:

@@ -76,3 +76,20 @@ def test_node_process_answers_ping_and_stops_on_sigterm(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_every_node_setting_is_read_somewhere():
+    """A setting nothing reads is a lie to the operator: each NodeConfig key
+    must appear as an attribute read (cfg.KEY) outside server/config.py."""
+    import pathlib
+    import re
+
+    from server.config import FIELDS
+    root = pathlib.Path(__file__).resolve().parent.parent
+    sources = "\n".join(p.read_text() for d in ("server", "fusefs", "rpc")
+                        for p in (root / d).rglob("*.py") if p.name != "config.py")
+    # config.py's own derived properties (heartbeat_ticks from heartbeat_ms) count.
+    sources += "\n".join(line for line in (root / "server" / "config.py").read_text().splitlines()
+                         if line.strip().startswith("return self."))
+    unread = [k for k in FIELDS if not re.search(rf"\.{k}\b|\"{k}\"", sources)]
+    assert unread == [], f"settings nothing reads: {unread}"

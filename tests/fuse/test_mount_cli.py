@@ -85,3 +85,12 @@ def test_repeated_o_options_add_up(tmp_path):
     from fusefs.mount import parse_args
     cfg = parse_args(["127.0.0.1:1", str(tmp_path), "-o", "insecure", "-o", "sync_meta,ro"])
     assert cfg.sync_meta and cfg.tls is None and "ro" in cfg.fuse_options
+
+
+def test_a_mountpoint_with_files_is_refused_unless_nonempty(tmp_path, capsys):
+    from fusefs.mount import parse_args
+    (tmp_path / "precious").write_text("x")
+    assert mount_main(["--local", str(tmp_path / "d"), str(tmp_path)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert "nonempty" not in parse_args(["--local", str(tmp_path / "d"), str(tmp_path),
+                                         "-o", "nonempty"]).fuse_options
