@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only the first node's ring view: name, state, incarnation per line")
     status.add_argument("--timeout-s", type=float, default=3.0)
     _add_tls_arguments(status)
+    where = sub.add_parser("where", help="which nodes hold each block of a file: chordfs where "
+                                         "ADDR[,ADDR...] PATH (PATH from the filesystem's root)")
+    where.add_argument("addr", type=_addrs, help="any node(s), host:port[,host:port...]")
+    where.add_argument("path", help="a file's path inside the filesystem, e.g. /home/a/f.bin")
+    where.add_argument("--json", action="store_true")
+    where.add_argument("--timeout-s", type=float, default=5.0)
+    _add_tls_arguments(where)
     df = sub.add_parser("df", help="disk used and free on every node, and what the filesystem holds")
     df.add_argument("addr", type=_addrs, help="any node(s), host:port[,host:port...]")
     df.add_argument("--json", action="store_true", help="every node's report as JSON")
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "example-config":
         print(example_toml(), end="")
         return 0
-    if args.command in ("ping", "status", "df"):
+    if args.command in ("ping", "status", "df", "where"):
         try:
             context = _client_context(args)
         except UsageError as e:
@@ -208,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.command == "ping":
             return trio.run(_ping, args.addr, args.count, args.timeout_s, context)
+        if args.command == "where":
+            from .where import main as where_main
+            return where_main(args.addr, args.path, args.json, args.timeout_s, context)
         if args.command == "status" and args.ring:
             return trio.run(_status, args.addr[0], args.timeout_s, context)
         from .statuscli import main as status_main

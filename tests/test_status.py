@@ -55,6 +55,16 @@ def test_status_and_df_show_every_member(tmp_path):
         assert lines[0].startswith("cluster ") and "leader 127.0.0.1:" in lines[0]
         assert lines[1].split()[:3] == ["NODE", "RING", "ROLE"]
         assert len(lines) == 2 + 3 + 1 and "unreachable: none" in lines[-1]
+        where = _cli("where", cluster.spec, "/f", "--json")
+        assert where.returncode == 0, where.stderr
+        placed = json.loads(where.stdout)
+        assert placed["size"] == 300_000 and len(placed["blocks"]) == 1
+        block = placed["blocks"][0]
+        assert sorted(block["replicas"]) == sorted(cluster.addrs) == block["held_by"]
+        assert block["ranges"] == [[0, 300_000]] and not block["missing_on"]
+        text = _cli("where", cluster.addrs[0], "/f")
+        assert "held by" in text.stdout and text.stdout.rstrip().endswith("ok")
+        assert _cli("where", cluster.addrs[0], "/nope").returncode == 1
         df = _cli("df", cluster.addrs[0])
         assert df.returncode == 0 and "total" in df.stdout and "3 copies of each block" in df.stdout
         cluster.kill(2)
