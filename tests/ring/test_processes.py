@@ -32,6 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_status_of_unreachable_node_fails_plainly(capsys):
     assert main(["status", "127.0.0.1:1", "--timeout-s", "1", "--insecure"]) == 1
     err = capsys.readouterr().err.strip()
+    assert err.startswith("chordfs: no node of 127.0.0.1:1 answered") and "\n" not in err
+    assert main(["status", "127.0.0.1:1", "--ring", "--timeout-s", "1", "--insecure"]) == 1
+    err = capsys.readouterr().err.strip()
     assert err.startswith("chordfs: 127.0.0.1:1 did not answer") and "\n" not in err
 
 
