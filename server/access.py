@@ -43,6 +43,12 @@ CLIENT = {
 CHANGES = {"Raft": {"propose"},
            "ChunkStore": {"put", "putBegin", "putPiece", "putCommit", "putAbort"}}
 
+# Commands only nodes propose: the clock (Tick), GC's forgetting of dead
+# blocks (ForgetChunks) and the compactor's rewrites (Compact). From a
+# client they would move lease time, drop blocks still in use, or point a
+# file at bytes nobody checked.
+NODE_COMMANDS = frozenset({"tick", "forgetChunks", "compact"})
+
 _CLIENT_IDS = {(_IFACES[i], m) for i, ms in CLIENT.items() for m in ms}
 _CHANGE_IDS = {(_IFACES[i], m) for i, ms in CHANGES.items() for m in ms}
 _NAMES = {v: k for k, v in _IFACES.items()}
@@ -62,11 +68,33 @@ def refusal(peer: PeerIdentity | None, interface_id: int, method: str) -> str | 
     return None
 
 
+def command_refusal(peer: PeerIdentity | None, command: bytes) -> str | None:
+    """Why ``peer`` may not propose ``command`` (one of its lease batch's
+    ops included), or None.  Undecodable bytes are left to the state
+    machine's validation, which answers EINVAL."""
+    if peer is None or peer.is_node:
+        return None
+    from .meta import codec
+    try:
+        kinds = [codec.command_kind(command)]
+        if kinds[0] == "leaseBatch":
+            kinds += [codec.command_kind(op) for op in codec.decode_command(command).ops]
+    except ValueError:
+        return None
+    for kind in kinds:
+        if kind in NODE_COMMANDS:
+            return f"client {peer.name} may not propose {kind}: it is for cluster nodes"
+    return None
+
+
 class Guarded:
     """Mixin for a served object: ``self.peer`` (a PeerIdentity, or None on
     a plain-TCP node) is checked before every call."""
 
     peer: PeerIdentity | None = None
+
+    def command_refusal(self, command: bytes) -> str | None:
+        return command_refusal(self.peer, command)
 
     def rpc_lookup(self, interface_id: int, method_id: int):
         entry = super().rpc_lookup(interface_id, method_id)

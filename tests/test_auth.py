@@ -113,6 +113,18 @@ async def test_a_read_only_client_cannot_create(node):
             with pytest.raises(rpc.Failed) as put:
                 await store.put(id=bytes(16), data=b"x", afterIndex=0, timeout_s=5)
             assert _denied(put.value)
+        # A writing client may not propose what only nodes propose, even
+        # inside a lease batch: the clock, GC's forgetting, compaction.
+        from server.meta.types import ForgetChunks, LeaseBatch, Tick
+        async with rpc.connect(node, ssl_context=_client()) as conn:
+            raft = await conn.bootstrap(raft_capnp.Raft, timeout_s=5)
+            tick = codec.encode_command(Tick(1 << 62))
+            for command in (tick, codec.encode_command(ForgetChunks([bytes(16)], [1])),
+                            codec.encode_command(LeaseBatch(holder=1, seq=1, ops=[tick],
+                                                            inos=[0]))):
+                with pytest.raises(rpc.Failed) as node_only:
+                    await raft.propose(command=command, forwarded=False, timeout_s=5)
+                assert _denied(node_only.value), node_only.value
         # A writing client may: the refusal was the role, not the command.
         async with rpc.connect(node, ssl_context=_client()) as conn:
             raft = await conn.bootstrap(raft_capnp.Raft, timeout_s=5)

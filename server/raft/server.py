@@ -133,6 +133,10 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
     async def propose(self, params, results):
         command = params.command
         service = self._raft()
+        check = getattr(self, "command_refusal", None)
+        reason = check(command) if check is not None else None
+        if reason is not None:
+            raise rpc.PermissionDenied(reason)
         # A command apply would refuse anyway never enters the log: the
         # state machine's answer goes back at once, with index and term 0.
         validate = getattr(service.sm, "validate", None)
