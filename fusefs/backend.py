@@ -53,6 +53,11 @@ class Unavailable(BackendError):
     """No quorum / no replica answered before the deadline."""
 
 
+class Refused(BackendError):
+    """The cluster refuses this mount's certificate the call (its role or
+    subtree, server/access.py): an EACCES at once, never retried."""
+
+
 class ChunkMissing(BackendError):
     """A chunk named by a manifest exists nowhere reachable."""
 

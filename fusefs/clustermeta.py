@@ -65,7 +65,7 @@ from server.meta.types import (RENAME_EXCHANGE, AlreadyApplied, Command, Create,
                                RemoveReply, RemoveXattr, Rename, Result, Rmdir,
                                Status, Symlink, Unlink)
 
-from .backend import BackendError, Unavailable
+from .backend import BackendError, Refused, Unavailable
 
 log = logging.getLogger("chordfs.fuse.cluster")
 
@@ -170,6 +170,8 @@ class MetaClient:
                 with trio.fail_after(min(attempt_s, remaining)):
                     reply = await attempt(addr, min(attempt_s, remaining), sent)
             except (rpc.RpcError, trio.TooSlowError) as exc:
+                if isinstance(exc, rpc.RemoteError) and exc.remote_type == "PermissionDenied":
+                    raise Refused(str(exc)) from None  # the same on every node: no retry
                 doubt = sent[0] and not isinstance(exc, rpc.Unimplemented)
                 uncertain = uncertain or doubt
                 last = f"{addr} {type(exc).__name__}: {exc}"

@@ -27,7 +27,7 @@ import trio
 from rpc import trace
 from rpc.logfmt import kv
 
-from .backend import BackendError, ChunkCorrupt, ChunkMissing, Unavailable
+from .backend import BackendError, ChunkCorrupt, ChunkMissing, Refused, Unavailable
 
 log = logging.getLogger("chordfs.fuse")
 
@@ -51,6 +51,9 @@ def errno_of(exc: BaseException, op: str) -> int:
     if isinstance(exc, trio.TooSlowError):
         log.warning(kv("op_deadline", op=op, deadline_s=OP_DEADLINE_S))
         return errno.EIO
+    if isinstance(exc, Refused):
+        log.warning(kv("refused", op=op, reason=str(exc)))
+        return errno.EACCES
     if isinstance(exc, Unavailable):
         log.warning(kv("backend_unavailable", op=op, reason=str(exc)))
         return errno.EIO

@@ -50,8 +50,9 @@ from rpc.logfmt import configure, kv
 from server.meta.types import CHUNK_BYTES_DEFAULT
 from server.pki import PkiError, TlsFiles
 
-from .backend import Backend, LocalBackend
+from .backend import Backend, BackendError, LocalBackend
 from .cluster import ClusterConfig, open_cluster, parse_nodes
+from .subtree import SubtreeBackend, SubtreeUnavailable, find_root
 from .leases import FLUSH_AGE_S, LeasedBackend
 from .kernel import Timeouts
 from .ops import DROP_CACHE_XATTR, ChordOps
@@ -216,6 +217,8 @@ def parse_args(argv: list[str]) -> MountConfig:
         # answers EROFS at once, and without leases it proposes nothing.
         opts["fuse"].add("ro")
         opts["sync_meta"] = True
+    if tls is not None and tls.identity().subdir != "/":
+        opts["sync_meta"] = True  # fusefs/subtree.py: no lease batches
     return MountConfig(
         data_dir=os.path.abspath(args.local) if args.local else None, nodes=nodes,
         deadline_s=opts["deadline"], mountpoint=os.path.abspath(mountpoint),
@@ -334,8 +337,18 @@ async def _open_backend(cfg: MountConfig):
             await backend.aclose()
         return
     ssl_context = cfg.tls.client_context() if cfg.tls else None
+    subdir = cfg.tls.identity().subdir if cfg.tls else "/"
     async with open_cluster(ClusterConfig(cfg.nodes, call_deadline_s=cfg.deadline_s,
-                                          ssl_context=ssl_context)) as backend:
+                                          ssl_context=ssl_context),
+                            check=subdir == "/") as backend:
+        if subdir != "/":
+            # The certificate confines this mount: its root is that directory.
+            try:
+                root = await find_root(backend, subdir)
+            except SubtreeUnavailable as e:
+                raise BackendError(str(e)) from None
+            yield SubtreeBackend(backend, root)
+            return
         if cfg.sync_meta:
             yield backend
             return

@@ -92,9 +92,59 @@ class Guarded:
     a plain-TCP node) is checked before every call."""
 
     peer: PeerIdentity | None = None
+    _subtree = None
 
     def command_refusal(self, command: bytes) -> str | None:
         return command_refusal(self.peer, command)
+
+    def subtree(self):
+        """The Subtree a --subdir client is confined to, or None."""
+        peer = self.peer
+        if peer is None or peer.is_node or peer.subdir == "/":
+            return None
+        if self._subtree is None:
+            from .subtree import Subtree
+            self._subtree = Subtree(peer.subdir)
+        return self._subtree
+
+    async def check_command(self, command: bytes) -> None:
+        """PermissionDenied unless this peer may propose ``command``."""
+        reason = command_refusal(self.peer, command)
+        tree = self.subtree() if reason is None else None
+        if tree is not None:
+            try:
+                inos = tree.command_inos(command)
+            except ValueError:
+                return  # undecodable: the state machine answers EINVAL
+            reason = await self._outside(tree, inos)
+        if reason is not None:
+            raise rpc.PermissionDenied(reason)
+
+    async def check_query(self, q) -> None:
+        tree = self.subtree()
+        if tree is None:
+            return
+        store = self.metadata.reader
+        inos = tree.query_inos(store, q)
+        reason = await self._outside(tree, inos) if inos else None
+        if reason is not None:
+            raise rpc.PermissionDenied(reason)
+
+    async def _outside(self, tree, inos) -> str | None:
+        store = self.metadata.reader
+        if tree.outside(store, inos) is None:
+            return None
+        # This replica may not have applied the inode yet: catch up, look again.
+        try:
+            await self.metadata.group.service.read_index(timeout_s=5)
+        except Exception:  # noqa: BLE001 - no leader: the refusal stands
+            pass
+        bad = tree.outside(store, inos)
+        if bad is None:
+            return None
+        return (f"client {self.peer.name} is confined to {tree.path}; inode {bad} is outside it"
+                if tree.resolve(store) is not None else
+                f"client {self.peer.name} is confined to {tree.path}, which does not exist")
 
     def rpc_lookup(self, interface_id: int, method_id: int):
         entry = super().rpc_lookup(interface_id, method_id)

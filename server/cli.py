@@ -167,6 +167,9 @@ def _add_pki_commands(sub) -> None:
     who.add_argument("--node", metavar="NAME", help="a node's certificate (serves and dials)")
     who.add_argument("--client", metavar="NAME", help="a client's certificate (dials only)")
     issue.add_argument("--read-only", action="store_true", help="client only: may not write")
+    issue.add_argument("--subdir", metavar="PATH",
+                       help="client only: confined to this directory of the filesystem (its "
+                            "mounts show it as their root; the nodes refuse anything outside)")
     issue.add_argument("--out", metavar="DIR",
                        help="where NAME.crt, NAME.key and a copy of ca.crt go (default: the CA's DIR)")
     issue.add_argument("--days", type=int, default=825, help="how long the certificate is valid")
@@ -282,7 +285,7 @@ def _cert_issue(args) -> int:
     out = args.ca if args.out is None else args.out
     try:
         cert, key = issue(args.ca, out, node=args.node, client=args.client,
-                          read_only=args.read_only, days=args.days,
+                          read_only=args.read_only, subdir=args.subdir, days=args.days,
                           force=args.force)
         ident = identity_of_pem(cert)
     except PkiError as e:

@@ -139,10 +139,6 @@ def identify_peer(own: PeerIdentity):
         if peer.cluster_id != own.cluster_id:
             raise ValueError(f"certificate of cluster {peer.cluster_id}, this is cluster "
                              f"{own.cluster_id}")
-        if peer.kind == "client" and peer.subdir != "/":
-            # Refused rather than served whole: nothing enforces a subtree yet.
-            raise ValueError(f"client {peer.name} is limited to {peer.subdir}, which this "
-                             "version cannot enforce")
         if peer.kind not in ("node", "client"):
             raise ValueError(f"a {peer.kind} certificate cannot connect")
         return peer

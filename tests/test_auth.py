@@ -233,3 +233,67 @@ def test_a_node_refuses_certificates_of_another_cluster_than_its_data(tmp_path):
     other = NodeConfig(data_dir=str(tmp_path / "e"), listen_port=7998, **flags)
     with pytest.raises(pki.PkiError, match="this node is 127.0.0.1:7998"):
         tls_files(other)
+
+
+async def test_a_subdir_client_reaches_only_its_subtree(node):
+    """/srv/www confines the client: it finds its root by the path, works
+    inside, and every inode outside is refused, whatever it sends."""
+    from fusefs.backend import Refused
+    from fusefs.cluster import ClusterConfig, open_cluster
+    from server.meta.types import Link, Mkdir, Rename
+
+    full = ClusterConfig((node,), call_deadline_s=10, ssl_context=_client())
+    cert, key = tls._issue("client", "web", subdir="/srv/www")
+    confined = ClusterConfig((node,), call_deadline_s=10,
+                             ssl_context=pki.client_context(tls.ca_cert(), cert, key))
+    with trio.fail_after(60):
+        async with open_cluster(full) as admin:
+            ino = {}
+            for parent, name in ((1, "srv"), ("srv", "www"), (1, "other")):
+                reply = await admin.submit(Mkdir(ino.get(parent, 1), name.encode(), 0o755, 0, 0, 1))
+                assert reply.err == 0, reply
+                ino[name] = reply.attr.ino
+            secret = await admin.submit(Mkdir(ino["other"], b"secret", 0o700, 0, 0, 1))
+            ino["secret"] = secret.attr.ino
+        async with open_cluster(confined, check=False) as web:
+            srv = await web.lookup(1, b"srv")  # the way down is open
+            www = await web.lookup(srv.attr.ino, b"www")
+            assert www.attr.ino == ino["www"]
+            made = await web.submit(Mkdir(ino["www"], b"inside", 0o755, 0, 0, 2))
+            assert made.err == 0
+            assert (await web.getattr(made.attr.ino)).attr.ino == made.attr.ino
+            refused = [
+                web.getattr(1), web.getattr(ino["other"]), web.readdir(ino["srv"]),
+                web.lookup(ino["other"], b"secret"), web.getattr(ino["secret"]),
+                web.submit(Mkdir(1, b"escape", 0o755, 0, 0, 3)),
+                web.submit(Rename(ino["www"], b"inside", ino["other"], b"moved", 0, 4)),
+                web.submit(Link(ino["secret"], ino["www"], b"alias", 5)),
+            ]
+            for call in refused:
+                with pytest.raises(Refused):
+                    await call
+
+
+def test_a_subdir_mount_shows_the_subtree_as_its_root(node, tmp_path):
+    from tests.fuse.conftest import fuse_usable, start_mount, stop_mount
+    if not fuse_usable():
+        pytest.skip("no FUSE here")
+    whole = start_mount(node, tmp_path / "whole", tmp_path / "whole.log")
+    try:
+        (whole.path / "proj" / "team").mkdir(parents=True)
+        (whole.path / "proj" / "team" / "notes").write_text("ours")
+        (whole.path / "proj" / "private").write_text("not for the team")
+        sub = start_mount(node, tmp_path / "sub", tmp_path / "sub.log",
+                          options=tls.mount_options("team-mount", subdir="/proj/team"))
+        try:
+            assert sorted(os.listdir(sub.path)) == ["notes"]
+            assert (sub.path / "notes").read_text() == "ours"
+            (sub.path / "made-here").write_text("hello")
+            # ".." of the mount's root is the host's directory, never /proj.
+            assert os.path.realpath(sub.path / "..") == str(tmp_path)
+            assert os.stat(sub.path).st_ino == 1 and not (sub.path / "private").exists()
+        finally:
+            stop_mount(sub)
+        assert (whole.path / "proj" / "team" / "made-here").read_text() == "hello"
+    finally:
+        stop_mount(whole)

@@ -326,10 +326,10 @@ def test_cli_ca_init_and_cert_issue(tmp_path, capsys):
     assert f"chordfs://{CLUSTER}/node/n1" in capsys.readouterr().out
     assert os.path.exists(os.path.join(ca, "n1.crt")) and mode(os.path.join(ca, "n1.key")) == 0o600
     assert main(["cert", "issue", "--ca", ca, "--client", "web", "--read-only",
-                 "--out", out, "--days", "30"]) == 0
+                 "--subdir", "/srv/www", "--out", out, "--days", "30"]) == 0
     said = capsys.readouterr().out
-    assert "?ro=1" in said and os.path.join(out, "web.key") in said
-    assert files(out, "web").identity() == PeerIdentity(CLUSTER, "client", "web", True)
+    assert "?ro=1&subdir=%2Fsrv%2Fwww" in said and os.path.join(out, "web.key") in said
+    assert files(out, "web").identity() == PeerIdentity(CLUSTER, "client", "web", True, "/srv/www")
     assert main(["cert", "issue", "--ca", ca, "--node", "n1", "--force"]) == 0
 
 
@@ -342,7 +342,7 @@ def test_cli_ca_init_and_cert_issue(tmp_path, capsys):
     (["cert", "issue", "--ca", "{ca}"], "one of the arguments --node --client is required"),
     (["cert", "issue", "--ca", "{ca}", "--node", "a", "--client", "b"], "not allowed with"),
     (["cert", "issue", "--ca", "{ca}", "--node", "a", "--read-only"], "client certificates only"),
-    (["cert", "issue", "--ca", "{ca}", "--client", "a", "--subdir", "/x"], "unrecognized arguments"),
+    (["cert", "issue", "--ca", "{ca}", "--client", "a", "--subdir", "x/y"], "not an absolute"),
     (["cert", "issue", "--ca", "{tmp}/none", "--node", "a"], "cannot read"),
     (["cert", "issue", "--ca", "{ca}", "--node", "n1"], "already exists"),
 ])

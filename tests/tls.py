@@ -30,12 +30,13 @@ def ca_cert() -> str:
     return os.path.join(ca_dir(), pki.CA_CERT)
 
 
-def _issue(kind: str, name: str, read_only: bool = False) -> tuple[str, str]:
-    key = (kind, name, read_only)
+def _issue(kind: str, name: str, read_only: bool = False, subdir: str | None = None) -> tuple[str, str]:
+    key = (kind, name, read_only, subdir)
     if key not in _issued:
-        out = os.path.join(ca_dir(), "ro" if read_only else kind)
+        out = os.path.join(ca_dir(), "ro" if read_only else "sub" if subdir else kind)
         os.makedirs(out, exist_ok=True)
-        args = {"node": name} if kind == "node" else {"client": name, "read_only": read_only}
+        args = {"node": name} if kind == "node" else {"client": name, "read_only": read_only,
+                                                      "subdir": subdir}
         _issued[key] = pki.issue(ca_dir(), out, days=29, **args)
     return _issued[key]
 
@@ -46,8 +47,9 @@ def node_flags(name: str) -> list[str]:
     return ["--tls-ca", ca_cert(), "--tls-cert", cert, "--tls-key", key]
 
 
-def mount_options(name: str = "test-mount", read_only: bool = False) -> str:
-    cert, key = _issue("client", name, read_only)
+def mount_options(name: str = "test-mount", read_only: bool = False,
+                  subdir: str | None = None) -> str:
+    cert, key = _issue("client", name, read_only, subdir)
     return f"tls_ca={ca_cert()},tls_cert={cert},tls_key={key}"
 
 

@@ -53,6 +53,9 @@ class MetadataServer(rpc.Server, interfaces=[meta_capnp.Metadata]):
         md = self.metadata
         if md is None:
             raise rpc.Unimplemented("this node holds no metadata replica; ask another node")
+        check = getattr(self, "check_query", None)
+        if check is not None:
+            await check(q)  # a --subdir client's subtree (server/access.py)
         if q.linearizable:
             try:
                 await md.group.service.read_index(timeout_s=READ_INDEX_TIMEOUT_S)

@@ -141,6 +141,11 @@ class MetaStore:
     def getattr(self, ino: int):
         return queries.getattr_(self._conn, ino)
 
+    def parents(self, ino: int) -> list[int]:
+        """The directories holding a name of ``ino`` (several for a hard-linked file)."""
+        return [row[0] for row in self._conn.execute("SELECT parent FROM dentry WHERE ino = ?",
+                                                     (ino,))]
+
     def readdir(self, ino: int, cursor: bytes = b"", limit: int = READDIR_PAGE_MAX,
                 plus: bool = False):
         return queries.readdir(self._conn, ino, cursor, limit, plus)

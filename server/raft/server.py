@@ -133,10 +133,9 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
     async def propose(self, params, results):
         command = params.command
         service = self._raft()
-        check = getattr(self, "command_refusal", None)
-        reason = check(command) if check is not None else None
-        if reason is not None:
-            raise rpc.PermissionDenied(reason)
+        check = getattr(self, "check_command", None)
+        if check is not None:
+            await check(command)  # the peer's role and subtree (server/access.py)
         # A command apply would refuse anyway never enters the log: the
         # state machine's answer goes back at once, with index and term 0.
         validate = getattr(service.sm, "validate", None)
