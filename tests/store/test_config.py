@@ -144,5 +144,6 @@ def test_overrides_mapping_rejects_unknown_keys(tmp_path):
 
 def test_example_toml_loads(tmp_path):
     cfg = load_config(write(tmp_path, example_toml()))
-    assert cfg.data_dir == "/var/lib/chordfs/node1"
-    assert cfg == NodeConfig(data_dir="/var/lib/chordfs/node1")
+    assert cfg.data_dir == "/var/lib/chordfs/n1"
+    assert cfg == NodeConfig(data_dir="/var/lib/chordfs/n1", tls_ca="/etc/chordfs/tls/ca.crt",
+                             tls_cert="/etc/chordfs/tls/n1.crt", tls_key="/etc/chordfs/tls/n1.key")
