@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .identity import new_cluster_id
+from .store.chunkstore import fsync_dir
 
 SCHEME = "chordfs"
 KINDS = ("node", "client", "ca")
@@ -224,14 +225,6 @@ def _check_dates(path: str, cert: x509.Certificate, now: datetime.datetime) -> N
         raise PkiError(f"{path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_dir(path: str) -> None:
     """Created 0700 (it holds keys); an existing one keeps the mode its owner chose."""
     try:
@@ -266,7 +259,7 @@ def _publish(path: str, data: bytes, mode: int, *, replace: bool) -> None:
                 if os.path.lexists(path):
                     raise PkiError(f"{path} already exists") from None
                 os.replace(tmp, path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as e:
         raise PkiError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
