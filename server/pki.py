@@ -38,8 +38,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .identity import new_cluster_id
-from .store.chunkstore import fsync_dir
+# identity, not the chunk store: the CLI imports this module, and the store
+# would bring trio and the whole store package with it.
+from .identity import fsync_dir, new_cluster_id
 
 SCHEME = "chordfs"
 KINDS = ("node", "client", "ca")

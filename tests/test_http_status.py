@@ -1,6 +1,7 @@
-"""A node's HTTP port on a real 3-node TLS cluster: Prometheus metrics that
-move with the work done, the node's report, the cluster view whose ring
-arcs tile the hash space once, and the status page."""
+"""A node's HTTP port: Prometheus metrics that move with the work done, the
+node's report, the cluster view whose ring arcs tile the hash space once,
+and the status page (``check_http``, run on tests/test_status.py's real
+3-node TLS cluster)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,6 @@ import urllib.request
 import pytest
 
 from server.httpstatus import ring_arcs
-from tests.fuse.realcluster import start_cluster
-from tests.netutil import free_ports
-
 pytestmark = pytest.mark.integration
 
 
@@ -28,39 +26,35 @@ def _metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in metrics")
 
 
-def test_metrics_report_cluster_view_and_page(tmp_path):
-    ports = free_ports(3)
-    cluster = start_cluster(tmp_path / "c", node_args={
-        i: ["--metrics-port", str(p)] for i, p in enumerate(ports)})
-    try:
-        leader = cluster.leader_index()
-        status, ctype, body = _get(ports[leader], "/metrics")
-        text = body.decode()
-        assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
-        assert _metric(text, "chordfs_raft_is_leader") == 1
-        assert _metric(text, "chordfs_tls") == 1
-        assert _metric(text, "chordfs_raft_term") >= 1
-        assert 'chordfs_ring_members{state="alive"} 3.0' in text
-        assert 'chordfs_rpc_calls_total{method="' in text  # the members' traffic, counted
-        assert "chordfs_raft_persist_seconds_bucket" in text
-        before = _metric(text, "chordfs_raft_commit_index")
-        report = json.loads(_get(ports[leader], "/report.json")[2])
-        assert report["raft"]["role"] == "leader" and report["node"] == cluster.addrs[leader]
-        view = json.loads(_get(ports[0], "/cluster.json")[2])
-        assert sorted(view["reports"]) == sorted(cluster.addrs)
-        arcs = view["arcs"]
-        assert abs(sum(a["end"] - a["start"] for a in arcs) - 1.0) < 1e-9
-        assert all(len(set(a["replicas"])) == 3 for a in arcs)
-        assert {a["replicas"][0] for a in arcs} == set(cluster.addrs)
-        page = _get(ports[0], "/")[2].decode()
-        assert "<svg id=\"ring\"" in page and "cluster.json" in page
-        assert _metric(_get(ports[leader], "/metrics")[2].decode(),
-                       "chordfs_raft_commit_index") >= before
-        with pytest.raises(urllib.error.HTTPError) as missing:
-            _get(ports[0], "/nothing-here")
-        assert missing.value.code == 404
-    finally:
-        cluster.stop()
+def check_http(cluster, ports) -> None:
+    """Run by tests/test_status.py on its cluster, whose nodes serve HTTP
+    on ``ports`` (a cluster start costs seconds of the suite's budget)."""
+    leader = cluster.leader_index()
+    status, ctype, body = _get(ports[leader], "/metrics")
+    text = body.decode()
+    assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
+    assert _metric(text, "chordfs_raft_is_leader") == 1
+    assert _metric(text, "chordfs_tls") == 1
+    assert _metric(text, "chordfs_raft_term") >= 1
+    assert 'chordfs_ring_members{state="alive"} 3.0' in text
+    assert 'chordfs_rpc_calls_total{method="' in text  # the members' traffic, counted
+    assert "chordfs_raft_persist_seconds_bucket" in text
+    before = _metric(text, "chordfs_raft_commit_index")
+    report = json.loads(_get(ports[leader], "/report.json")[2])
+    assert report["raft"]["role"] == "leader" and report["node"] == cluster.addrs[leader]
+    view = json.loads(_get(ports[0], "/cluster.json")[2])
+    assert sorted(view["reports"]) == sorted(cluster.addrs)
+    arcs = view["arcs"]
+    assert abs(sum(a["end"] - a["start"] for a in arcs) - 1.0) < 1e-9
+    assert all(len(set(a["replicas"])) == 3 for a in arcs)
+    assert {a["replicas"][0] for a in arcs} == set(cluster.addrs)
+    page = _get(ports[0], "/")[2].decode()
+    assert "<svg id=\"ring\"" in page and "cluster.json" in page
+    assert _metric(_get(ports[leader], "/metrics")[2].decode(),
+                   "chordfs_raft_commit_index") >= before
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        _get(ports[0], "/nothing-here")
+    assert missing.value.code == 404
 
 
 def test_ring_arcs_tile_the_circle_with_replica_sets():

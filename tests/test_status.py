@@ -15,6 +15,8 @@ import pytest
 from tests import tls
 from tests.fuse.conftest import ROOT, fuse_usable, start_mount, stop_mount
 from tests.fuse.realcluster import start_cluster
+from tests.netutil import free_ports
+from tests.test_http_status import check_http
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +28,12 @@ def _cli(*args):
 
 @pytest.mark.skipif(not fuse_usable(), reason="no FUSE here")
 def test_status_and_df_show_every_member(tmp_path):
-    cluster = start_cluster(tmp_path / "c")
+    """Also the nodes' HTTP ports (one cluster serves both tests' worth)."""
+    ports = free_ports(3)
+    cluster = start_cluster(tmp_path / "c", node_args={
+        i: ["--metrics-port", str(p)] for i, p in enumerate(ports)})
     try:
+        check_http(cluster, ports)
         mount = start_mount(cluster.spec, tmp_path / "m", tmp_path / "m.log")
         try:
             (mount.path / "f").write_bytes(os.urandom(300_000))  # one block, 3 copies

@@ -188,7 +188,7 @@ class LayoutModel(RuleBasedStateMachine):
 
 
 LayoutModel.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=30, derandomize=True, deadline=None,
+    max_examples=100, stateful_step_count=30, derandomize=True, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestLayoutModel = LayoutModel.TestCase
