@@ -8,9 +8,11 @@ received in one call (up to the caller's ``max_bytes``), and refills with
 one large socket read.
 
 One reader task and one writer task use a Connection's stream at a time
-(that is how rpc/connection.py drives it); the send lock also covers bytes
-the reader must send on its own (TLS 1.3 post-handshake messages, e.g. a
-KeyUpdate answer), so the byte stream is never interleaved.
+(that is how rpc/connection.py drives it).  The reader never sends: with
+both sides sending at once, a reader waiting for its own writer's send lock
+(held by a send that waits for the peer to read, whose reader waits the
+same way) deadlocks both ends; the CI found it.  Bytes a read leaves in the
+outgoing BIO (a TLS 1.3 KeyUpdate answer) go out with the next send.
 
 Invariants: bytes leave the outgoing BIO only under the send lock, in BIO
 order; a failed or cancelled send breaks the stream for good (some unknown
@@ -73,8 +75,6 @@ class TlsStream(trio.abc.Stream):
             except ssl.SSLError as e:
                 self._broken = True
                 raise trio.BrokenResourceError(f"TLS error: {e}") from e
-            if self._outgoing.pending:  # post-handshake answers
-                await self._flush()
             if pieces:
                 return b"".join(pieces) if len(pieces) > 1 else pieces[0]
             if closed or self._incoming.eof:
@@ -101,8 +101,6 @@ class TlsStream(trio.abc.Stream):
             except ssl.SSLError as e:
                 self._broken = True
                 raise trio.BrokenResourceError(f"TLS error: {e}") from e
-            if self._outgoing.pending:
-                await self._flush()
             if got or closed or self._incoming.eof:
                 return got
             await self._refill()

@@ -33,9 +33,10 @@ async def _pair(server_ctx, client_ctx, client_kind=TlsStream):
         client = TlsStream(trio.SocketStream(b), client_ctx, server_side=False, server_hostname="x")
     else:
         client = trio.SSLStream(trio.SocketStream(b), client_ctx, server_hostname="x")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.do_handshake)
-        nursery.start_soon(client.do_handshake)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.do_handshake)
+            nursery.start_soon(client.do_handshake)
     return server, client
 
 
@@ -72,22 +73,40 @@ async def test_bytes_arrive_exactly_in_both_directions_at_once(seed, client_kind
 
     async def receive(name, stream):
         received[name] = await _read_exactly(stream, total)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send, client)
-        nursery.start_soon(send, server)
-        nursery.start_soon(receive, "server", server)
-        nursery.start_soon(receive, "client", client)
+    with trio.fail_after(60):  # a deadlock of the two ends fails, never hangs
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, client)
+            nursery.start_soon(send, server)
+            nursery.start_soon(receive, "server", server)
+            nursery.start_soon(receive, "client", client)
     assert received["server"] == received["client"] == b"".join(blobs)
     await client.aclose()
     assert await server.receive_some(100) == b""
     await server.aclose()
 
 
+async def test_both_ends_sending_far_more_than_the_socket_buffers_never_deadlock():
+    """Each end's writer blocks until the other end reads: a reader that
+    ever waits on its own writer (to flush TLS bytes) deadlocks the pair."""
+    server, client = await _pair(*_contexts())
+    blob, rounds = b"d" * (1 << 20), 48
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for stream in (server, client):
+                async def pump(s=stream):
+                    for _ in range(rounds):
+                        await s.send_all(blob)
+                nursery.start_soon(pump)
+            for stream in (server, client):
+                nursery.start_soon(_read_exactly, stream, rounds * len(blob))
+
+
 async def test_a_cut_connection_ends_the_stream():
     server, client = await _pair(*_contexts())
     await client.send_all(b"x" * 1000)
     await client.transport.aclose()  # no close_notify
-    assert await _read_exactly(server, 1000) == b"x" * 1000
+    with trio.fail_after(5):
+        assert await _read_exactly(server, 1000) == b"x" * 1000
     with trio.fail_after(5):
         try:
             assert await server.receive_some(10) == b""
