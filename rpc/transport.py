@@ -6,7 +6,6 @@ import logging
 import ssl
 
 import trio
-import trio.testing
 
 from .connection import Connection
 from .errors import ConnectionLost
@@ -148,6 +147,9 @@ async def connect(addr: str, *, bootstrap=None, limits: Limits = Limits(),
 @contextlib.asynccontextmanager
 async def memory_pair(bootstrap_a=None, bootstrap_b=None, limits: Limits = Limits()):
     """Two connected Connections over in-memory streams: (a, b)."""
+    # Imported here: trio.testing pulls in pytest, 0.2 s of every node,
+    # mount and CLI start that never uses it.
+    import trio.testing
     left, right = trio.testing.memory_stream_pair()
     async with open_connection(left, bootstrap=bootstrap_a, limits=limits, peer="mem-b") as a:
         async with open_connection(right, bootstrap=bootstrap_b, limits=limits, peer="mem-a") as b:

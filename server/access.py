@@ -9,6 +9,11 @@
               ping
   read-only   a client without the methods that change anything (propose,
               chunk put)
+  subdir      a client whose queries and commands may name only inodes
+              inside its directory (server/subtree.py)
+
+Whatever the method allows, a client never proposes the commands only nodes
+make (NODE_COMMANDS), not even inside a lease batch.
 
 A refused call answers ``PermissionDenied`` (a typed Failed) and the
 connection stays up: a mount that asks for too much learns why, and the
@@ -93,9 +98,6 @@ class Guarded:
 
     peer: PeerIdentity | None = None
     _subtree = None
-
-    def command_refusal(self, command: bytes) -> str | None:
-        return command_refusal(self.peer, command)
 
     def subtree(self):
         """The Subtree a --subdir client is confined to, or None."""

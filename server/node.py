@@ -28,7 +28,6 @@ from .pki import PeerIdentity, PkiError, TlsFiles, identity_of_cert
 from .raft.config import RaftConfig
 from .raft.messages import RaftError, Role
 from .raft.server import RaftServer
-from .metrics import NodeMetrics
 from .report import node_report, to_json
 from .ring.service import RingPeerServer, RingService
 from .store.aiostore import AsyncChunkStore
@@ -91,6 +90,13 @@ def open_metadata(cfg: NodeConfig, pool, resolve=None, init: bool = False,
                          frame_bytes_max=cfg.frame_bytes_max, bootstrap=init,
                          identity_dir=cfg.data_dir, params=clusterparams.params_of(cfg),
                          cluster_id=cluster_id)
+
+
+def _metrics():
+    # Imported only on a node that serves metrics: prometheus-client costs
+    # every other start 40 ms.
+    from .metrics import NodeMetrics
+    return NodeMetrics()
 
 
 def rpc_limits(cfg: NodeConfig) -> rpc.Limits:
@@ -194,7 +200,7 @@ class Node:
                     log.warning(kv("node.insecure", node=cfg.node_name,
                                    detail="plain TCP, no certificates: anyone who reaches "
                                           f"{cfg.listen_addr} controls this cluster"))
-                metrics = self.metrics = NodeMetrics() if cfg.metrics_port else None
+                metrics = self.metrics = _metrics() if cfg.metrics_port else None
                 self.listeners = await nursery.start(
                     lambda task_status: rpc.serve_tcp(
                         (lambda peer: NodeServer(self, peer)) if tls else (lambda: NodeServer(self)),
