@@ -25,7 +25,7 @@ def _wait(predicate, timeout_s, what):
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(0.5)  # each probe is a CLI process: ~0.5 s of CPU on a 2-core suite
 
 
 def _answers(addr):
