@@ -67,6 +67,7 @@ log = logging.getLogger("chordfs.fuse.cluster")
 
 PUTS_IN_FLIGHT_MAX = 8
 ROOT_INO = 1
+FIRST_ANSWER_S = 4.0  # a mount's first metadata answer, or it says why not
 ring_capnp = load_schema("ring")
 # Members that still own their ranges (a suspect may be alive: SWIM).
 PLACED_STATUSES = frozenset(("alive", "suspect"))
@@ -392,6 +393,32 @@ class ClusterBackend(Backend):
         self.pool.close()
 
 
+async def _first_answer(backend, cfg: ClusterConfig) -> EntryReply:
+    """The root's attributes. When no node even takes a connection (a wrong
+    port, a stopped cluster) the mount says so after FIRST_ANSWER_S instead
+    of the whole call deadline; a cluster that answers but is still electing
+    gets the whole deadline."""
+    def fill(q):
+        q.init("getattr").ino = ROOT_INO
+    try:
+        return await backend.meta.query("getattr", EntryReply, fill,
+                                        deadline_s=min(cfg.call_deadline_s, FIRST_ANSWER_S))
+    except Unavailable:
+        if not await _any_reachable(backend, cfg):
+            raise
+    return await backend.meta.query("getattr", EntryReply, fill)
+
+
+async def _any_reachable(backend, cfg: ClusterConfig) -> bool:
+    for addr in cfg.nodes:
+        try:
+            await backend.pool.bootstrap(addr, raft_capnp.Raft, timeout_s=cfg.connect_timeout_s)
+            return True
+        except rpc.RpcError:
+            continue
+    return False
+
+
 @contextlib.asynccontextmanager
 async def open_cluster(cfg: ClusterConfig, *, check: bool = True) -> AsyncIterator[ClusterBackend]:
     """A backend whose pool lives in a nursery of its own; with ``check``,
@@ -401,7 +428,7 @@ async def open_cluster(cfg: ClusterConfig, *, check: bool = True) -> AsyncIterat
         backend = ClusterBackend(cfg, nursery)
         try:
             if check:
-                root = await backend.getattr(ROOT_INO)
+                root = await _first_answer(backend, cfg)
                 if root.err:
                     raise BackendError(f"the cluster has no root directory (errno {root.err})")
             await backend.refresh_map()

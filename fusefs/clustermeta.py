@@ -281,7 +281,8 @@ class MetaClient:
 
     # ------------------------------------------------------------ queries
 
-    async def query(self, op: str, reply_cls: type, fill: Callable[[object], None]):
+    async def query(self, op: str, reply_cls: type, fill: Callable[[object], None], *,
+                    deadline_s: float | None = None):
         """A linearizable query; ``fill`` sets the Query union member."""
         rid = next(self._rids)
 
@@ -302,7 +303,7 @@ class MetaClient:
                 if trace.ENABLED:
                     trace.mark("client.query.done")
 
-        reply, _ = await self._call(op, rid, attempt)
+        reply, _ = await self._call(op, rid, attempt, deadline_s=deadline_s)
         try:
             return codec.decode(reply_cls, reply.reply)
         except Exception as exc:  # noqa: BLE001 - capnp raises its own kinds

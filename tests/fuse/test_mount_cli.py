@@ -94,3 +94,16 @@ def test_a_mountpoint_with_files_is_refused_unless_nonempty(tmp_path, capsys):
     assert "is not empty" in capsys.readouterr().err
     assert "nonempty" not in parse_args(["--local", str(tmp_path / "d"), str(tmp_path),
                                          "-o", "nonempty"]).fuse_options
+
+
+def test_a_mount_of_a_port_nobody_serves_says_so_within_seconds(tmp_path):
+    """Not after the whole 15 s call deadline: no node takes a connection."""
+    from tests.netutil import free_ports
+    (tmp_path / "mnt").mkdir()
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "fusefs.mount", f"127.0.0.1:{free_ports(1)[0]}",
+                          str(tmp_path / "mnt"), "-o", "insecure", "--foreground"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    took = time.monotonic() - started
+    assert out.returncode != 0 and "cannot connect" in out.stderr, out.stderr
+    assert took < 12, took
