@@ -632,7 +632,7 @@ class Connection:
     async def _serve_call(self, qid, answer, bound, method, params) -> None:
         payload, results = self._result_payload(method)
         error = None
-        started = time.perf_counter()
+        started = time.perf_counter() if self._observe is not None else 0.0
         with trio.CancelScope() as scope:
             answer.scope = scope
             if answer.finished:

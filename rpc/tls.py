@@ -58,45 +58,36 @@ class TlsStream(trio.abc.Stream):
     # ------------------------------------------------------------ receiving
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         want = max_bytes or REFILL_BYTES
-        while True:
-            pieces, got, closed = [], 0, False
-            try:
-                while got < want:
-                    piece = self._ssl.read(want - got)
-                    if not piece:
-                        closed = True
-                        break
-                    pieces.append(piece)
-                    got += len(piece)
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLZeroReturnError:  # the peer's close_notify
-                closed = True
-            except ssl.SSLError as e:
-                self._broken = True
-                raise trio.BrokenResourceError(f"TLS error: {e}") from e
-            if pieces:
-                return b"".join(pieces) if len(pieces) > 1 else pieces[0]
-            if closed or self._incoming.eof:
-                # (EOF inside a record: the caller finds its frame cut short)
-                return b""
-            await self._refill()
+        pieces: list[bytes] = []
+
+        def read(got: int) -> int:
+            pieces.append(self._ssl.read(want - got))
+            return len(pieces[-1])
+        await self._receive(want, read)
+        return b"".join(pieces)  # one piece: that very object, no copy
 
     async def receive_into(self, view: memoryview) -> int:
         """Decrypt straight into ``view`` (a big frame's buffer): no bytes
         object per record and no copy after it.  0 at the end of the stream."""
+        return await self._receive(len(view), lambda got: self._ssl.read(len(view) - got, view[got:]))
+
+    async def _receive(self, want: int, read) -> int:
+        """Decrypt every whole record held, up to ``want`` bytes, through
+        ``read(got) -> count``; refill from the socket only when none is.
+        The count; 0 at the end of the stream (EOF inside a record: the
+        caller finds its frame cut short)."""
         while True:
             got, closed = 0, False
             try:
-                while got < len(view):
-                    n = self._ssl.read(len(view) - got, view[got:])
+                while got < want:
+                    n = read(got)
                     if not n:
                         closed = True
                         break
                     got += n
             except ssl.SSLWantReadError:
                 pass
-            except ssl.SSLZeroReturnError:
+            except ssl.SSLZeroReturnError:  # the peer's close_notify
                 closed = True
             except ssl.SSLError as e:
                 self._broken = True
