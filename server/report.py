@@ -15,6 +15,8 @@ import time
 
 import trio
 
+from .raft.server import member_rows
+
 REPORT_VERSION = 1
 
 
@@ -25,19 +27,14 @@ def _raft(node) -> dict | None:
     service, core = group.service, group.service.core
     st = core.status()
     members = st.membership
-    live = core.live_members()
-    progress = core.tracker.progress if core.tracker is not None and live else {}
-    ids = sorted(members.voters) + sorted(members.learners)
     return {
         "id": f"{st.id:x}", "role": st.role.name.lower(), "term": st.term,
         "leader": f"{st.leader:x}" if st.leader else None,
         "leader_addr": (members.name_of(st.leader) or None) if st.leader else None,
         "commit": st.commit, "applied": service.applied, "last_index": st.last_index,
         "snapshot_index": group.storage.snapshot.meta.index if group.storage.snapshot else 0,
-        "members": [{"id": f"{i:x}", "name": members.name_of(i) or "",
-                     "voter": i in members.voters,
-                     "live": i in live if live else None,
-                     "match": progress[i].match if i in progress else None} for i in ids],
+        "members": [{"id": f"{i:x}", "name": name, "voter": voter, "live": live, "match": match}
+                    for i, name, voter, live, match in member_rows(core, members)],
     }
 
 

@@ -186,16 +186,10 @@ class RaftServer(rpc.Server, interfaces=[raft_capnp.Raft]):
         for i, (k, v) in enumerate(params):
             keys[i], values[i] = k, v
         results.configIndex = core.log.config_index()
-        live = core.live_members()
-        progress = core.tracker.progress if core.tracker is not None and live else {}
-        ids = sorted(st.membership.voters) + sorted(st.membership.learners)
-        out = results.init("members", len(ids))
-        for i, node in enumerate(ids):
-            m = out[i]
-            m.id, m.name = node, st.membership.name_of(node) or ""
-            m.voter = node in st.membership.voters
-            m.live = node in live
-            m.match = progress[node].match if node in progress else 0
+        rows = member_rows(core, st.membership)
+        out = results.init("members", len(rows))
+        for m, (node, name, voter, live, match) in zip(out, rows):
+            m.id, m.name, m.voter, m.live, m.match = node, name, voter, bool(live), match or 0
 
     def _not_leader(self, core, results) -> bool:
         if core.role == Role.LEADER:
@@ -300,6 +294,17 @@ def _term_at(core, index: int) -> int:
         return -1  # below the snapshot: committed, so it stands
     except Unavailable:
         return 0
+
+
+def member_rows(core, membership) -> list[tuple[int, str, bool, bool | None, int | None]]:
+    """(id, name, voter, live, match) of each member, voters first. live and
+    match are known on the leader only (None elsewhere)."""
+    live = core.live_members()
+    progress = core.tracker.progress if core.tracker is not None and live else {}
+    return [(node, membership.name_of(node) or "", node in membership.voters,
+             node in live if live else None,
+             progress[node].match if node in progress else None)
+            for node in sorted(membership.voters) + sorted(membership.learners)]
 
 
 def _refuse_step(service, reason: str) -> None:

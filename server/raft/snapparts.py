@@ -144,11 +144,8 @@ class Joiner:
         finally:
             f.close()
         os.rename(self._path + PART_SUFFIX, self._path)
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        from .storage import _fsync_dir  # storage imports this module first
+        _fsync_dir(self.directory)
         return SnapshotFile(self._path, size)
 
     def close(self) -> None:
