@@ -11,6 +11,7 @@ them); a value not known yet (a joiner without a ring) is None."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 import trio
@@ -96,6 +97,5 @@ async def node_report(node) -> dict:
 
 
 def to_json(report: dict) -> str:
-    import json
     return json.dumps(report, sort_keys=True,
                       default=lambda v: sorted(v) if isinstance(v, (set, frozenset)) else str(v))
