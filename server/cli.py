@@ -37,6 +37,16 @@ def _addrs(text: str) -> list[str]:
     return [_addr(a) for a in text.split(",") if a] or [_addr(text)]
 
 
+def _positive_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bytes per second")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="chordfs", description="chordfs: a POSIX filesystem served by a cluster")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -85,6 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--json", action="store_true")
     where.add_argument("--timeout-s", type=float, default=5.0)
     _add_tls_arguments(where)
+    heal = sub.add_parser("heal", help="start a repair pass on every node now, follow it, then "
+                                       "count under-replicated and missing blocks (exit 4 if "
+                                       "any remain)")
+    heal.add_argument("addr", type=_addrs, help="any node(s), host:port[,host:port...]")
+    heal.add_argument("--json", action="store_true", help="the result as JSON, no progress bar")
+    heal.add_argument("--wait-s", type=float, default=3600.0,
+                      help="give up following after this long (the passes go on)")
+    heal.add_argument("--timeout-s", type=float, default=5.0, help="deadline of each call")
+    _add_tls_arguments(heal, node=True)
+    scrub = sub.add_parser("scrub", help="re-read and re-hash every copy on every node now, "
+                                         "restoring corrupt ones from replicas (exit 4 if one "
+                                         "could not be restored)")
+    scrub.add_argument("addr", type=_addrs, help="any node(s), host:port[,host:port...]")
+    scrub.add_argument("--rate", type=_positive_rate, metavar="BYTES_PER_S",
+                       help="read at most this many bytes/s per node (default: each node's "
+                            "scrub_bytes_per_s)")
+    scrub.add_argument("--json", action="store_true", help="the result as JSON, no progress bar")
+    scrub.add_argument("--wait-s", type=float, default=24 * 3600.0,
+                       help="give up following after this long (the passes go on)")
+    scrub.add_argument("--timeout-s", type=float, default=5.0, help="deadline of each call")
+    _add_tls_arguments(scrub, node=True)
     df = sub.add_parser("df", help="disk used and free on every node, and what the filesystem holds")
     df.add_argument("addr", type=_addrs, help="any node(s), host:port[,host:port...]")
     df.add_argument("--json", action="store_true", help="every node's report as JSON")
@@ -210,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "example-config":
         print(example_toml(), end="")
         return 0
-    if args.command in ("ping", "status", "df", "where"):
+    if args.command in ("ping", "status", "df", "where", "heal", "scrub"):
         try:
             context = _client_context(args)
         except UsageError as e:
@@ -218,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.command == "ping":
             return trio.run(_ping, args.addr, args.count, args.timeout_s, context)
+        if args.command in ("heal", "scrub"):
+            from .healcli import main as heal_main
+            return heal_main(args.command, args.addr, rate=getattr(args, "rate", None),
+                             as_json=args.json, wait_s=args.wait_s, timeout_s=args.timeout_s,
+                             context=context)
         if args.command == "where":
             from .where import main as where_main
             return where_main(args.addr, args.path, args.json, args.timeout_s, context)

@@ -35,6 +35,9 @@ class DiagServer(rpc.Server, interfaces=[diag.Diag]):
     async def report(self, params, results):
         raise rpc.Unimplemented("this server keeps no node report")
 
+    async def maintain(self, params, results):
+        raise rpc.Unimplemented("this server runs no maintenance")
+
     async def sleep(self, params, results):
         try:
             await trio.sleep(min(params.ms, SLEEP_MS_MAX) / 1000)

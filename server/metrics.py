@@ -51,6 +51,10 @@ class NodeMetrics:
                 ("repair_last_copied_bytes", "Bytes the last repair pass copied", ()),
                 ("scrub_last_checked_bytes", "Bytes the last scrub pass verified", ()),
                 ("scrub_last_corrupt", "Corrupt copies the last scrub pass found", ()),
+                ("scrub_running_checked_bytes", "Bytes the running scrub pass has verified", ()),
+                ("scrub_passes", "Scrub passes since start", ()),
+                ("census_blocks", "Referenced blocks by replication health at the last census "
+                                  "(metadata leader only)", ("health",)),
                 ("gc_last_deleted_copies", "Copies the last GC pass deleted", ()),
                 ("gc_last_unconfirmed", "Blocks the last GC pass could not confirm", ()),
                 ("restored_copies", "Corrupt copies restored from a replica since start", ()),
@@ -108,8 +112,15 @@ class NodeMetrics:
         g["repair_last_copied_blocks"].set(last.get("chunks_pulled", 0) + last.get("chunks_pushed", 0))
         g["repair_last_copied_bytes"].set(last.get("bytes_copied", 0))
         scrub, gc = rep.get("scrub") or {}, rep.get("gc") or {}
-        g["scrub_last_checked_bytes"].set(scrub.get("checked_bytes", 0))
-        g["scrub_last_corrupt"].set(scrub.get("corrupt_count", 0))
+        last_scrub = scrub.get("last") or {}
+        g["scrub_last_checked_bytes"].set(last_scrub.get("checked_bytes", 0))
+        g["scrub_last_corrupt"].set(last_scrub.get("corrupt_count", 0))
+        g["scrub_running_checked_bytes"].set((scrub.get("running") or {}).get("checked_bytes", 0))
+        g["scrub_passes"].set(scrub.get("passes", 0))
+        census = (rep.get("census") or {}).get("last")
+        if census:
+            for health in ("healthy", "under_replicated", "missing"):
+                g["census_blocks"].labels(health).set(census[health])
         g["gc_last_deleted_copies"].set(gc.get("copies_deleted", 0))
         g["gc_last_unconfirmed"].set(gc.get("unconfirmed", 0))
         g["restored_copies"].set(rep.get("restored", 0))

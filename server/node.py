@@ -7,6 +7,7 @@ layers: Raft leadership transfer, ring leave) within a deadline → RPC
 server closes.  Only this supervisor holds the nursery that services run
 in."""
 
+import json
 import logging
 import os
 import random
@@ -60,6 +61,35 @@ class NodeServer(Guarded, DiagServer, ChunkStoreServer, RingPeerServer, RaftServ
 
     async def report(self, params, results):
         results.json = to_json(await node_report(self.node))
+
+    async def maintain(self, params, results):
+        maintenance = self.node.maintenance
+        if maintenance is None:
+            raise rpc.Unimplemented("this node runs no maintenance yet")
+        action = params.action
+        try:
+            args = json.loads(params.argsJson or "{}")
+            if not isinstance(args, dict):
+                raise ValueError("argsJson must be a JSON object")
+        except ValueError as e:
+            raise rpc.Failed(f"bad argsJson: {e}") from None
+        if action == "heal":
+            target = maintenance.request_repair()
+        elif action == "scrub":
+            rate = args.get("bytes_per_s")
+            if rate is not None and not (isinstance(rate, (int, float)) and rate > 0):
+                raise rpc.Failed("bytes_per_s must be a positive number")
+            target = maintenance.request_scrub(rate)
+        elif action == "census":
+            try:
+                target = maintenance.request_census()
+            except LookupError as e:
+                raise rpc.Failed(str(e)) from None
+        else:
+            raise rpc.Failed(f"unknown maintenance action {action!r} (heal, scrub, census)")
+        log.info(kv("maintain.requested", node=self.node.config.node_name, action=action,
+                    target=target, peer=self.peer.name if self.peer else "-"))
+        results.json = json.dumps({"target": target})
 
     @property
     def ring_service(self) -> RingService:

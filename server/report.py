@@ -1,6 +1,7 @@
 """What one node knows about itself, as one plain dict: its Raft state, its
-disk and blocks, its view of the ring, and its repair, scrub, GC and sweep
-passes.  It is what ``Diag.report`` answers (as JSON), what ``chordfs
+disk and blocks, its view of the ring, its repair, scrub, GC and sweep
+passes, and (on the metadata leader) the census of under-replicated and
+missing blocks.  It is what ``Diag.report`` answers (as JSON), what ``chordfs
 status`` gathers from every member, and what the metrics endpoint and the
 status page show, so the operator's three views never disagree.
 
@@ -18,7 +19,7 @@ import trio
 
 from .raft.server import member_rows
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 
 def _raft(node) -> dict | None:
@@ -81,14 +82,16 @@ async def node_report(node) -> dict:
             "progress": ({"done": running.tasks_done, "total": running.tasks_total}
                          if running else None),
             "passes": maintenance["repair_passes"] if maintenance else 0,
-            # Copies the last pass had to make: blocks it found with fewer
-            # replicas than placement asks for.
-            "under_replicated_last_pass": ((maintenance["repair_last"] or {}).get("chunks_pulled", 0)
-                                           + (maintenance["repair_last"] or {}).get("chunks_pushed", 0)
-                                           if maintenance else None),
             "last": maintenance["repair_last"] if maintenance else None,
         },
-        "scrub": maintenance["scrub_last"] if maintenance else None,
+        "scrub": ({"passes": maintenance["scrub_passes"], "running": maintenance["scrub_running"],
+                   "last": maintenance["scrub_last"]} if maintenance else None),
+        # Only the metadata leader counts (server/store/census.py).
+        "census": ({"passes": maintenance["census_passes"],
+                    "running": maintenance["census_running"],
+                    "last": maintenance["census_last"]}
+                   if maintenance and (maintenance["census_last"] or maintenance["census_running"])
+                   else None),
         "gc": maintenance["gc_last"] if maintenance else None,
         "sweep": maintenance["sweep_last"] if maintenance else None,
         "restored": maintenance["restored"] if maintenance else 0,

@@ -31,8 +31,19 @@ async def _report(addr: str, timeout_s: float, context) -> dict:
         return {"error": str(e) or type(e).__name__}
 
 
-async def gather(addrs: list[str], timeout_s: float, context) -> dict[str, dict]:
-    """Every member's report, keyed by node name (seed addresses first)."""
+async def gather(addrs: list[str], timeout_s: float, context, *,
+                 follow_members: bool = True) -> dict[str, dict]:
+    """Every member's report, keyed by node name (seed addresses first);
+    without ``follow_members``, the reports of exactly ``addrs``."""
+    if not follow_members:
+        reports: dict[str, dict] = {}
+
+        async def ask(addr):
+            reports[addr] = await _report(addr, timeout_s, context)
+        async with trio.open_nursery() as nursery:
+            for addr in addrs:
+                nursery.start_soon(ask, addr)
+        return reports
     first = None
     for addr in addrs:
         first = await _report(addr, timeout_s, context)
@@ -77,6 +88,56 @@ def _leader(reports: dict) -> dict:
     return {}
 
 
+def summary(reports: dict) -> dict:
+    """The cluster in a few figures, as `status --json` gives it beside the
+    nodes' own reports: each member's state (its ring state as the nodes
+    that answered see it; "dead" or "unreachable" for one that did not
+    answer), who is down, and the leader's last census of block health."""
+    leader = _leader(reports)
+    ok = [r for r in reports.values() if "error" not in r]
+    ring_state: dict[str, str] = {}
+    for r in ok:
+        for m in r.get("ring") or []:
+            # The worst state any answering node reports wins: a node one
+            # peer already declared dead is not healthy for the operator.
+            worst = max(ring_state.get(m["name"], "alive"), m["state"], key=_severity)
+            ring_state[m["name"]] = worst
+    states = {}
+    for name, r in reports.items():
+        state = ring_state.get(name, "alive")
+        if "error" in r:
+            state = "dead" if state == "dead" else "unreachable"
+        states[name] = state
+    census = (leader.get("census") or {}) if leader else {}
+    last = census.get("last")
+    blocks = None
+    if last:
+        blocks = {"checked": last["blocks_checked"], "healthy": last["healthy"],
+                  "under_replicated": last["under_replicated"], "missing": last["missing"],
+                  "nodes_unreachable": last["nodes_unreachable"],
+                  "missing_examples": last["missing_examples"],
+                  "counting": census.get("running") is not None,
+                  "age_s": max(0.0, leader["wall_time_s"] - (last["finished_wall_s"] or 0)),
+                  "census_passes": census.get("passes", 0)}
+    lraft = leader.get("raft") or {}
+    return {
+        "cluster": next((r.get("cluster") for r in ok if r.get("cluster")), None),
+        "leader": leader.get("node"), "term": lraft.get("term"), "commit": lraft.get("commit"),
+        "members": states,
+        "down": sorted(n for n, st in states.items() if st in ("dead", "unreachable")),
+        "blocks": blocks,
+        "repair_backlog": sum((r.get("repair") or {}).get("backlog_tasks", 0) for r in ok),
+        "quarantined": sum((r.get("store") or {}).get("quarantined_count", 0) for r in ok),
+    }
+
+
+_SEVERITY = ("alive", "suspect", "left", "dead")
+
+
+def _severity(state: str) -> int:
+    return _SEVERITY.index(state) if state in _SEVERITY else 0
+
+
 def format_status(reports: dict) -> str:
     leader = _leader(reports)
     lraft = leader.get("raft") or {}
@@ -106,7 +167,7 @@ def format_status(reports: dict) -> str:
         progress = repair.get("progress")
         repair_text = (f"{progress['done']}/{progress['total']}" if progress
                        else f"idle ({repair.get('passes', 0)} passes)")
-        scrub, gc = r.get("scrub") or {}, r.get("gc") or {}
+        scrub, gc = (r.get("scrub") or {}).get("last") or {}, r.get("gc") or {}
         rows.append([name, ring_state.get(name, "?"), role, str(raft.get("term", "-")),
                      str(raft.get("commit", "-")), str(raft.get("applied", "-")),
                      str(member.get("match") if member.get("match") is not None else "-"),
@@ -115,16 +176,17 @@ def format_status(reports: dict) -> str:
                      _size(scrub.get("checked_bytes")) if scrub else "-",
                      f"{gc.get('copies_deleted', 0)} deleted" if gc else "-"])
     lines.append(_table(rows))
-    under = sum((r.get("repair") or {}).get("under_replicated_last_pass") or 0
-                for r in reports.values() if "error" not in r)
-    quarantined = sum((r.get("store") or {}).get("quarantined_count", 0)
-                      for r in reports.values() if "error" not in r)
-    backlog = sum((r.get("repair") or {}).get("backlog_tasks", 0)
-                  for r in reports.values() if "error" not in r)
-    down = [n for n, r in reports.items() if "error" in r]
-    lines.append(f"blocks copied by the last repair passes (were under-replicated): {under}   "
-                 f"repair backlog: {backlog} ranges   quarantined copies: {quarantined}   "
-                 f"unreachable: {', '.join(down) or 'none'}")
+    sm = summary(reports)
+    blocks = sm["blocks"]
+    if blocks is None:
+        health = "block health: not counted yet (the metadata leader counts after start-up)"
+    else:
+        age = "counting now" if blocks["counting"] else f"counted {blocks['age_s']:.0f} s ago"
+        health = (f"blocks: {blocks['checked']} referenced, {blocks['under_replicated']} "
+                  f"under-replicated, {blocks['missing']} missing ({age})")
+    lines.append(health)
+    lines.append(f"repair backlog: {sm['repair_backlog']} ranges   quarantined copies: "
+                 f"{sm['quarantined']}   down: {', '.join(sm['down']) or 'none'}")
     return "\n".join(lines)
 
 
@@ -159,7 +221,8 @@ def main(addrs: list[str], what: str, as_json: bool, timeout_s: float, context) 
         print(f"chordfs: {e}", file=sys.stderr)
         return 1
     if as_json:
-        print(json.dumps({"nodes": reports}, indent=2, sort_keys=True))
+        print(json.dumps({"nodes": reports, "summary": summary(reports)}, indent=2,
+                         sort_keys=True))
     else:
         print(format_status(reports) if what == "status" else format_df(reports))
     return 0 if all("error" not in r for r in reports.values()) else 3

@@ -60,7 +60,8 @@ def test_status_and_df_show_every_member(tmp_path):
         lines = table.stdout.splitlines()
         assert lines[0].startswith("cluster ") and "leader 127.0.0.1:" in lines[0]
         assert lines[1].split()[:3] == ["NODE", "RING", "ROLE"]
-        assert len(lines) == 2 + 3 + 1 and "unreachable: none" in lines[-1]
+        assert len(lines) == 2 + 3 + 2 and "down: none" in lines[-1]
+        assert lines[-2].startswith("blocks: ") or lines[-2].startswith("block health: not counted")
         where = _cli("where", cluster.spec, "/f", "--json")
         assert where.returncode == 0, where.stderr
         placed = json.loads(where.stdout)
@@ -76,6 +77,6 @@ def test_status_and_df_show_every_member(tmp_path):
         cluster.kill(2)
         down = _cli("status", cluster.spec, "--timeout-s", "2")
         assert down.returncode == 3
-        assert f"unreachable: {cluster.addrs[2]}" in down.stdout.splitlines()[-1]
+        assert f"down: {cluster.addrs[2]}" in down.stdout.splitlines()[-1]
     finally:
         cluster.stop()

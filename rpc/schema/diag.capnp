@@ -20,4 +20,10 @@ interface Diag {
   report @4 () -> (json :Text);
   # The node's own state for operators (server/report.py): Raft, disk and
   # blocks, ring view, repair/scrub/GC passes; JSON with stable keys.
+
+  maintain @5 (action :Text, argsJson :Text) -> (json :Text);
+  # Node-only. Starts a pass now: "heal" (repair), "scrub" (argsJson may
+  # give {"bytes_per_s": N}) or "census" (the count of under-replicated and
+  # missing blocks; only the metadata leader counts). Answers
+  # {"target": N}: the pass counter in the node report that marks it done.
 }

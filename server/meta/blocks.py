@@ -264,6 +264,13 @@ def gc_candidates(conn: sqlite3.Connection, limit: int = 1000) -> list[tuple[byt
         " ORDER BY mark LIMIT ?", (limit,))]
 
 
+def live_blocks(conn: sqlite3.Connection, after_id: bytes, limit: int) -> list[bytes]:
+    """Referenced blocks in id order after ``after_id`` (the census walks them)."""
+    return [bytes(r[0]) for r in conn.execute(
+        "SELECT block_id FROM block WHERE block_id > ? AND refs > 0 ORDER BY block_id LIMIT ?",
+        (after_id, limit))]
+
+
 def forget(conn: sqlite3.Connection, ids: list[bytes], marks: list[int]) -> None:
     now = log_time_ns(conn)
     for block_id, mark in zip(ids, marks):

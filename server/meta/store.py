@@ -174,6 +174,12 @@ class MetaStore:
     def gc_candidates(self, limit: int = 1000) -> list[tuple[bytes, int]]:
         return blocks.gc_candidates(self._conn, limit)
 
+    def live_blocks(self, after_id: bytes = b"", limit: int = 4096) -> list[bytes]:
+        return blocks.live_blocks(self._conn, after_id, limit)
+
+    def live_block_count(self) -> int:
+        return self.statfs().chunks
+
     def block_state(self, block_id: bytes) -> tuple[str, int]:
         return blocks.block_state(self._conn, block_id)
 

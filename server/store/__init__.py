@@ -16,13 +16,13 @@ from .errors import (
     StoreLocked,
 )
 from .keyrange import KeyRange, chunk_id_of, ring_key
-from .scrub import ScrubReport, scrub, scrub_forever
+from .scrub import ScrubReport, scrub
 from .summary import RangeDiff, RangeSummary, reconcile, summarize
 
 __all__ = [
     "AsyncChunkReader", "AsyncChunkStore", "BadChunkId", "CHUNK_BYTES_MAX_DEFAULT",
     "ChunkNotFound", "ChunkStore", "ChunkTooLarge", "CorruptChunk", "HashMismatch",
     "KeyRange", "NoSpace", "RangeDiff", "RangeSummary", "ScrubReport", "StoreError",
-    "StoreLocked", "StoreStats", "chunk_id_of", "reconcile", "ring_key", "scrub", "scrub_forever",
+    "StoreLocked", "StoreStats", "chunk_id_of", "reconcile", "ring_key", "scrub",
     "summarize",
 ]

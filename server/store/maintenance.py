@@ -16,11 +16,19 @@ and tries again later, so no maintenance error ever stops the node:
   After a complete pass, copies this node no longer replicates are dropped
   once every replica confirms (``handoff``); while some stay unconfirmed the
   next pass comes after ``repair_retry_s``, doubling up to the interval.
-* scrub: ``scrub_forever`` with ``on_corrupt`` restoring the chunk from the
-  other replicas of the current view. The first pass waits
-  ``min(scrub_interval_s, scrub_first_delay_s)``: a node restarting more
-  often than the interval still scrubs, without re-reading the disk at
-  every start.
+* scrub: a ``scrub`` pass every ``scrub_interval_s`` (start to start) with
+  ``on_corrupt`` restoring the chunk from the other replicas of the current
+  view. The first pass waits ``min(scrub_interval_s, scrub_first_delay_s)``:
+  a node restarting more often than the interval still scrubs, without
+  re-reading the disk at every start.
+* census (only while this node leads the metadata group): counts the
+  referenced blocks that are under-replicated or missing
+  (server/store/census.py), after view changes (debounced as repair is)
+  and every ``census_interval_s``.
+* on request (``chordfs heal`` and ``chordfs scrub`` through
+  Diag.maintain): ``request_repair``, ``request_scrub`` and
+  ``request_census`` start a pass now and return the pass count the caller
+  waits for; the running pass's progress is in ``status()``.
 * GC (only while this node leads the metadata group): take dying blocks
   ``gc_candidates(limit) -> [(id, mark)]`` from the metadata replica, ask
   each block's replica set plus ``gc_extra_replicas`` successors (copies a
@@ -54,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 import trio
 
@@ -66,10 +75,11 @@ from server.ring.messages import MemberDown, MemberUp, RangesChanged
 from server.ring.service import Resync
 
 from .aiostore import AsyncChunkStore
+from .census import Census, CensusReport
 from .handoff import drop_handed_over
 from .keyrange import ring_key
 from .repair import RepairPass, RepairReport
-from .scrub import ScrubReport, scrub_forever
+from .scrub import ScrubReport, scrub
 from .service import RemoteStore, RemoteStoreError, store_capnp
 from .sweep import Sweeper, SweepLimits
 
@@ -97,6 +107,9 @@ class MaintenanceLimits:
     gc_pass_s_max: float = 120.0
     gc_retry_s: float = 10.0            # a block a node did not answer for
     gc_deferred_max: int = 4096
+    census_interval_s: float = 300.0
+    census_lookups_per_s: float = 50_000.0
+    census_pass_s_max: float = 3600.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -138,6 +151,17 @@ class Maintenance:
         self.repair_last: RepairReport | None = None
         self.repair_last_s: float | None = None     # trio time the last pass ended
         self.scrub_last: ScrubReport | None = None
+        self.scrub_running: ScrubReport | None = None
+        self.scrub_last_wall_s: float | None = None
+        self.scrub_total_bytes = 0          # what the running pass will read, about
+        self.scrub_passes = 0
+        self._scrub_wake = trio.Event()
+        self._scrub_rate: float | None = None  # a requested pass's own rate
+        self._urgent_repair = False
+        self.census_last: CensusReport | None = None
+        self.census_running: CensusReport | None = None
+        self.census_passes = 0
+        self._census_wake = trio.Event()
         self.restored = self.restore_failed = 0
         self.gc_last: GcReport | None = None
         self.handed_off = 0
@@ -150,7 +174,17 @@ class Maintenance:
             "repair_passes": self.repair_passes,
             "repair_running": self.repair_running is not None,
             "repair_last": dataclasses.asdict(last) if last else None,
-            "scrub_last": dataclasses.asdict(self.scrub_last) if self.scrub_last else None,
+            "scrub_last": _scrub_dict(self.scrub_last, self.scrub_last_wall_s),
+            "scrub_passes": self.scrub_passes,
+            "scrub_running": ({"checked_bytes": self.scrub_running.checked_bytes,
+                               "total_bytes": self.scrub_total_bytes,
+                               "corrupt": self.scrub_running.corrupt_count}
+                              if self.scrub_running else None),
+            "census_passes": self.census_passes,
+            "census_last": dataclasses.asdict(self.census_last) if self.census_last else None,
+            "census_running": ({"checked": self.census_running.blocks_checked,
+                                "total": self.census_running.blocks_total}
+                               if self.census_running else None),
             "restored": self.restored, "restore_failed": self.restore_failed,
             "handed_off": self.handed_off,
             "gc_last": dataclasses.asdict(self.gc_last) if self.gc_last else None,
@@ -167,6 +201,7 @@ class Maintenance:
                 nursery.start_soon(self._scrub_loop)
                 if self.metadata is not None:
                     nursery.start_soon(self._gc_loop)
+                    nursery.start_soon(self._census_loop)
                     await nursery.start(self.sweeper.run)
                 log.info(kv("maintenance.started", node=self.name,
                             repair_bytes_per_s=self.cfg.repair_bytes_per_s,
@@ -183,6 +218,7 @@ class Maintenance:
             if isinstance(event, _VIEW_EVENTS):
                 self._last_event_s = trio.current_time()
                 self._wake.set()
+                self._census_wake.set()
 
     async def _repair_loop(self) -> None:
         # A first pass at start: this node may have been down while its
@@ -193,9 +229,18 @@ class Maintenance:
         while True:
             with trio.move_on_after(next_s):
                 await self._wake.wait()
-            await self._settle()
+            if not self._urgent_repair:
+                await self._settle()
+            self._urgent_repair = False
             self._wake = trio.Event()
             next_s = await self._repair_once()
+
+    def request_repair(self) -> int:
+        """Start a repair pass now (``chordfs heal``); returns the value of
+        ``repair_passes`` once a pass started after this call has ended."""
+        self._urgent_repair = True
+        self._wake.set()
+        return self.repair_passes + (2 if self.repair_running is not None else 1)
 
     async def _settle(self) -> None:
         """Wait until no view event came for debounce_s (at most settle_s_max)."""
@@ -287,19 +332,42 @@ class Maintenance:
     # ---- scrub ----------------------------------------------------------
 
     async def _scrub_loop(self) -> None:
-        await trio.sleep(min(self.cfg.scrub_interval_s, self.limits.scrub_first_delay_s))
+        delay_s = min(self.cfg.scrub_interval_s, self.limits.scrub_first_delay_s)
         while True:
+            with trio.move_on_after(delay_s):
+                await self._scrub_wake.wait()
+            self._scrub_wake = trio.Event()
+            started_s = trio.current_time()
             try:
-                await scrub_forever(self.store, interval_s=self.cfg.scrub_interval_s,
-                                    bytes_per_s=self.cfg.scrub_bytes_per_s,
-                                    on_corrupt=self._restore, on_pass=self._on_scrub_pass)
+                await self._scrub_once()
             except Exception as e:  # noqa: BLE001 - logged; scrub starts over
                 log.error(kv("scrub.failed", node=self.name, error=f"{type(e).__name__}: {e}"),
                           exc_info=True)
-                await trio.sleep(self.limits.failure_backoff_s)
+                self.scrub_running = None
+                delay_s = self.limits.failure_backoff_s
+                continue
+            delay_s = max(0.0, started_s + self.cfg.scrub_interval_s - trio.current_time())
+
+    async def _scrub_once(self) -> None:
+        rate, self._scrub_rate = self._scrub_rate or self.cfg.scrub_bytes_per_s, None
+        self.scrub_total_bytes = (await self.store.stats()).used_bytes
+        report = self.scrub_running = ScrubReport()
+        await scrub(self.store, bytes_per_s=rate, on_corrupt=self._restore, report=report)
+        self.scrub_running = None
+        self.scrub_passes += 1
+        self._on_scrub_pass(report)
+
+    def request_scrub(self, bytes_per_s: float | None = None) -> int:
+        """Start a scrub pass now (``chordfs scrub``), at ``bytes_per_s`` if
+        given; returns the ``scrub_passes`` value that marks it done."""
+        if bytes_per_s is not None:
+            self._scrub_rate = bytes_per_s
+        self._scrub_wake.set()
+        return self.scrub_passes + (2 if self.scrub_running is not None else 1)
 
     def _on_scrub_pass(self, report: ScrubReport) -> None:
         self.scrub_last = report
+        self.scrub_last_wall_s = time.time()
         log.info(kv("scrub.pass", node=self.name, chunks=report.checked_count,
                     bytes=report.checked_bytes, corrupt=report.corrupt_count,
                     restored=self.restored, restore_failed=self.restore_failed))
@@ -421,6 +489,58 @@ class Maintenance:
         except (rpc.RpcError, RemoteStoreError, trio.TooSlowError) as e:
             log.info(kv("gc.delete_failed", node=self.name, on=name, chunk=chunk_id.hex(),
                         error=f"{type(e).__name__}: {e}"[:200]))
+
+    # ---- census -----------------------------------------------------------
+
+    async def _census_loop(self) -> None:
+        census = Census(self.metadata.reader, self.ring.view, self.pool,
+                        self.cfg.replication_factor, extra=self.limits.gc_extra_replicas,
+                        lookups_per_s=self.limits.census_lookups_per_s, timeout_s=self.timeout_s)
+        while True:
+            with trio.move_on_after(self.limits.census_interval_s):
+                await self._census_wake.wait()
+            if not self._leads():
+                self._census_wake = trio.Event()
+                continue
+            await self._settle()
+            self._census_wake = trio.Event()
+            report = self.census_running = CensusReport()
+            try:
+                with trio.fail_after(self.limits.census_pass_s_max):
+                    await census.run(report)
+                self.census_last = report
+                log.info(kv("census.pass", node=self.name, blocks=report.blocks_checked,
+                            under_replicated=report.under_replicated, missing=report.missing,
+                            unreachable=",".join(report.nodes_unreachable) or "-",
+                            took_s=report.took_s))
+            except Exception as e:  # noqa: BLE001 - logged; the next pass counts again
+                log.warning(kv("census.failed", node=self.name,
+                               error=f"{type(e).__name__}: {e}"))
+                await trio.sleep(self.limits.failure_backoff_s)
+            finally:
+                self.census_running = None
+                self.census_passes += 1
+
+    def request_census(self) -> int:
+        """Count now (``chordfs heal`` asks after repair); returns the
+        ``census_passes`` value that marks it done.  Only the metadata
+        leader counts: elsewhere this raises LookupError."""
+        if self.metadata is None or not self._leads():
+            raise LookupError("this node does not lead the metadata group")
+        self._last_event_s = min(self._last_event_s, trio.current_time() - self.limits.debounce_s)
+        self._census_wake.set()
+        return self.census_passes + (2 if self.census_running is not None else 1)
+
+
+def _scrub_dict(report: ScrubReport | None, wall_s: float | None) -> dict | None:
+    if report is None:
+        return None
+    out = dataclasses.asdict(report)
+    # Ids as hex: the report is JSON, and the count is what operators read.
+    out["corrupt_ids"] = [c.hex() for c in report.corrupt_ids[:10]]
+    out["last_id"] = report.last_id.hex() if report.last_id else None
+    out["finished_wall_s"] = wall_s
+    return out
 
 
 def _identity(name: str) -> str:

@@ -51,17 +51,21 @@ async def scrub(
     key_range: KeyRange | None = None,
     after_id: bytes | None = None,
     chunks_max: int | None = None,
+    report: ScrubReport | None = None,
 ) -> ScrubReport:
     """Verify the chunks of ``key_range`` (default: all) after ``after_id``.
 
     ``on_corrupt(chunk_id)`` is awaited for every corrupt chunk, after it has
     been quarantined; exceptions from it propagate (the hook owns its retries).
     ``complete`` is True when the range was exhausted rather than cut short by
-    ``chunks_max``.
+    ``chunks_max``. A ``report`` given is filled in as the pass goes (a
+    status query shows its progress).
     """
     if bytes_per_s <= 0:
         raise ValueError(f"bytes_per_s must be > 0, got {bytes_per_s}")
-    report = ScrubReport(last_id=after_id)
+    if report is None:
+        report = ScrubReport()
+    report.last_id = after_id
     started_s = trio.current_time()
     while True:
         page = await store.list_ids(key_range, report.last_id, PAGE_IDS_MAX)
@@ -106,29 +110,3 @@ async def _quarantined_size(exc: CorruptChunk) -> int:
         return (await trio.Path(exc.quarantined_path).stat()).st_size
     except FileNotFoundError:
         return 0
-
-
-async def scrub_forever(
-    store: AsyncChunkStore,
-    *,
-    interval_s: float,
-    bytes_per_s: float,
-    on_corrupt: CorruptHook | None = None,
-    on_pass: Callable[[ScrubReport], object] | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Service: one full scrub pass every ``interval_s`` (measured start to
-    start, so a slow pass is followed immediately by the next one)."""
-    if interval_s <= 0:
-        raise ValueError(f"interval_s must be > 0, got {interval_s}")
-    task_status.started()
-    while True:
-        pass_started_s = trio.current_time()
-        report = await scrub(store, bytes_per_s=bytes_per_s, on_corrupt=on_corrupt)
-        log.info(
-            "scrub pass: %d chunks, %d bytes, %d corrupt",
-            report.checked_count, report.checked_bytes, report.corrupt_count,
-        )
-        if on_pass is not None:
-            on_pass(report)
-        await trio.sleep_until(pass_started_s + interval_s)

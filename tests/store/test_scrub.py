@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from server.store import AsyncChunkStore, KeyRange, scrub, scrub_forever
+from server.store import AsyncChunkStore, KeyRange, scrub
 
 from .conftest import make_chunk
 from .test_chunkstore import corrupt_on_disk
@@ -71,23 +71,3 @@ async def test_scrub_of_a_range_checks_only_that_range(astore, autojump_clock):
     r = KeyRange(1 << 63, 1 << 62)
     report = await scrub(astore, bytes_per_s=1e9, key_range=r)
     assert report.checked_count == sum(1 for i in ids if r.contains_id(i))
-
-
-async def test_scrub_forever_runs_a_pass_per_interval(astore, autojump_clock):
-    ids = fill(astore, 5)
-    send, receive = trio.open_memory_channel(10)
-    start = trio.current_time()
-
-    def on_pass(report):
-        send.send_nowait((trio.current_time() - start, report.corrupt_count))
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: scrub_forever(
-            astore, interval_s=3600, bytes_per_s=1e9, on_pass=on_pass, task_status=task_status))
-        seen = [await receive.receive() for _ in range(2)]
-        # The next pass waits for its interval, so this lands before it.
-        corrupt_on_disk(astore.store, ids[0])
-        seen += [await receive.receive() for _ in range(2)]
-        nursery.cancel_scope.cancel()
-    assert [round(t) for t, _ in seen] == [0, 3600, 7200, 10800]
-    assert [c for _, c in seen] == [0, 0, 1, 0]
