@@ -7,8 +7,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := fuse3 libfuse3-dev pkg-config attr acl
+# Only `make test` needs these: the status page is checked in a real browser.
+APT_TEST_PKGS := chromium chromium-driver
 
-.PHONY: run test stop bench sysdeps venv clean install-mount-helper install uninstall
+.PHONY: run test stop bench sysdeps testdeps venv clean install-mount-helper install uninstall
 
 # `make install`: chordfs in its own environment, its commands on PATH, the
 # units where systemd looks, mount.chordfs where mount(8) looks. Every
@@ -35,6 +37,13 @@ $(STAMP): pyproject.toml | sysdeps
 
 venv: sysdeps $(STAMP)
 
+testdeps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing test packages: $(APT_TEST_PKGS)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TEST_PKGS) >/dev/null; \
+	fi
+
 run: venv
 	$(VENV)/bin/chordfs demo
 
@@ -43,7 +52,7 @@ stop:
 
 # Two workers; tests marked xdist_group("heavy") (long real-process runs
 # with timing budgets) share one worker so they never overlap each other.
-test: venv
+test: venv testdeps
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: venv

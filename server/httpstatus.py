@@ -131,10 +131,15 @@ class StatusHttp:
             ours = reports.get(name) or {}
             placement = ours.get("placement") or {}
             alive = sorted(m["name"] for m in ours.get("ring") or [] if m["state"] == "alive")
+            members = sorted(m["name"] for m in ours.get("ring") or [] if m["state"] != "left")
             body = json.dumps({
                 "node": name, "reports": reports,
                 "arcs": ring_arcs(alive, placement.get("virtual_ids_per_node", 256),
                                   placement.get("replication_factor", 3)),
+                # Who owned each arc with every member counted, the dead
+                # too: the outer band shows what a dead node's successors
+                # are covering for.
+                "owners": ring_arcs(members, placement.get("virtual_ids_per_node", 256), 1),
                 "generated_s": time.time(),
             }, sort_keys=True, default=lambda v: sorted(v) if isinstance(v, set) else str(v))
             self._cluster = (time.monotonic(), body.encode())
@@ -155,6 +160,7 @@ th{background:#f4f4f4} .dead{color:#b00;font-weight:bold} .alive{color:#070} .su
 <h1>chordfs cluster <span id="cluster" class="muted"></span></h1>
 <div id="banner"></div>
 <div class="muted" id="summary">loading...</div>
+<div id="health"></div>
 <div id="wrap">
 <svg id="ring" width="420" height="420" viewBox="-210 -210 420 420" role="img" aria-label="hash ring"></svg>
 <div><table id="members"><thead><tr><th>node</th><th>ring</th><th>role</th><th>term</th>
@@ -163,7 +169,8 @@ th{background:#f4f4f4} .dead{color:#b00;font-weight:bold} .alive{color:#070} .su
 <div id="legend"></div>
 <p class="muted">Each arc of the circle is a range of block hashes, coloured by the node that owns
 it; a block is stored on its owner and the next distinct nodes clockwise (its replica set, shown
-when you point at an arc). Dead nodes own nothing until they return.</p></div></div>
+when you point at an arc). Dead nodes own nothing until they return: the thin red band outside
+marks the arcs they owned, which their successors now serve.</p></div></div>
 <script>
 const colours=["#1f77b4","#ff7f0e","#2ca02c","#9467bd","#8c564b","#e377c2","#17becf","#bcbd22","#7f7f7f","#d62728"];
 function size(n){if(n==null)return"-";const u=["B","K","M","G","T"];let i=0;while(n>=1024&&i<u.length-1){n/=1024;i++}return(i?n.toFixed(1):n)+u[i]}
@@ -185,8 +192,14 @@ async function refresh(){
  document.querySelector("#members tbody").innerHTML=rows.join("");
  const dead=Object.keys(ring).filter(n=>ring[n]!=="alive");
  document.getElementById("summary").textContent=`leader ${leader} · ${names.length} members · ${data.arcs.length} arcs · dead or suspect: ${dead.join(", ")||"none"} · as seen by ${data.node} at ${new Date(data.generated_s*1000).toLocaleTimeString()}`;
+ const census=((reports[leader]||{}).census||{}).last;const health=document.getElementById("health");
+ if(!census){health.textContent="block health: not counted yet";health.className="muted"}
+ else{health.textContent=`blocks: ${census.blocks_checked} referenced, ${census.under_replicated} under-replicated, ${census.missing} missing`;
+  health.textContent+=` (counted ${Math.max(0,Math.round(data.generated_s-census.finished_wall_s))} s ago)`;
+  health.className=census.missing?"dead":census.under_replicated?"suspect":"alive"}
  const svg=document.getElementById("ring");
- svg.innerHTML=data.arcs.map(a=>`<path d="${arc(a.start,Math.max(a.end,a.start+1e-4),140,200)}" fill="${colour[a.replicas[0]]||"#999"}"><title>${(a.start*100).toFixed(2)}%-${(a.end*100).toFixed(2)}%: ${a.replicas.join(" → ")}</title></path>`).join("")
+ svg.innerHTML=data.arcs.map(a=>`<path d="${arc(a.start,Math.max(a.end,a.start+1e-4),140,196)}" fill="${colour[a.replicas[0]]||"#999"}"><title>${(a.start*100).toFixed(2)}%-${(a.end*100).toFixed(2)}%: ${a.replicas.join(" → ")}</title></path>`).join("")
+  +(data.owners||[]).filter(a=>dead.includes(a.replicas[0])).map(a=>`<path class="deadarc" d="${arc(a.start,Math.max(a.end,a.start+1e-4),199,209)}" fill="#d00"><title>${(a.start*100).toFixed(2)}%-${(a.end*100).toFixed(2)}% owned by ${a.replicas[0]} (${ring[a.replicas[0]]}): served by its successors</title></path>`).join("")
   +dead.map((n,i)=>`<text x="0" y="${-10+18*i}" text-anchor="middle" class="dead">✕ ${n}</text>`).join("")
   +`<text x="0" y="${dead.length*18+10}" text-anchor="middle" class="muted">${names.length-dead.length} alive</text>`;
 }

@@ -16,7 +16,8 @@ from tests import tls
 from tests.fuse.conftest import ROOT, fuse_usable, start_mount, stop_mount
 from tests.fuse.realcluster import start_cluster
 from tests.netutil import free_ports
-from tests.test_http_status import check_http
+from tests.test_http_status import (check_http, check_metrics_moved, check_page_in_chromium,
+                                    metrics_of)
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +35,15 @@ def test_status_and_df_show_every_member(tmp_path):
         i: ["--metrics-port", str(p)] for i, p in enumerate(ports)})
     try:
         check_http(cluster, ports)
+        leader = cluster.leader_index()
+        before = metrics_of(ports[leader])
         mount = start_mount(cluster.spec, tmp_path / "m", tmp_path / "m.log")
         try:
             (mount.path / "f").write_bytes(os.urandom(300_000))  # one block, 3 copies
             os.sync()
         finally:
             stop_mount(mount)
+        check_metrics_moved(before, metrics_of(ports[leader]))
         deadline = time.monotonic() + 30
         while True:
             out = _cli("status", cluster.addrs[1], "--json")
@@ -78,5 +82,7 @@ def test_status_and_df_show_every_member(tmp_path):
         down = _cli("status", cluster.spec, "--timeout-s", "2")
         assert down.returncode == 3
         assert f"down: {cluster.addrs[2]}" in down.stdout.splitlines()[-1]
+        check_page_in_chromium(ports[0], cluster.addrs[:2], cluster.addrs[2],
+                               tmp_path / "status-page.png")
     finally:
         cluster.stop()

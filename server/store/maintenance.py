@@ -23,8 +23,9 @@ and tries again later, so no maintenance error ever stops the node:
   re-reading the disk at every start.
 * census (only while this node leads the metadata group): counts the
   referenced blocks that are under-replicated or missing
-  (server/store/census.py), after view changes (debounced as repair is)
-  and every ``census_interval_s``.
+  (server/store/census.py), after view changes (debounced as repair is),
+  every ``census_interval_s``, and within ``census_check_s`` of the block
+  count changing (at most half the time, however long a pass takes).
 * on request (``chordfs heal`` and ``chordfs scrub`` through
   Diag.maintain): ``request_repair``, ``request_scrub`` and
   ``request_census`` start a pass now and return the pass count the caller
@@ -108,6 +109,7 @@ class MaintenanceLimits:
     gc_retry_s: float = 10.0            # a block a node did not answer for
     gc_deferred_max: int = 4096
     census_interval_s: float = 300.0
+    census_check_s: float = 30.0        # a changed block count is counted again this soon
     census_lookups_per_s: float = 50_000.0
     census_pass_s_max: float = 3600.0
 
@@ -496,11 +498,14 @@ class Maintenance:
         census = Census(self.metadata.reader, self.ring.view, self.pool,
                         self.cfg.replication_factor, extra=self.limits.gc_extra_replicas,
                         lookups_per_s=self.limits.census_lookups_per_s, timeout_s=self.timeout_s)
+        last_end_s, last_took_s = trio.current_time(), 0.0
         while True:
-            with trio.move_on_after(self.limits.census_interval_s):
+            with trio.move_on_after(self.limits.census_check_s):
                 await self._census_wake.wait()
             if not self._leads():
                 self._census_wake = trio.Event()
+                continue
+            if not self._census_wake.is_set() and not self._census_due(last_end_s, last_took_s):
                 continue
             await self._settle()
             self._census_wake = trio.Event()
@@ -520,6 +525,19 @@ class Maintenance:
             finally:
                 self.census_running = None
                 self.census_passes += 1
+                last_end_s = trio.current_time()
+                last_took_s = report.took_s or 0.0
+
+    def _census_due(self, last_end_s: float, last_took_s: float) -> bool:
+        """Without an event: every census_interval_s, and sooner when the
+        number of referenced blocks changed (new files are counted within
+        a minute), but never more than half the time."""
+        since_s = trio.current_time() - last_end_s
+        if since_s >= self.limits.census_interval_s:
+            return True
+        last = self.census_last
+        changed = last is None or self.metadata.reader.live_block_count() != last.blocks_total
+        return changed and since_s >= max(self.limits.census_check_s, 2 * last_took_s)
 
     def request_census(self) -> int:
         """Count now (``chordfs heal`` asks after repair); returns the

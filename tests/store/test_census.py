@@ -114,7 +114,7 @@ async def test_requested_scrub_and_census_run_now(nursery, tmp_path, patient_clo
     blocks = [make_chunk(1200 + i, 500) for i in range(12)]
     await _place(cluster, blocks, [3] * 10 + [1] * 2)
     m = _maintenance(cluster, Reader([c for c, _ in blocks]), scrub_first_delay_s=3600.0,
-                     census_interval_s=1e6, debounce_s=1.0)
+                     census_interval_s=1e6, census_check_s=1e6, debounce_s=1.0)
     nursery.start_soon(m._scrub_loop)
     nursery.start_soon(m._census_loop)
     started_s = trio.current_time()
