@@ -20,8 +20,9 @@ sent, default 100; what a crash of the mount may lose), ``read_ahead_kb``, ``cac
 may take with its retries before EIO, default 15), ``writeback`` /
 ``nowriteback`` (the kernel's writeback cache, default off; see
 ``WRITEBACK_DEFAULT``), ``acl`` / ``noacl`` (POSIX ACLs, default on: the
-kernel enforces them, see server/meta/acl.py) and ``noallow_other`` are
-chordfs's; fstab words
+kernel enforces them, see server/meta/acl.py), ``metrics_port`` /
+``metrics_file`` (the mount's Prometheus metrics, fusefs/mountmetrics.py)
+and ``noallow_other`` are chordfs's; fstab words
 (``defaults``, ``_netdev``, ``nofail``, ``auto``, ...) are accepted and
 ignored. ``allow_other`` and ``default_permissions`` are on by default
 (DESIGN: a root mount is shared by every user, the kernel checks modes).
@@ -109,6 +110,8 @@ class MountConfig:
     sync_meta: bool = False  # -o sync_meta: no directory write-behind (fusefs/leases.py)
     meta_batch_s: float = 0.1  # -o meta_batch_ms: the longest a change waits in a batch
     tls: TlsFiles | None = None  # None: -o insecure, or --local
+    metrics_port: int = 0  # -o metrics_port: /metrics on 127.0.0.1 (fusefs/mountmetrics.py)
+    metrics_file: str = ""  # -o metrics_file: the same, rewritten every 10 s
 
 
 TLS_DEFAULT_DIR = "/etc/chordfs/tls"
@@ -147,13 +150,18 @@ def parse_options(text: str) -> dict:
            "chunk_kib": CHUNK_BYTES_DEFAULT >> 10, "deadline": DEADLINE_S_DEFAULT,
            "writeback": WRITEBACK_DEFAULT, "acl": True, "sync_meta": False,
            "meta_batch_ms": int(FLUSH_AGE_S * 1000), "insecure": False,
-           "tls_ca": "", "tls_cert": "", "tls_key": "", "nonempty": False}
+           "tls_ca": "", "tls_cert": "", "tls_key": "", "nonempty": False,
+           "metrics_port": 0, "metrics_file": ""}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
         if key in ("attr_timeout", "entry_timeout", "deadline"):
             out[key] = _number(key, value, float)
-        elif key in ("read_ahead_kb", "cache_mib", "chunk_kib", "meta_batch_ms"):
+        elif key in ("read_ahead_kb", "cache_mib", "chunk_kib", "meta_batch_ms", "metrics_port"):
             out[key] = _number(key, value)
+        elif key == "metrics_file":
+            if not value:
+                raise UsageError("mount option metrics_file needs a file path")
+            out[key] = os.path.abspath(value)
         elif key in ("tls_ca", "tls_cert", "tls_key"):
             if not value:
                 raise UsageError(f"mount option {key} needs a file path")
@@ -180,6 +188,8 @@ def parse_options(text: str) -> dict:
         raise UsageError("mount option deadline must be positive")
     if not 1 <= out["meta_batch_ms"] <= 60_000:
         raise UsageError("mount option meta_batch_ms must be between 1 and 60000")
+    if out["metrics_port"] > 65535:
+        raise UsageError("mount option metrics_port must be a port number (1-65535)")
     if out["chunk_kib"] < 4:
         raise UsageError("mount option chunk_kib must be at least 4")
     if out["allow_other"] and _allow_other_permitted():
@@ -228,6 +238,7 @@ def parse_args(argv: list[str]) -> MountConfig:
         chunk_bytes=opts["chunk_kib"] << 10, writeback=opts["writeback"],
         foreground=args.foreground, acls=opts["acl"], sync_meta=opts["sync_meta"],
         meta_batch_s=opts["meta_batch_ms"] / 1000, tls=tls,
+        metrics_port=opts["metrics_port"], metrics_file=opts["metrics_file"],
         log_file=args.log_file, debug=args.debug)
 
 
@@ -369,6 +380,16 @@ async def serve(cfg: MountConfig, ready_fd: int | None = None) -> None:
 async def _serve_backend(cfg: MountConfig, backend: Backend, ready_fd: int | None) -> None:
     ops = ChordOps(backend, timeouts=cfg.timeouts, cache_bytes=cfg.cache_bytes,
                    writeback=cfg.writeback, acls=cfg.acls)
+    metrics = None
+    if cfg.metrics_port or cfg.metrics_file:
+        from .mountmetrics import MountMetrics
+        metrics = MountMetrics(ops, cfg.mountpoint)
+        if cfg.metrics_port:
+            try:
+                metrics.serve_port(cfg.metrics_port)
+            except OSError as e:
+                raise OSError(f"cannot serve metrics on 127.0.0.1:{cfg.metrics_port}: "
+                              f"{e.strerror or e}") from None
     pyfuse3.init(ops, cfg.mountpoint, set(cfg.fuse_options))
     source = cfg.data_dir or ",".join(cfg.nodes or ())
     log.info(kv("mounted", mountpoint=cfg.mountpoint, source=source,
@@ -383,6 +404,8 @@ async def _serve_backend(cfg: MountConfig, backend: Backend, ready_fd: int | Non
         async with trio.open_nursery() as nursery:
             ops.bind(nursery)
             nursery.start_soon(_watch_signals)
+            if metrics is not None and cfg.metrics_file:
+                nursery.start_soon(metrics.write_file_forever, cfg.metrics_file)
             if cfg.read_ahead_kb:
                 nursery.start_soon(_read_ahead_after_init, ops, cfg)
             await pyfuse3.main(max_tasks=64)

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.integration
     (["--local", "/tmp", "/nonexistent-mnt"], "not a directory"),
     (["--local", "/tmp", "/tmp", "-o", "bogus"], "unknown mount option 'bogus'"),
     (["--local", "/tmp", "/tmp", "-o", "attr_timeout=x"], "needs a number"),
+    (["--local", "/tmp", "/tmp", "-o", "metrics_port=70000"], "metrics_port must be a port number"),
+    (["--local", "/tmp", "/tmp", "-o", "metrics_file="], "metrics_file needs a file path"),
     (["127.0.0.1:1", "/tmp", "-o", "insecure", "-o", "tls_ca=/x"], "insecure contradicts tls_ca"),
     (["127.0.0.1:1", "/tmp", "-o", "tls_cert=/nonexistent"], "tls_cert needs tls_ca too"),
     (["127.0.0.1:1", "/tmp", "-o", "tls_ca=/n/ca,tls_cert=/n/c,tls_key=/n/k"], "/n/ca"),
