@@ -105,13 +105,25 @@ async def change(pool, view: ClusterView, op: str, node: int, force: bool = Fals
     return reply.refused if not reply.done else ""
 
 
+def view_json(view: ClusterView) -> str:
+    import json
+    return json.dumps({
+        "cluster": view.cluster_id or None, "leader": view.leader_addr or None,
+        "term": view.term, "commit": view.commit,
+        "members": [{"id": f"{m.id:016x}", "name": m.name,
+                     "role": "voter" if m.voter else "learner",
+                     "live": m.live if view.leader_addr else None, "match": m.match}
+                    for m in sorted(view.members, key=lambda m: (not m.voter, m.name))]},
+        indent=2, sort_keys=True)
+
+
 async def members_main(addrs: list[str], action: str, targets: list[str], force: bool,
-                       timeout_s: float, ssl_context=None) -> int:
+                       timeout_s: float, ssl_context=None, as_json: bool = False) -> int:
     async with trio.open_nursery() as nursery:
         pool = Pool(nursery, connect_timeout_s=timeout_s, backoff_max_s=0.5,
                     ssl_context=ssl_context)
         try:
-            return await _members(pool, addrs, action, targets, force, timeout_s)
+            return await _members(pool, addrs, action, targets, force, timeout_s, as_json)
         except (rpc.RpcError, trio.TooSlowError) as e:
             print(f"chordfs: {e or 'timed out'}", file=sys.stderr)
             return 1
@@ -119,11 +131,11 @@ async def members_main(addrs: list[str], action: str, targets: list[str], force:
             pool.close()
 
 
-async def _members(pool, addrs, action, targets, force, timeout_s) -> int:
+async def _members(pool, addrs, action, targets, force, timeout_s, as_json=False) -> int:
     with trio.fail_after(timeout_s * 4):
         view = await leader_view(pool, addrs, timeout_s)
     if action == "list":
-        print(format_view(view))
+        print(view_json(view) if as_json else format_view(view))
         return 0
     rows = []
     for text in targets:

@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--force", action="store_true",
                          help="remove even if the voters left hold no live quorum")
     members.add_argument("--timeout-s", type=float, default=3.0)
+    members.add_argument("--json", action="store_true", help="list: the configuration as JSON")
     _add_tls_arguments(members, node=True)
     sub.add_parser("example-config", help="print a node.toml with every key at its default")
     ping = sub.add_parser("ping", help="call Diag.ping on a node and print the round trip")
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start a local 3-node cluster on 127.0.0.1 (make run)")
     demo.add_argument("--dir", default=".chordfs-demo")
     demo.add_argument("--base-port", type=int, default=7071)
+    demo.add_argument("--no-restart", action="store_true",
+                      help="leave a node that exits down (by default it is restarted after "
+                           "2 s, as systemd's Restart=on-failure would)")
     sub.add_parser("demo-stop", help="stop the demo cluster (make stop)").add_argument(
         "--dir", default=".chordfs-demo")
     return parser
@@ -267,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return _cert_issue(args)
     from server import demo
     if args.command == "demo":
-        return demo.run(args.dir, args.base_port)
+        return demo.run(args.dir, args.base_port, restart=not args.no_restart)
     return demo.stop(args.dir)
 
 
@@ -300,7 +304,7 @@ def _members(args) -> int:
         print(f"chordfs: {e}", file=sys.stderr)
         return 2
     return trio.run(members_main, addrs, args.action, args.nodes, args.force, args.timeout_s,
-                    context)
+                    context, args.json)
 
 
 def _ca_init(args) -> int:

@@ -29,7 +29,7 @@ def _on_signal(signum, frame):
     raise _Stop(signal.Signals(signum).name)
 
 
-def run(directory: str, base_port: int) -> int:
+def run(directory: str, base_port: int, restart: bool = True) -> int:
     base = pathlib.Path(directory).resolve()
     base.mkdir(parents=True, exist_ok=True)
     running = [pid for pid in _recorded(base) if _alive(pid)]
@@ -40,7 +40,7 @@ def run(directory: str, base_port: int) -> int:
     _pidfile(base).unlink(missing_ok=True)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return _run(base, base_port)
+        return _run(base, base_port, restart)
     except (KeyboardInterrupt, _Stop):
         print("\nstopping the demo cluster")
         return 0
@@ -52,23 +52,40 @@ def run(directory: str, base_port: int) -> int:
                 stop(str(base))
 
 
-def _run(base: pathlib.Path, base_port: int) -> int:
-    procs = []
-    addrs = [f"127.0.0.1:{base_port + i}" for i in range(NODES)]
-    tls = _certificates(base / "tls", addrs)
-    for i in range(NODES):
-        log = open(base / f"node{i + 1}.log", "ab")
-        # Node names stay their addresses: the ring sends to a member by name.
-        # Node 1 founds the cluster (a no-op once its directory has one); the
-        # others join through it and the leader promotes them to voters.
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "node", "--listen-port", str(base_port + i),
+RESTART_S = 2.0            # systemd's RestartSec in systemd/chordfs-node@.service
+RESTARTS_MAX = 5           # within RESTART_WINDOW_S, like StartLimitBurst: then it stays down
+RESTART_WINDOW_S = 60.0
+
+
+def _start_node(base: pathlib.Path, tls: pathlib.Path, addrs: list[str], i: int) -> subprocess.Popen:
+    log = open(base / f"node{i + 1}.log", "ab")
+    # Node names stay their addresses: the ring sends to a member by name.
+    # Node 1 founds the cluster (a no-op once its directory has one); the
+    # others join through it and the leader promotes them to voters.
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "node", "--listen-port", addrs[i].split(":")[1],
              "--data-dir", str(base / f"node{i + 1}"), "--seeds", ",".join(addrs),
              *_flags(tls, addrs[i])]
             + (["--init"] if i == 0 else []),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()
+
+
+def _record(base: pathlib.Path, procs) -> None:
+    if _pidfile(base).exists() or all(p is not None for p in procs):
+        _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs if p is not None))
+
+
+def _run(base: pathlib.Path, base_port: int, restart: bool = True) -> int:
+    procs: list[subprocess.Popen | None] = [None] * NODES
+    addrs = [f"127.0.0.1:{base_port + i}" for i in range(NODES)]
+    tls = _certificates(base / "tls", addrs)
+    for i in range(NODES):
+        procs[i] = _start_node(base, tls, addrs, i)
         # Recorded as each starts: an interrupt now still stops what began.
-        _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs))
+        _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs if p is not None))
     if not _wait_ready(addrs, procs, _flags(tls, "admin")):
         print(f"chordfs: the demo nodes did not start; see {base}/node*.log", file=sys.stderr)
         return 1
@@ -81,23 +98,39 @@ def _run(base: pathlib.Path, base_port: int) -> int:
     print(f"      .venv/bin/chordfs status {addrs[0]} {' '.join(_flags(tls, 'admin'))}")
     print("          # every member's state (TLS: the demo's CA and an admin certificate in "
           f"{tls}/)")
-    print(f"      kill -9 one node's PID (see {base}/pids): reads and writes keep working")
-    print("stop: Ctrl-C here, or `make stop` from another shell")
-    exited: set[int] = set()
+    print(f"      kill -9 one node's PID (see {base}/pids): reads and writes keep working"
+          + (f"; the demo restarts it after {RESTART_S:g} s, as systemd would" if restart
+             else " (--no-restart: it stays down)"))
+    print("stop: Ctrl-C here, or `make stop` from another shell", flush=True)
+    restart_at: dict[int, float] = {}
+    starts: dict[int, list[float]] = {i: [] for i in range(NODES)}
     while True:
-        time.sleep(0.5)
+        time.sleep(0.2)
         if not _pidfile(base).exists():
             print("the demo cluster was stopped (make stop)")
             return 0
+        now = time.monotonic()
         for i, p in enumerate(procs):
-            if p.poll() is not None and i not in exited:
-                exited.add(i)
+            if p is not None and p.poll() is not None and i not in restart_at:
+                starts[i] = [t for t in starts[i] if now - t < RESTART_WINDOW_S]
+                again = restart and len(starts[i]) < RESTARTS_MAX
                 # A node going away is what the demo is for: the others go on.
                 print(f"chordfs demo: node {i + 1} ({addrs[i]}) exited with code {p.returncode}; "
-                      f"the cluster goes on with {NODES - len(exited)} (log: {base}/node{i + 1}.log)",
-                      file=sys.stderr)
-        if len(exited) == NODES:
-            print("chordfs demo: every node exited; stopping", file=sys.stderr)
+                      + (f"restarting it in {RESTART_S:g} s" if again else "it stays down")
+                      + f" (log: {base}/node{i + 1}.log)", file=sys.stderr, flush=True)
+                if again:
+                    restart_at[i] = now + RESTART_S
+                else:
+                    procs[i] = None
+            if i in restart_at and now >= restart_at[i]:
+                del restart_at[i]
+                starts[i].append(now)
+                procs[i] = _start_node(base, tls, addrs, i)
+                _record(base, procs)
+                print(f"chordfs demo: node {i + 1} ({addrs[i]}) restarted, pid {procs[i].pid}",
+                      file=sys.stderr, flush=True)
+        if all(p is None for p in procs):
+            print("chordfs demo: every node is down; stopping", file=sys.stderr)
             return 1
 
 

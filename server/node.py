@@ -40,6 +40,7 @@ from .store.service import ChunkStoreServer, StoreService
 log = logging.getLogger("chordfs.node")
 STOP_GRACE_S = 10.0
 RING_LEAVE_S = 3.0  # part of STOP_GRACE_S: lets the ring hear of the leave first-hand
+ISOLATION_CHECK_S = 5.0
 TRANSFER_S = 2.0  # part of STOP_GRACE_S: a leader hands leadership over before it exits
 
 
@@ -263,6 +264,7 @@ class Node:
                 sdnotify.notify("READY=1")
                 log.info(kv("node.ready", node=cfg.node_name, listen=cfg.listen_addr,
                             data_dir=cfg.data_dir))
+                nursery.start_soon(self._watch_isolation)
                 task_status.started(self)
                 async for signum in signals:
                     log.info(kv("node.stopping", node=cfg.node_name, signal=signal.Signals(signum).name))
@@ -273,6 +275,24 @@ class Node:
                     nursery.cancel_scope.cancel()
                     break
         log.info(kv("node.stopped", node=cfg.node_name))
+
+    async def _watch_isolation(self) -> None:
+        """Say so, once, when this node reaches no other member (all its
+        seeds and peers down or unreachable), and again when it does: a
+        node alone answers RPCs but commits and stores nothing for anyone."""
+        from .report import isolated
+        alone = False
+        while True:
+            await trio.sleep(ISOLATION_CHECK_S)
+            now = isolated(self)
+            if now and not alone:
+                log.warning(kv("node.isolated", node=self.config.node_name,
+                               seeds=",".join(self.config.seeds) or "-",
+                               detail="no other member answers: no leader, nothing is served "
+                                      "until one does"))
+            elif alone and not now:
+                log.info(kv("node.connected", node=self.config.node_name))
+            alone = now
 
     async def _serve_http(self, metrics, task_status=trio.TASK_STATUS_IGNORED) -> None:
         from .httpstatus import StatusHttp

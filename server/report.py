@@ -47,6 +47,21 @@ def _ring(node) -> list[dict] | None:
             for u in sorted(node.ring.members(), key=lambda u: u.name)]
 
 
+def isolated(node) -> bool:
+    """True while this node reaches no other member: its ring holds only
+    itself alive, Raft knows no leader, and the cluster has other members.
+    It answers RPCs but serves nothing useful; status says so instead of
+    "alive"."""
+    if node.ring is None or node.metadata is None or node.metadata.group is None:
+        return False
+    core = node.metadata.group.service.core
+    st = core.status()
+    others = [m for m in node.ring.members() if m.name != node.config.node_name]
+    alive_others = [m for m in others if m.status.name == "ALIVE"]
+    members = len(st.membership.voters) + len(st.membership.learners)
+    return not alive_others and not st.leader and (bool(others) or members > 1)
+
+
 def _namespace(node) -> dict | None:
     """This replica's counters (as of its applied index): files and bytes
     the filesystem holds, blocks it references."""
@@ -67,6 +82,7 @@ async def node_report(node) -> dict:
         "node": cfg.node_name,
         "cluster": (ident.cluster_id or None) if ident is not None else None,
         "secure": node.tls is not None,
+        "isolated": isolated(node),
         "wall_time_s": time.time(),
         "uptime_s": round(trio.current_time() - node.started_s, 1),
         "placement": {"replication_factor": cfg.replication_factor,

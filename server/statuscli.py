@@ -107,6 +107,8 @@ def summary(reports: dict) -> dict:
         state = ring_state.get(name, "alive")
         if "error" in r:
             state = "dead" if state == "dead" else "unreachable"
+        elif r.get("isolated"):
+            state = "isolated"  # up, but reaching no other member
         states[name] = state
     census = (leader.get("census") or {}) if leader else {}
     last = census.get("last")
@@ -124,7 +126,7 @@ def summary(reports: dict) -> dict:
         "cluster": next((r.get("cluster") for r in ok if r.get("cluster")), None),
         "leader": leader.get("node"), "term": lraft.get("term"), "commit": lraft.get("commit"),
         "members": states,
-        "down": sorted(n for n, st in states.items() if st in ("dead", "unreachable")),
+        "down": sorted(n for n, st in states.items() if st in ("dead", "unreachable", "isolated")),
         "blocks": blocks,
         "repair_backlog": sum((r.get("repair") or {}).get("backlog_tasks", 0) for r in ok),
         "quarantined": sum((r.get("store") or {}).get("quarantined_count", 0) for r in ok),
@@ -168,7 +170,8 @@ def format_status(reports: dict) -> str:
         repair_text = (f"{progress['done']}/{progress['total']}" if progress
                        else f"idle ({repair.get('passes', 0)} passes)")
         scrub, gc = (r.get("scrub") or {}).get("last") or {}, r.get("gc") or {}
-        rows.append([name, ring_state.get(name, "?"), role, str(raft.get("term", "-")),
+        ring_text = "isolated" if r.get("isolated") else ring_state.get(name, "?")
+        rows.append([name, ring_text, role, str(raft.get("term", "-")),
                      str(raft.get("commit", "-")), str(raft.get("applied", "-")),
                      str(member.get("match") if member.get("match") is not None else "-"),
                      _size(store.get("used_bytes")), _size(store.get("free_bytes")),

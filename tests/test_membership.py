@@ -7,6 +7,8 @@ the committed configuration."""
 
 from __future__ import annotations
 
+import json
+
 import os
 import pathlib
 import shutil
@@ -238,6 +240,11 @@ def test_a_dead_voter_is_removed_and_replaced_while_a_mount_keeps_writing(tmp_pa
         listing = members(addrs[3]).stdout
         assert f"{victim_id:016x}" not in listing and addrs[3] in listing, listing
         assert listing.count(" voter ") == 3 and listing.count(" live ") == 3, listing
+        as_json = json.loads(members(addrs[3], "list", "--json").stdout)
+        assert sorted(m["name"] for m in as_json["members"]) == sorted(
+            a for i, a in enumerate(addrs) if i != victim)
+        assert all(m["role"] == "voter" and m["live"] for m in as_json["members"])
+        assert as_json["leader"] == leader
         for path, data in written:
             assert path.read_bytes() == data
     finally:

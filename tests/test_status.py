@@ -84,5 +84,22 @@ def test_status_and_df_show_every_member(tmp_path):
         assert f"down: {cluster.addrs[2]}" in down.stdout.splitlines()[-1]
         check_page_in_chromium(ports[0], cluster.addrs[:2], cluster.addrs[2],
                                tmp_path / "status-page.png")
+        # With both peers gone, node 0 answers but reaches nobody: status
+        # and its log say "isolated", not "alive".
+        cluster.kill(1)
+        deadline = time.monotonic() + 40
+        while True:
+            out = _cli("status", cluster.addrs[0], "--json", "--timeout-s", "2")
+            summary = json.loads(out.stdout)["summary"]
+            if summary["members"].get(cluster.addrs[0]) == "isolated" or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert summary["members"][cluster.addrs[0]] == "isolated", summary
+        assert summary["leader"] is None and cluster.addrs[0] in summary["down"]
+        deadline = time.monotonic() + 15
+        while "node.isolated" not in (cluster.base / "n0.log").read_text():
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.5)
     finally:
         cluster.stop()
