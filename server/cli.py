@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--json", action="store_true", help="list: the configuration as JSON")
     _add_tls_arguments(members, node=True)
     sub.add_parser("example-config", help="print a node.toml with every key at its default")
+    sub.add_parser("config-reference", help="print the table of every node setting (markdown, "
+                                            "as in the README)")
     ping = sub.add_parser("ping", help="call Diag.ping on a node and print the round trip")
     ping.add_argument("addr", type=_addr)
     ping.add_argument("--count", type=int, default=3)
@@ -244,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         return _install_mount_helper(args.target)
     if args.command == "example-config":
         print(example_toml(), end="")
+        return 0
+    if args.command == "config-reference":
+        from .config import reference_markdown
+        print(reference_markdown(), end="")
         return 0
     if args.command in ("ping", "status", "df", "where", "heal", "scrub"):
         try:

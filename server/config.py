@@ -54,35 +54,48 @@ class NodeConfig:
     data_dir: str = _setting("", doc="directory for chunks, Raft log and state (required)")
     node_name: str = _setting("", doc="stable ring name; defaults to listen_host:listen_port")
     listen_host: str = _setting("127.0.0.1", doc="address to bind")
-    listen_port: int = _setting(7070, 1, 65535)
+    listen_port: int = _setting(7070, 1, 65535, doc="TCP port for every RPC (clients and nodes)")
     seeds: tuple[str, ...] = _setting((), doc="host:port of nodes to join through")
     virtual_ids_per_node: int = _setting(256, 1, 256, doc="ring positions per node (clients assume 256)")
     successors_max: int = _setting(8, 2, 64, doc="successor list length (> replication_factor)")
-    replication_factor: int = _setting(3, 1, 16)
+    replication_factor: int = _setting(3, 1, 16, doc="copies of each block, on the block's "
+                                       "owner and its next successors (cluster-wide: the "
+                                       "founder's value is committed)")
     write_quorum_min: int = _setting(2, 1, 16, doc="fsynced acks a chunk write needs at least")
     voters_max: int = _setting(5, 1, 9, doc="Raft voters; further nodes are learners")
-    chunk_bytes_max: int = _setting(4 * MIB, 4096, 64 * MIB)
+    chunk_bytes_max: int = _setting(4 * MIB, 4096, 64 * MIB, doc="largest block a client may "
+                                    "store (cluster-wide: the founder's value is committed)")
     disk_reserve_bytes: int = _setting(1024 * MIB, 0, 1 << 50, doc="free space never written into")
     store_threads_max: int = _setting(8, 1, 256, doc="worker threads for disk calls")
-    tick_ms: int = _setting(10, 1, 1000)
+    tick_ms: int = _setting(10, 1, 1000, doc="Raft timer tick; heartbeat and election "
+                            "timeout are whole numbers of ticks")
     ring_tick_ms: int = _setting(50, 1, 1000, doc="ring timer tick: SWIM probes every 20 ticks, "
                                  "a suspect is declared dead after 100")
-    heartbeat_ms: int = _setting(100, 1, 60_000)
-    election_timeout_ms: int = _setting(1000, 2, 600_000)
+    heartbeat_ms: int = _setting(100, 1, 60_000, doc="how often the Raft leader sends "
+                                 "heartbeats")
+    election_timeout_ms: int = _setting(1000, 2, 600_000, doc="silence from the leader "
+                                        "after which a follower stands for election "
+                                        "(randomised up to twice this)")
     metadata_reads: str = _setting(
         "lease", choices=("lease", "read_index"),
         doc="how the Raft leader confirms a linearizable read: 'lease' answers at once "
             "while a heartbeat quorum is fresh (assumes clocks that tick at nearly the same "
             "rate; a stalled leader stops using it), 'read_index' asks a quorum every time")
-    rpc_deadline_ms: int = _setting(5000, 1, 600_000)
-    frame_bytes_max: int = _setting(8 * MIB, 64 * 1024, 256 * MIB)
+    rpc_deadline_ms: int = _setting(5000, 1, 600_000, doc="deadline of one node-to-node call "
+                                    "(repair, GC, census, forwarding)")
+    frame_bytes_max: int = _setting(8 * MIB, 64 * 1024, 256 * MIB, doc="largest RPC message "
+                                    "accepted; a bigger one closes its connection")
     calls_in_flight_max: int = _setting(64, 1, 65536, doc="per connection")
-    repair_bytes_per_s: int = _setting(64 * MIB, 1, 1 << 40)
-    scrub_bytes_per_s: int = _setting(16 * MIB, 1, 1 << 40)
-    scrub_interval_s: float = _setting(7 * 86400.0, 1.0, 365 * 86400.0)
+    repair_bytes_per_s: int = _setting(64 * MIB, 1, 1 << 40, doc="pace of repair copies "
+                                       "per node")
+    scrub_bytes_per_s: int = _setting(16 * MIB, 1, 1 << 40, doc="pace of scrub reads per "
+                                      "node (chordfs scrub --rate overrides it once)")
+    scrub_interval_s: float = _setting(7 * 86400.0, 1.0, 365 * 86400.0, doc="a full scrub "
+                                       "pass this often, start to start")
     metrics_port: int = _setting(0, 0, 65535, doc="HTTP port on listen_host: Prometheus /metrics, "
                                  "the status page at /, /report.json; 0 disables")
-    log_level: str = _setting("info", choices=_LOG_LEVELS)
+    log_level: str = _setting("info", choices=_LOG_LEVELS, doc="least severe log lines "
+                              "written (to stderr: the journal under systemd)")
     tls_ca: str = _setting("", doc="the cluster CA's certificate (chordfs ca init): every peer "
                            "must present a certificate it signed")
     tls_cert: str = _setting("", doc="this node's certificate (chordfs cert issue --node NAME; "
@@ -384,6 +397,33 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         if text is not None:
             layers.append((f"flag {_flag(key)}", {key: _parse_flag_value(key, text)}))
     return build_config(layers)
+
+
+def _num(value: float) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and value >= MIB and value % MIB == 0:
+        return f"{value // MIB} MiB" if value < (1 << 40) else f"2^{value.bit_length() - 1}"
+    return f"{value:_}" if isinstance(value, int) and value >= 100_000 else str(value)
+
+
+def reference_markdown() -> str:
+    """The README's configuration reference, generated from the dataclass
+    (a test keeps the README's copy equal to this)."""
+    rows = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for key, f in FIELDS.items():
+        hint = _HINTS[key]
+        kind = {int: "integer", float: "number", str: "string", bool: "boolean"}.get(
+            hint, "list of host:port")
+        default = f.default
+        shown = ("(empty)" if default in ("", ()) else
+                 ("true" if default else "false") if isinstance(default, bool) else
+                 _num(default) if isinstance(default, (int, float)) else str(default))
+        lo, hi, choices = f.metadata["lo"], f.metadata["hi"], f.metadata["choices"]
+        allowed = (", ".join(choices) if choices else
+                   f"{_num(lo)} to {_num(hi)}" if lo is not None and hi is not None else "")
+        rows.append(f"| `{key}` | {kind} | {shown} | {allowed} | {f.metadata['doc']} |")
+    return "\n".join(rows) + "\n"
 
 
 def example_toml() -> str:

@@ -18,11 +18,33 @@ from tests.netutil import free_ports
     (["node", "--data-dir", "/tmp/x", "--bogus-key", "1"], "unrecognized"),
     (["ping"], "required"),
     (["frobnicate"], "invalid choice"),
+    (["scrub", "127.0.0.1:1", "--rate", "-5"], "not a positive number"),
+    (["heal"], "required"),
 ])
 def test_bad_arguments_print_one_sentence(capsys, argv, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err and err.startswith("chordfs: ")
+
+
+def _subcommands(parser, prefix=()):
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _subcommands(sub, (*prefix, name))
+
+
+def test_every_subcommand_takes_help(capsys):
+    from server.cli import build_parser
+    commands = list(_subcommands(build_parser()))
+    assert ("heal",) in commands and ("cert", "issue") in commands and len(commands) > 20
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        out = capsys.readouterr().out
+        assert done.value.code == 0 and "usage:" in out, command
 
 
 def test_mount_takes_help_and_options_before_its_arguments(capsys, tmp_path):

@@ -147,3 +147,18 @@ def test_example_toml_loads(tmp_path):
     assert cfg.data_dir == "/var/lib/chordfs/n1"
     assert cfg == NodeConfig(data_dir="/var/lib/chordfs/n1", tls_ca="/etc/chordfs/tls/ca.crt",
                              tls_cert="/etc/chordfs/tls/n1.crt", tls_key="/etc/chordfs/tls/n1.key")
+
+
+def test_readme_config_reference_is_the_generated_one():
+    """Every setting has a meaning, and the README's table is exactly what
+    `chordfs config-reference` prints, so the two cannot drift apart."""
+    import pathlib
+
+    from server.config import FIELDS, reference_markdown
+    assert all(f.metadata["doc"] for f in FIELDS.values()), \
+        [k for k, f in FIELDS.items() if not f.metadata["doc"]]
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("<!-- config-reference -->\n") + len("<!-- config-reference -->\n")
+    end = readme.index("<!-- /config-reference -->")
+    assert readme[start:end] == reference_markdown()
+    assert reference_markdown().count("\n") == len(FIELDS) + 2
