@@ -68,7 +68,8 @@ def clone_main(src: str, dst: str, verbose: bool = False) -> int:
     try:
         src_st, dst_dir, name = _check(src, dst)
         if stat.S_ISDIR(src_st.st_mode):
-            _clone_tree(src, dst, src_st, tally)
+            with _progress(sys.stderr.isatty()) as tick:
+                _clone_tree(src, dst, src_st, tally, tick)
         else:
             _clone_file(src, dst_dir, name, dst, follow=True, tally=tally)
     except CloneError as exc:
@@ -168,9 +169,40 @@ def _clone_file(src: str, dst_dir: str, name: str, dst: str, *, follow: bool,
     return st
 
 
-def _clone_tree(src: str, dst: str, src_st: os.stat_result, tally: Tally) -> None:
+class _progress:
+    """A rich progress line on a terminal (entries made, bytes shared; the
+    total is not known before the walk ends); nothing otherwise."""
+
+    def __init__(self, shown: bool) -> None:
+        self.bar = self.task = None
+        if shown:
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            self.bar = Progress(SpinnerColumn(), TextColumn("cloning: {task.fields[detail]}"),
+                                TimeElapsedColumn(), console=Console(stderr=True),
+                                transient=True)
+
+    def __enter__(self):
+        if self.bar is None:
+            return lambda tally: None
+        self.bar.start()
+        self.task = self.bar.add_task("clone", total=None, detail="")
+
+        def tick(tally: Tally) -> None:
+            self.bar.update(self.task, detail=f"{tally.files} files, {tally.dirs} directories, "
+                                              f"{tally.shared_bytes:,} bytes shared")
+        return tick
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _clone_tree(src: str, dst: str, src_st: os.stat_result, tally: Tally,
+                tick=lambda tally: None) -> None:
     """Depth-first with an explicit stack (no recursion limit); modes of
-    the new directories are set at the end, deepest first."""
+    the new directories are set at the end, deepest first; ``tick(tally)``
+    after each directory."""
     _mkdir(dst)
     tally.dirs += 1
     _copy_xattrs(src, dst)
@@ -214,6 +246,7 @@ def _clone_tree(src: str, dst: str, src_st: os.stat_result, tally: Tally) -> Non
             else:
                 _make(os.mknod, d, st.st_mode, st.st_rdev, doing=f"create {d}")
                 tally.specials += 1
+        tick(tally)
     for d, mode in reversed(modes):
         _make(os.chmod, d, stat.S_IMODE(mode), doing=f"set the mode of {d}")
 

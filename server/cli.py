@@ -381,9 +381,15 @@ def _install_mount_helper(target: str) -> int:
     """mount(8) runs /sbin/mount.<type>: point it at this installation."""
     import os
     import shutil
-    helper = shutil.which("mount.chordfs") or os.path.join(os.path.dirname(sys.executable),
-                                                           "mount.chordfs")
+    # The script beside this interpreter is this installation's; a lookup on
+    # PATH would find the link a previous run installed (the target itself).
+    helper = os.path.join(os.path.dirname(sys.executable), "mount.chordfs")
     if not os.path.exists(helper):
+        found = shutil.which("mount.chordfs")
+        if found and os.path.realpath(found) != os.path.realpath(target) \
+                and os.path.abspath(found) != os.path.abspath(target):
+            helper = os.path.realpath(found)
+    if os.path.abspath(helper) == os.path.abspath(target) or not os.path.exists(helper):
         print("chordfs: the mount.chordfs script of this installation was not found", file=sys.stderr)
         return 1
     try:

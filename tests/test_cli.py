@@ -115,3 +115,16 @@ def test_every_node_setting_is_read_somewhere():
                          if line.strip().startswith("return self."))
     unread = [k for k in FIELDS if not re.search(rf"\.{k}\b|\"{k}\"", sources)]
     assert unread == [], f"settings nothing reads: {unread}"
+
+
+def test_install_mount_helper_twice_still_points_at_the_script(tmp_path, monkeypatch, capsys):
+    """The second run once found its own link on PATH and linked the target
+    to itself ("unknown filesystem type" at the next mount)."""
+    import os
+    target = tmp_path / "mount.chordfs"
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    script = os.path.join(os.path.dirname(sys.executable), "mount.chordfs")
+    for _ in range(2):
+        assert main(["install-mount-helper", "--target", str(target)]) == 0
+        assert os.readlink(target) == os.path.abspath(script)
+        assert os.path.realpath(target) == os.path.realpath(script)
