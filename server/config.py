@@ -399,7 +399,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     return build_config(layers)
 
 
-def _num(value: float) -> str:
+def _shown(value: float) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, int) and value >= MIB and value % MIB == 0:
@@ -418,10 +418,10 @@ def reference_markdown() -> str:
         default = f.default
         shown = ("(empty)" if default in ("", ()) else
                  ("true" if default else "false") if isinstance(default, bool) else
-                 _num(default) if isinstance(default, (int, float)) else str(default))
+                 _shown(default) if isinstance(default, (int, float)) else str(default))
         lo, hi, choices = f.metadata["lo"], f.metadata["hi"], f.metadata["choices"]
         allowed = (", ".join(choices) if choices else
-                   f"{_num(lo)} to {_num(hi)}" if lo is not None and hi is not None else "")
+                   f"{_shown(lo)} to {_shown(hi)}" if lo is not None and hi is not None else "")
         rows.append(f"| `{key}` | {kind} | {shown} | {allowed} | {f.metadata['doc']} |")
     return "\n".join(rows) + "\n"
 

@@ -7,9 +7,9 @@ term and indexes, disk, blocks, repair backlog, GC and scrub passes, the
 namespace).  The first are fed by hooks the RPC layer and the Raft service
 call; they never block and never raise.
 
-Leader changes are the increase of ``chordfs_raft_term`` (every election
-raises the term); commit lag is ``chordfs_raft_commit_index -
-chordfs_raft_applied_index``."""
+Leader changes: ``chordfs_raft_leader_changes_total`` as this node saw them,
+and the increase of ``chordfs_raft_term`` (every election raises it);
+commit lag is ``chordfs_raft_commit_index - chordfs_raft_applied_index``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,24 @@ class NodeMetrics:
                                  ["method", "outcome"], registry=r)
         self.rpc_seconds = Histogram("chordfs_rpc_call_seconds", "Time to serve an RPC call",
                                      ["method"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.proposal_seconds = Histogram("chordfs_raft_proposal_seconds",
+                                          "From a proposal on this node (the leader) to its "
+                                          "entry applied here", buckets=_LATENCY_BUCKETS,
+                                          registry=r)
+        self.fsync_seconds = Histogram("chordfs_store_fsync_seconds",
+                                       "fsync of one chunk file before its put is answered",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.leader_changes = Counter("chordfs_raft_leader_changes",
+                                      "Times this node saw the metadata leader change "
+                                      "(between scrapes: a change and back counts once)",
+                                      registry=r)
+        self.repair_copied_bytes = Counter("chordfs_repair_copied_bytes",
+                                           "Bytes repair copied to or from this node", registry=r)
+        self.repair_copied_blocks = Counter("chordfs_repair_copied_blocks",
+                                            "Blocks repair copied to or from this node",
+                                            registry=r)
+        self._last_leader: str | None = None
+        self._repair_seen = (0, 0)
         self.persist_seconds = Histogram("chordfs_raft_persist_seconds",
                                          "Raft log writes including their fsync",
                                          buckets=_LATENCY_BUCKETS, registry=r)
@@ -56,6 +74,7 @@ class NodeMetrics:
                 ("census_blocks", "Referenced blocks by replication health at the last census "
                                   "(metadata leader only)", ("health",)),
                 ("gc_last_deleted_copies", "Copies the last GC pass deleted", ()),
+                ("gc_backlog_blocks", "Dying blocks waiting for GC (metadata leader only)", ()),
                 ("gc_last_unconfirmed", "Blocks the last GC pass could not confirm", ()),
                 ("restored_copies", "Corrupt copies restored from a replica since start", ()),
                 ("namespace_inodes", "Inodes of the filesystem (this replica)", ()),
@@ -76,6 +95,12 @@ class NodeMetrics:
     def observe_persist(self, seconds: float) -> None:
         self.persist_seconds.observe(seconds)
 
+    def observe_proposal(self, seconds: float) -> None:
+        self.proposal_seconds.observe(seconds)
+
+    def observe_fsync(self, seconds: float) -> None:  # from store threads: thread-safe
+        self.fsync_seconds.observe(seconds)
+
     # ---- scrape ---------------------------------------------------------
     def render(self, report: dict) -> bytes:
         self._set(report)
@@ -90,6 +115,11 @@ class NodeMetrics:
             g["raft_commit_index"].set(raft["commit"])
             g["raft_applied_index"].set(raft["applied"])
             g["raft_snapshot_index"].set(raft["snapshot_index"])
+            leader = raft.get("leader")
+            if leader and leader != self._last_leader:
+                if self._last_leader is not None:
+                    self.leader_changes.inc()
+                self._last_leader = leader
             voters = sum(1 for m in raft["members"] if m["voter"])
             g["raft_members"].labels("voter").set(voters)
             g["raft_members"].labels("learner").set(len(raft["members"]) - voters)
@@ -123,6 +153,14 @@ class NodeMetrics:
                 g["census_blocks"].labels(health).set(census[health])
         g["gc_last_deleted_copies"].set(gc.get("copies_deleted", 0))
         g["gc_last_unconfirmed"].set(gc.get("unconfirmed", 0))
+        if rep.get("gc_backlog") is not None:
+            g["gc_backlog_blocks"].set(rep["gc_backlog"])
+        totals = (repair.get("copied_bytes_total", 0), repair.get("copied_blocks_total", 0))
+        if totals[0] > self._repair_seen[0]:
+            self.repair_copied_bytes.inc(totals[0] - self._repair_seen[0])
+        if totals[1] > self._repair_seen[1]:
+            self.repair_copied_blocks.inc(totals[1] - self._repair_seen[1])
+        self._repair_seen = totals
         g["restored_copies"].set(rep.get("restored", 0))
         ns = rep.get("namespace") or {}
         for key in ("inodes", "bytes", "blocks"):

@@ -244,6 +244,8 @@ class Node:
                 await nursery.start(self.metadata.run)
                 if metrics is not None:
                     self.metadata.group.service.on_persist = metrics.observe_persist
+                    self.metadata.group.service.on_proposal = metrics.observe_proposal
+                    self.store.store.on_fsync = metrics.observe_fsync
                     await nursery.start(self._serve_http, metrics)
                 # Placement comes from the committed configuration: a joiner
                 # has it once admitted (its ring waits for that).

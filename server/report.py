@@ -62,6 +62,15 @@ def isolated(node) -> bool:
     return not alive_others and not st.leader and (bool(others) or members > 1)
 
 
+def _gc_backlog(node) -> int | None:
+    """Dying blocks GC has yet to delete, on the metadata leader (the one
+    that runs GC); None elsewhere."""
+    raft = node.metadata.group if node.metadata is not None else None
+    if raft is None or raft.service.core.status().role.name != "LEADER":
+        return None
+    return node.metadata.reader.dying_count()
+
+
 def _namespace(node) -> dict | None:
     """This replica's counters (as of its applied index): files and bytes
     the filesystem holds, blocks it references."""
@@ -98,6 +107,8 @@ async def node_report(node) -> dict:
             "progress": ({"done": running.tasks_done, "total": running.tasks_total}
                          if running else None),
             "passes": maintenance["repair_passes"] if maintenance else 0,
+            "copied_bytes_total": maintenance["repair_copied_bytes_total"] if maintenance else 0,
+            "copied_blocks_total": maintenance["repair_copied_blocks_total"] if maintenance else 0,
             "last": maintenance["repair_last"] if maintenance else None,
         },
         "scrub": ({"passes": maintenance["scrub_passes"], "running": maintenance["scrub_running"],
@@ -109,6 +120,7 @@ async def node_report(node) -> dict:
                    if maintenance and (maintenance["census_last"] or maintenance["census_running"])
                    else None),
         "gc": maintenance["gc_last"] if maintenance else None,
+        "gc_backlog": _gc_backlog(node),
         "sweep": maintenance["sweep_last"] if maintenance else None,
         "restored": maintenance["restored"] if maintenance else 0,
         "restore_failed": maintenance["restore_failed"] if maintenance else 0,

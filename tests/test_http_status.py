@@ -39,7 +39,8 @@ def _total(text: str, name: str) -> float:
 MOVING = ("chordfs_raft_commit_index", "chordfs_raft_applied_index",
           "chordfs_raft_persist_seconds_count", "chordfs_rpc_calls_total",
           "chordfs_rpc_call_seconds_count", "chordfs_store_used_bytes", "chordfs_store_blocks",
-          "chordfs_namespace_inodes", "chordfs_namespace_bytes")
+          "chordfs_namespace_inodes", "chordfs_namespace_bytes",
+          "chordfs_raft_proposal_seconds_count", "chordfs_store_fsync_seconds_count")
 
 
 def metrics_of(port: int) -> dict[str, float]:

@@ -264,6 +264,12 @@ def gc_candidates(conn: sqlite3.Connection, limit: int = 1000) -> list[tuple[byt
         " ORDER BY mark LIMIT ?", (limit,))]
 
 
+def dying_count(conn: sqlite3.Connection) -> int:
+    """Blocks waiting for GC (the block_dying partial index counts them)."""
+    return conn.execute("SELECT COUNT(*) FROM block WHERE refs = 0 AND gone_ns IS NULL"
+                        ).fetchone()[0]
+
+
 def live_blocks(conn: sqlite3.Connection, after_id: bytes, limit: int) -> list[bytes]:
     """Referenced blocks in id order after ``after_id`` (the census walks them)."""
     return [bytes(r[0]) for r in conn.execute(

@@ -174,6 +174,9 @@ class MetaStore:
     def gc_candidates(self, limit: int = 1000) -> list[tuple[bytes, int]]:
         return blocks.gc_candidates(self._conn, limit)
 
+    def dying_count(self) -> int:
+        return blocks.dying_count(self._conn)
+
     def live_blocks(self, after_id: bytes = b"", limit: int = 4096) -> list[bytes]:
         return blocks.live_blocks(self._conn, after_id, limit)
 

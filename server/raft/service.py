@@ -110,6 +110,7 @@ class RaftService:
         self._nursery: trio.Nursery | None = None
         self._compacting = False  # an image is being taken or saved
         self.on_persist = None  # on_persist(seconds) after each log write (metrics)
+        self.on_proposal = None  # on_proposal(seconds) from propose to applied, here (metrics)
         self._image: tuple[int, bytes] | None = None  # taken, not handed to the core yet
         self.applied = state_machine.applied_index()
         self._persist_cost = _Cost()  # per Ready
@@ -186,8 +187,11 @@ class RaftService:
         proposed = self.core.propose(data)  # raises NotLeader / ProposalDropped
         waiter = self._waiters[proposed.index] = _Waiter(proposed.term)
         self._wake.set()
+        started_s = trio.current_time()
         with trio.move_on_after(timeout_s):
             await waiter.event.wait()
+        if waiter.event.is_set() and self.on_proposal is not None:
+            self.on_proposal(trio.current_time() - started_s)
         if not waiter.event.is_set():
             self._waiters.pop(proposed.index, None)
             raise ProposalFailed(f"proposal at index {proposed.index} not applied within {timeout_s}s")

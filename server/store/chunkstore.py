@@ -130,6 +130,9 @@ class ChunkStore:
         self.chunk_bytes_max = chunk_bytes_max
         self.disk_reserve_bytes = disk_reserve_bytes
         self.fsync_enabled = fsync_enabled
+        # Called (from the writing thread) with the seconds each chunk file's
+        # fsync took: the node's metrics (server/metrics.py).
+        self.on_fsync = None
         self.quarantine_files_max = quarantine_files_max
         self._statvfs = statvfs
         self._chunks_dir = os.path.join(self.data_dir, "chunks")

@@ -152,6 +152,7 @@ class Maintenance:
         self.repair_running: RepairReport | None = None
         self.repair_last: RepairReport | None = None
         self.repair_last_s: float | None = None     # trio time the last pass ended
+        self.repair_copied_bytes_total = self.repair_copied_blocks_total = 0
         self.scrub_last: ScrubReport | None = None
         self.scrub_running: ScrubReport | None = None
         self.scrub_last_wall_s: float | None = None
@@ -176,6 +177,8 @@ class Maintenance:
             "repair_passes": self.repair_passes,
             "repair_running": self.repair_running is not None,
             "repair_last": dataclasses.asdict(last) if last else None,
+            "repair_copied_bytes_total": self.repair_copied_bytes_total,
+            "repair_copied_blocks_total": self.repair_copied_blocks_total,
             "scrub_last": _scrub_dict(self.scrub_last, self.scrub_last_wall_s),
             "scrub_passes": self.scrub_passes,
             "scrub_running": ({"checked_bytes": self.scrub_running.checked_bytes,
@@ -279,9 +282,11 @@ class Maintenance:
         if report is None:  # cut short by the pass deadline: resume soon
             self._resume = (view, partial.next_index)
             self.repair_last = partial
+            self._count_copies(partial)
             self._log_pass("repair.pass_cut", partial, started_s, len(view))
             return self.limits.repair_retry_s
         self.repair_last = report
+        self._count_copies(report)
         self._log_pass("repair.pass", report, started_s, len(view))
         incomplete = report.chunks_skipped or report.truncated or report.peers_unreachable
         if incomplete:
@@ -298,6 +303,10 @@ class Maintenance:
             return retry_s
         self._handoff_retry_s = self.limits.repair_retry_s
         return self.limits.repair_interval_s
+
+    def _count_copies(self, report: RepairReport) -> None:
+        self.repair_copied_bytes_total += report.bytes_copied
+        self.repair_copied_blocks_total += report.chunks_copied
 
     async def _hand_off(self, view) -> int:
         """After a complete pass, drop copies whose replicas all confirm;

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from typing import TYPE_CHECKING
 
 import xxhash
@@ -91,7 +92,11 @@ class ChunkWriter:
                 raise HashMismatch(self.chunk_id, actual)
             os.utime(self._fd, ns=(self.stamp, self.stamp))
             if self._store.fsync_enabled:
+                started = time.perf_counter()
                 os.fsync(self._fd)
+                hook = self._store.on_fsync
+                if hook is not None:
+                    hook(time.perf_counter() - started)
             os.close(self._fd)
             self._fd = None
             stored = self._store.install(self._tmp_path, self.chunk_id, self.size_bytes,
