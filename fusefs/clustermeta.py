@@ -17,40 +17,27 @@ without a usable hint pauses too (an election is running). Pauses double
 from ``backoff_initial_s`` up to ``backoff_max_s``; the whole call, pauses
 included, ends at ``deadline_s`` with ``Unavailable``.
 
-Uncertain outcomes. A proposal is *certainly not applied* when the answer is
-``notLeader`` from the node asked (we propose with ``forwarded=true`` to the
-node we chose, so ``notLeader`` is that node's own refusal, never a failed
-forward whose leader may have taken the entry), when the connection could
-not be made, or when the node does not serve Raft. Everything after the
-call was sent is *uncertain*: a lost connection, a deadline, and also
-``rpc.Overloaded``, because the Raft server maps both "dropped before
-proposing" and "appended but not applied in time" to it. Retrying is what
-we do in every case; the answer to a retry after an uncertain attempt is
-then interpreted (``_resolve``):
-
-- create/mkdir/mknod/symlink answering EEXIST: a linearizable lookup; an
-  entry whose ctime equals the command's ``now_ns`` (stamped once by this
-  client, nanoseconds) and whose uid/gid match is ours → success;
-- link answering EEXIST: the name points at the inode we linked → success;
-- unlink/rmdir answering ENOENT, rename answering ENOENT with the target
-  name present, removexattr answering ENODATA, release-orphan answering
-  ENOENT: our first attempt did it → success (without the removed inode's
-  number, so an orphan it left is not released by this mount);
-- rename with RENAME_EXCHANGE is never retried after an uncertain attempt
-  (a second exchange would swap back): Unavailable, i.e. EIO;
-- setattr, setxattr, commit-write, forget-chunks are idempotent: the
-  retry's answer stands.
-What this cannot prevent (needs client sessions with sequence numbers in
-the state machine): an uncertain entry that commits *after* our retry
-succeeded applies a second time; harmless for the idempotent commands, but
-a late unlink could remove a file re-created under the same name meanwhile.
+Exactly once. Every command the mount proposes (but its lease batches,
+which carry their own sequence) goes inside a client session
+(server/meta/sessions.py): ``Sessioned(session, seq, acked, [command])``.
+A retry after any failure, certain or not, sends the same seq, and the
+state machine answers a command it applied before with the reply it
+recorded then, so a create retried after a lost reply answers success
+(not EEXIST), an unlink retried answers success (not ENOENT), and a rename
+exchange can be retried like the rest.  ``acked`` is the lowest seq still
+waiting here: a late duplicate of a command already answered applies
+nothing.  A session the cluster no longer knows (idle for an hour of log
+time) is replaced by a new one and the command sent again: it cannot have
+applied under the old one.  A call that gives up (Unavailable, EIO) leaves
+its command applied or not, and a late entry of it applies nothing once a
+later command moved ``acked`` past it.
 """
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
+import random
 from collections.abc import Callable, Sequence
 
 import trio
@@ -60,10 +47,9 @@ from rpc import trace
 from rpc.logfmt import kv
 from rpc.schema import load as load_schema
 from server.meta import codec
-from server.meta.types import (RENAME_EXCHANGE, AlreadyApplied, Command, Create,
-                               EntryReply, Link, Mkdir, Mknod, ReleaseOrphan,
-                               RemoveReply, RemoveXattr, Rename, Result, Rmdir,
-                               Status, Symlink, Unlink)
+from server.meta.sessions import ANSWERED, NO_SESSION
+from server.meta.types import (AlreadyApplied, Command, EntryReply, LeaseBatch, OpenSession,
+                               Result, Sessioned)
 
 from .backend import BackendError, Refused, Unavailable
 
@@ -71,14 +57,6 @@ log = logging.getLogger("chordfs.fuse.cluster")
 
 raft_capnp = load_schema("raft")
 meta_capnp = load_schema("meta")
-
-_CREATES = (Create, Mkdir, Mknod, Symlink)
-
-
-class _Uncertain(Exception):
-    """An attempt whose command may have been applied, for callers that
-    must not retry then."""
-
 
 class _Backoff:
     """Pauses between rounds of attempts: doubling, capped, never past the
@@ -113,7 +91,14 @@ class MetaClient:
         self._failed_at: dict[str, float] = {}  # addr -> trio time of its last failure
         self._rids = itertools.count(1)
         self.retries = 0
-        self.resolved = 0
+        # The client session (module docstring): opened before the first
+        # command, replaced if the cluster forgot it.
+        self.session = random.getrandbits(62) + 1
+        self._session_open = False
+        self._session_lock = trio.Lock()
+        self._seqs = itertools.count(1)
+        self._waiting: set[int] = set()  # seqs sent and not answered yet
+        self.sessions_opened = 0
         # This mount's lease session (fusefs/leases.py), sent with every
         # query so the leader does not recall our own leases to answer us.
         self.holder = 0
@@ -145,9 +130,8 @@ class MetaClient:
 
     # ------------------------------------------------------------ the loop
 
-    async def _call(self, op: str, rid: int, attempt, *, retry_uncertain: bool = True,
-                    busy_means_leader: bool = False, attempt_timeout_s: float | None = None,
-                    deadline_s: float | None = None):
+    async def _call(self, op: str, rid: int, attempt, *, busy_means_leader: bool = False,
+                    attempt_timeout_s: float | None = None, deadline_s: float | None = None):
         """Run ``attempt(addr, timeout_s, sent)`` against the leader until it
         answers without ``notLeader``; returns (reply, uncertain). ``sent``
         is a one-item list the attempt sets once its call left: a failure
@@ -178,8 +162,6 @@ class MetaClient:
                 self.retries += 1
                 log.info(kv("cluster.retry", rid=rid, op=op, node=addr,
                             kind=type(exc).__name__, uncertain=uncertain))
-                if doubt and not retry_uncertain:
-                    raise _Uncertain(last) from None
                 if self._unreachable(addr, exc):
                     unreachable += 1
                     if unreachable % len(self.nodes):
@@ -214,6 +196,48 @@ class MetaClient:
     # ------------------------------------------------------------ submit
 
     async def submit(self, command: Command) -> Result:
+        """Commit ``command`` once (module docstring) and return its result."""
+        if isinstance(command, (LeaseBatch, OpenSession)):
+            return await self._propose(command)  # a batch has its own sequence
+        try:
+            data = codec.encode_command(command)
+        except ValueError as exc:
+            raise BackendError(str(exc)) from exc
+        for _ in range(2):
+            session = await self._open_session()
+            seq = next(self._seqs)
+            self._waiting.add(seq)
+            try:
+                wrapped = Sessioned(session, seq, min(self._waiting), [data])
+                result = await self._propose(wrapped, type(command).__name__)
+            finally:
+                self._waiting.discard(seq)
+            if result.err == NO_SESSION:
+                log.info(kv("cluster.session_lost", session=f"{session:x}"))
+                if self.session == session:
+                    self._session_open = False
+                    self.session = random.getrandbits(62) + 1
+                continue  # not applied under the old session: send it again
+            if result.err == ANSWERED:
+                # Our own seq below our acked: cannot happen unless the
+                # cluster's session state went back; say so, never guess.
+                raise Unavailable(f"{type(command).__name__}: session {session:x} seq {seq} "
+                                  "was answered before")
+            return result
+        raise Unavailable(f"{type(command).__name__}: the cluster keeps forgetting our session")
+
+    async def _open_session(self) -> int:
+        async with self._session_lock:
+            if not self._session_open:
+                result = await self._propose(OpenSession(self.session))
+                if result.err:
+                    raise BackendError(f"opening a client session answered errno {result.err}")
+                self._session_open = True
+                self.sessions_opened += 1
+                log.info(kv("cluster.session_open", session=f"{self.session:x}"))
+            return self.session
+
+    async def _propose(self, command, name: str | None = None) -> Result:
         rid = next(self._rids)
         try:
             data = codec.encode_command(command)
@@ -224,60 +248,23 @@ class MetaClient:
             cap = await self.pool.bootstrap(addr, raft_capnp.Raft, timeout_s=timeout_s)
             sent[0] = True
             if trace.ENABLED:
-                trace.mark(f"client.propose {type(command).__name__}")
+                trace.mark(f"client.propose {name or type(command).__name__}")
             try:
                 return await cap.propose(command=data, forwarded=True, timeout_s=timeout_s)
             finally:
                 if trace.ENABLED:
                     trace.mark("client.propose.done")
 
-        exchange = isinstance(command, Rename) and command.flags & RENAME_EXCHANGE
-        try:
-            reply, uncertain = await self._call("submit", rid, attempt, busy_means_leader=True,
-                                                retry_uncertain=not exchange)
-        except _Uncertain as exc:
-            raise Unavailable(f"rename exchange: outcome unknown ({exc})") from None
+        reply, uncertain = await self._call("submit", rid, attempt, busy_means_leader=True)
         try:
             result = codec.decode_result(reply.result)
         except ValueError as exc:
             raise BackendError(f"undecodable result: {exc}") from exc
         if isinstance(result, AlreadyApplied):
             raise BackendError(f"proposal answered AlreadyApplied at index {result.index}")
-        log.debug(kv("cluster.submit", rid=rid, cmd=type(command).__name__,
+        log.debug(kv("cluster.submit", rid=rid, cmd=name or type(command).__name__,
                      index=reply.index, err=result.err, uncertain=uncertain))
-        if uncertain and result.err:
-            return await self._resolve(rid, command, result)
         return result
-
-    async def _resolve(self, rid: int, cmd: Command, result: Result) -> Result:
-        """A retry after an uncertain attempt failed: was the failure caused
-        by our own first attempt? (module docstring)"""
-        err, fixed = result.err, None
-        if isinstance(cmd, _CREATES) and err == errno.EEXIST:
-            entry = await self.lookup(cmd.parent, cmd.name)
-            attr = entry.attr
-            if (not entry.err and attr.ctime_ns == cmd.now_ns
-                    and (attr.uid, attr.gid) == (cmd.uid, cmd.gid)):
-                fixed = EntryReply(0, attr)
-        elif isinstance(cmd, Link) and err == errno.EEXIST:
-            entry = await self.lookup(cmd.new_parent, cmd.new_name)
-            if not entry.err and entry.attr.ino == cmd.ino:
-                fixed = EntryReply(0, entry.attr)
-        elif isinstance(cmd, (Unlink, Rmdir)) and err == errno.ENOENT:
-            fixed = RemoveReply(0)
-        elif isinstance(cmd, Rename) and err == errno.ENOENT:
-            if not (await self.lookup(cmd.new_parent, cmd.new_name)).err:
-                fixed = RemoveReply(0)
-        elif isinstance(cmd, RemoveXattr) and err == errno.ENODATA:
-            fixed = Status(0)
-        elif isinstance(cmd, ReleaseOrphan) and err == errno.ENOENT:
-            fixed = Status(0)
-        log.info(kv("cluster.uncertain_resolved", rid=rid, cmd=type(cmd).__name__,
-                    err=err, ours=fixed is not None))
-        if fixed is None:
-            return result
-        self.resolved += 1
-        return fixed
 
     # ------------------------------------------------------------ queries
 

@@ -82,7 +82,7 @@ def command_refusal(peer: PeerIdentity | None, command: bytes) -> str | None:
     from .meta import codec
     try:
         kinds = [codec.command_kind(command)]
-        if kinds[0] == "leaseBatch":
+        if kinds[0] in ("leaseBatch", "sessioned"):
             kinds += [codec.command_kind(op) for op in codec.decode_command(command).ops]
     except ValueError:
         return None

@@ -123,6 +123,16 @@ struct LeaseBatch {
   wantInos @6 :UInt64;
 }
 
+struct OpenSession { session @0 :UInt64; }
+
+struct Sessioned {
+  # One client command, applied at most once (server/meta/sessions.py).
+  session @0 :UInt64;
+  seq @1 :UInt64;
+  acked @2 :UInt64;
+  ops @3 :List(Data);
+}
+
 struct Command {
   # One Raft log entry of the metadata state machine.
   union {
@@ -146,6 +156,8 @@ struct Command {
     acquireLease @17 :AcquireLease;
     releaseLease @18 :ReleaseLease;
     leaseBatch @19 :LeaseBatch;
+    openSession @20 :OpenSession;
+    sessioned @21 :Sessioned;
   }
 }
 

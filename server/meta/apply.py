@@ -39,10 +39,11 @@ import errno
 import sqlite3
 from collections.abc import Callable, Iterable
 
-from . import attrs, leases, namespace, rename, validate
+from . import attrs, leases, namespace, rename, sessions, validate
 from .schema import load
 from .types import (COMMANDS, LEASED, AcquireLease, AlreadyApplied, Clone, CommitWrite,
                     Compact, Create, ForgetChunks, LeaseBatch, Link, Mkdir, Mknod,
+                    OpenSession, Sessioned,
                     ReleaseLease, ReleaseOrphan, RemoveXattr, Rename, Result, Rmdir,
                     SetAttr, SetXattr, Symlink, Tick, Unlink)
 
@@ -67,6 +68,13 @@ def _batch(conn: sqlite3.Connection, index: int, cmd: LeaseBatch) -> Result:
     return leases.batch(conn, index, cmd, _run, _codec)
 
 
+def _sessioned(conn: sqlite3.Connection, index: int, cmd: Sessioned) -> Result:
+    assert _codec is not None, "apply.use_codec was never called"
+    return sessions.sessioned(conn, index, cmd, lambda c, i, op: _run(c, i, op),
+                              _codec.decode_command, _codec.encode_result,
+                              _codec.decode_result, validate.error_result)
+
+
 _HANDLERS: dict[type, Handler] = {
     Create: lambda c, i, cmd: namespace.create(c, cmd),
     Mkdir: lambda c, i, cmd: namespace.mkdir(c, cmd),
@@ -75,6 +83,8 @@ _HANDLERS: dict[type, Handler] = {
     AcquireLease: lambda c, i, cmd: leases.acquire(c, cmd),
     ReleaseLease: lambda c, i, cmd: leases.release(c, cmd),
     LeaseBatch: _batch,
+    OpenSession: lambda c, i, cmd: sessions.open_session(c, cmd),
+    Sessioned: _sessioned,
     Link: lambda c, i, cmd: namespace.link(c, cmd),
     Unlink: namespace.unlink,
     Rmdir: namespace.rmdir,
@@ -95,7 +105,8 @@ _NEW_NODE: dict[type, Callable] = {
     Create: namespace.create, Mkdir: namespace.mkdir, Mknod: namespace.mknod,
     Symlink: namespace.symlink,
 }
-_LEASE_COMMANDS = (AcquireLease, ReleaseLease, LeaseBatch, Tick)
+# Checked for other holders' leases inside, or not changing the namespace.
+_LEASE_COMMANDS = (AcquireLease, ReleaseLease, LeaseBatch, Tick, OpenSession, Sessioned)
 
 # SQLite primary result codes that describe this node's disk, memory or
 # file rather than the command: SQLITE_BUSY, LOCKED, NOMEM, READONLY,
@@ -145,7 +156,9 @@ def _run(conn: sqlite3.Connection, index: int, cmd: object, ino: int | None = No
         result = _NEW_NODE[type(cmd)](conn, cmd, ino)
     else:
         result = _HANDLERS[type(cmd)](conn, index, cmd)
-    assert result.err == 0 or conn.total_changes == before, (
+    # A session keeps the reply of a command that failed (sessions.py); the
+    # command itself was checked by its own _run.
+    assert result.err == 0 or conn.total_changes == before or isinstance(cmd, Sessioned), (
         f"{type(cmd).__name__} changed state before failing with {result.err}")
     parents = _PARENTS.get(type(cmd)) if with_parents else None
     if parents is not None and result.err == 0:

@@ -14,7 +14,7 @@ import errno
 import sqlite3
 import stat
 
-from . import acl, blocks, leases
+from . import acl, blocks, leases, sessions
 from .namespace import free_inode
 from .schema import Inode, add_counters, bytes_errno, file_errno, load, xattr_value
 from .types import (INLINE_BYTES_MAX, XATTR_CREATE, XATTR_NAME_BYTES_MAX,
@@ -223,5 +223,7 @@ def forget_chunks(conn: sqlite3.Connection, cmd: ForgetChunks) -> Status:
 
 def tick(conn: sqlite3.Connection, index: int, cmd: Tick) -> Status:
     blocks.tick(conn, index, cmd.now_ns)
-    leases.tick(conn, conn.execute("SELECT log_ns FROM state WHERE id = 0").fetchone()[0])
+    now_ns = conn.execute("SELECT log_ns FROM state WHERE id = 0").fetchone()[0]
+    leases.tick(conn, now_ns)
+    sessions.tick(conn, now_ns)
     return Status(0)

@@ -56,7 +56,7 @@ from . import acl
 from .schema import load, lookup_entry, read_state, xattr_value
 from .types import (LEASE_LISTING_MAX, LEASED, AcquireLease, BatchReply, Clone,
                     CommitWrite, Compact, Create, Link, LeaseBatch, LeaseReply, Mkdir,
-                    Mknod, ReleaseLease,
+                    Mknod, OpenSession, ReleaseLease, Sessioned,
                     RemoveXattr, Rename, Result, Rmdir, SetAttr, SetXattr, Status,
                     Symlink, Unlink)
 
@@ -322,7 +322,7 @@ def batch(conn: sqlite3.Connection, index: int, cmd: LeaseBatch, run_op: RunOp,
         ops = [codec.decode_command(op) for op in cmd.ops]
     except ValueError:
         return BatchReply(errno.EINVAL)
-    if any(isinstance(op, LeaseBatch) for op in ops):
+    if any(isinstance(op, (LeaseBatch, OpenSession, Sessioned)) for op in ops):
         return BatchReply(errno.EINVAL)
     for op in ops:
         if isinstance(op, (AcquireLease, ReleaseLease)):

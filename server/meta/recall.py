@@ -30,7 +30,7 @@ import trio
 from rpc.logfmt import kv
 
 from . import codec, leases
-from .types import LEASED, AcquireLease, LeaseBatch, ReleaseLease, Tick
+from .types import LEASED, AcquireLease, LeaseBatch, ReleaseLease, Sessioned, Tick
 
 log = logging.getLogger("chordfs.meta.lease")
 
@@ -56,6 +56,11 @@ _READER_PRECHECK = frozenset({"commitWrite", "compact", "leaseBatch"})
 def _precheck(command: bytes, readers: bool) -> bool:
     try:
         kind = codec.command_kind(command)
+        if kind == "sessioned":  # a client session's command: judge what it carries
+            inner = codec.decode_command(command).ops
+            if len(inner) != 1:
+                return False
+            kind = codec.command_kind(inner[0])
     except ValueError:
         return False
     return kind not in _NO_PRECHECK or (readers and kind in _READER_PRECHECK)
@@ -139,6 +144,11 @@ class LeaseDesk:
         if isinstance(cmd, (AcquireLease, ReleaseLease, Tick)):
             return [], 0
         conn = self.reader.conn
+        if isinstance(cmd, Sessioned):
+            try:
+                return self.dirs_of(codec.decode_command(cmd.ops[0]))
+            except (ValueError, IndexError):
+                return [], 0
         if isinstance(cmd, LeaseBatch):
             out = []
             for data in cmd.ops:

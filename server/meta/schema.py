@@ -27,7 +27,7 @@ from .types import CHUNK_BYTES_DEFAULT, ROOT_INO, Attr
 
 PURE_CORE = True
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 DDL = """
 CREATE TABLE state(
@@ -134,7 +134,10 @@ CREATE TABLE read_lease(
 CREATE INDEX read_lease_by_holder ON read_lease(holder);
 CREATE INDEX dentry_by_ino ON dentry(ino);
 """
-DDL = DDL.replace("LEASE_DDL", LEASE_DDL + READ_LEASE_DDL)
+# Client sessions (sessions.py). Added in schema version 5.
+from .sessions import SESSION_DDL  # noqa: E402 - the DDL lives with its code
+
+DDL = DDL.replace("LEASE_DDL", LEASE_DDL + READ_LEASE_DDL + SESSION_DDL)
 
 # A file the compactor should look at: more extents than its size explains
 # (regions of 4 MiB), or inline bytes in a file too big to be inline.
@@ -183,7 +186,7 @@ def upgrade(conn: sqlite3.Connection) -> None:
     """Bring a database of an older schema version to this one. Every
     replica runs the same code on the same state, so they stay identical."""
     version = read_state(conn)["schema_version"]
-    steps = {2: LEASE_DDL, 3: READ_LEASE_DDL}
+    steps = {2: LEASE_DDL, 3: READ_LEASE_DDL, 4: SESSION_DDL}
     while version in steps:
         conn.execute("BEGIN IMMEDIATE")
         try:

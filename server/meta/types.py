@@ -316,15 +316,38 @@ class LeaseBatch:
     want_inos: int = 0
 
 
+@dataclass(frozen=True)
+class OpenSession:
+    """A client session (server/meta/sessions.py): the mount picks a random
+    ``session`` id and opens it once before its first Sessioned command."""
+
+    session: int
+
+
+@dataclass(frozen=True)
+class Sessioned:
+    """One client command applied at most once (Raft dissertation 6.3):
+    ``ops`` holds exactly one encoded Command, ``seq`` is the client's
+    number for it (from 1, one per command, never reused), ``acked`` the
+    lowest seq whose answer the client still waits for (the replies of
+    those below are dropped)."""
+
+    session: int
+    seq: int
+    acked: int
+    ops: list[bytes] = field(default_factory=list)
+
+
 COMMANDS = (
     Create, Mkdir, Mknod, Symlink, Link, Unlink, Rmdir, Rename, SetAttr,
     SetXattr, RemoveXattr, CommitWrite, ReleaseOrphan, ForgetChunks, Compact, Tick,
-    Clone, AcquireLease, ReleaseLease, LeaseBatch,
+    Clone, AcquireLease, ReleaseLease, LeaseBatch, OpenSession, Sessioned,
 )
 Command = (
     Create | Mkdir | Mknod | Symlink | Link | Unlink | Rmdir | Rename | SetAttr
     | SetXattr | RemoveXattr | CommitWrite | ReleaseOrphan | ForgetChunks
     | Compact | Tick | Clone | AcquireLease | ReleaseLease | LeaseBatch
+    | OpenSession | Sessioned
 )
 
 

@@ -35,7 +35,7 @@ import stat
 from . import blocks
 from .types import (COMMANDS, LEASE_BATCH_OPS_MAX, LEASE_DURATION_MAX_NS,
                     LEASE_DURATION_MIN_NS, LEASE_INOS_MAX, NAME_BYTES_MAX, AcquireLease,
-                    BatchReply, LeaseBatch, LeaseReply, ReleaseLease,
+                    BatchReply, LeaseBatch, LeaseReply, OpenSession, ReleaseLease, Sessioned,
                     RENAME_EXCHANGE, RENAME_NOREPLACE, SYMLINK_BYTES_MAX,
                     XATTR_CREATE, XATTR_NAME_BYTES_MAX, XATTR_REPLACE,
                     XATTR_VALUE_BYTES_MAX, Clone, CommitWrite, Compact, Create, EntryReply, ForgetChunks,
@@ -287,6 +287,16 @@ def _batch(cmd: LeaseBatch) -> int:
                    (cmd.want_inos, 0, LEASE_INOS_MAX))
 
 
+def _open_session(cmd: OpenSession) -> int:
+    return _ranges(_holder(cmd.session))
+
+
+def _sessioned(cmd: Sessioned) -> int:
+    if not isinstance(cmd.ops, list) or len(cmd.ops) != 1 or not isinstance(cmd.ops[0], bytes):
+        return errno.EINVAL
+    return _ranges(_holder(cmd.session), (cmd.seq, 1, INT64_MAX), (cmd.acked, 1, cmd.seq))
+
+
 _CHECKS = {
     Create: _create_masked, Mkdir: _create_masked, Mknod: _mknod, Symlink: _symlink,
     Link: _link, Unlink: _remove, Rmdir: _remove, Rename: _rename,
@@ -294,6 +304,7 @@ _CHECKS = {
     CommitWrite: _commit_write, ReleaseOrphan: _release_orphan,
     ForgetChunks: _forget_chunks, Compact: _compact, Tick: _tick, Clone: _clone,
     AcquireLease: _acquire, ReleaseLease: _release, LeaseBatch: _batch,
+    OpenSession: _open_session, Sessioned: _sessioned,
 }
 assert set(_CHECKS) == set(COMMANDS), "every command needs a check"
 

@@ -206,10 +206,13 @@ def test_a_version_3_database_is_upgraded_in_place(tmp_path):
     conn = store.conn
     conn.execute("DROP TABLE read_lease")
     conn.execute("DROP INDEX dentry_by_ino")
+    for table in ("session_reply", "client_session"):  # version 5
+        conn.execute(f"DROP TABLE {table}")
     conn.execute("UPDATE state SET schema_version = 3 WHERE id = 0")
     conn.commit()
     store.close()
     store = MetaStore(path, InitParams(now_ns=2))
-    assert schema.read_state(store.conn)["schema_version"] == schema.SCHEMA_VERSION == 4
+    assert schema.read_state(store.conn)["schema_version"] == schema.SCHEMA_VERSION == 5
     assert store.conn.execute("SELECT COUNT(*) FROM read_lease").fetchone()[0] == 0
+    assert store.conn.execute("SELECT COUNT(*) FROM client_session").fetchone()[0] == 0
     store.close()
