@@ -1,0 +1,280 @@
+"""Workloads of the fault harness, and what they record.
+
+* ``Namespace``: several clients, each its own MetaClient (the mount's code
+  for proposals and linearizable queries, its own client session), doing
+  create, unlink, rename and lookup on a few names of one directory.
+  Every invocation and completion goes into the history the linearizability
+  checker reads; a call that ends in Unavailable (EIO) has an unknown
+  outcome.
+* ``Unique``: each client makes directories of names no one else uses and
+  renames each once; afterwards every acknowledged mkdir must be there
+  (else: lost) exactly once, under its new name when the rename was
+  acknowledged (a name back under the old one after its rename was
+  acknowledged is a duplicate).
+* ``FileWriter`` (durability through FUSE): a real mount writes files of
+  known content and fsyncs each; every fsync-acknowledged file must read
+  back byte-identical through another mount after the faults heal.
+
+``lose_replies`` drops the reply of that share of committed proposals (the
+connection breaks right after the leader applied), so retries happen on
+every run; ``sessions=False`` is the deliberately broken client that
+retries the bare command, bypassing the session table."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import random
+import threading
+import time
+
+import trio
+
+import rpc
+from fusefs.backend import BackendError, Unavailable
+from fusefs.clustermeta import MetaClient
+from rpc.pool import Pool
+from server.meta.types import Create, Mkdir, Rename, Unlink
+
+from .linearizability import Op
+
+ROOT_INO = 1
+NAMES = ("a", "b", "c", "d")
+
+
+class _LossyPool:
+    """The pool, with the reply of a share of committed proposals lost."""
+
+    def __init__(self, pool, share: float, rng: random.Random):
+        self.pool, self.share, self.rng = pool, share, rng
+        self.lost = 0
+
+    async def bootstrap(self, addr, iface, *, timeout_s=None):
+        cap = await self.pool.bootstrap(addr, iface, timeout_s=timeout_s)
+        if iface.schema.node.displayName.endswith("Raft"):
+            return _LossyCap(cap, self)
+        return cap
+
+
+class _LossyCap:
+    def __init__(self, cap, owner):
+        self.cap, self.owner = cap, owner
+
+    async def propose(self, **kw):
+        reply = await self.cap.propose(**kw)
+        if not reply.notLeader and self.owner.rng.random() < self.owner.share:
+            self.owner.lost += 1
+            raise rpc.ConnectionLost("reply lost (chaos)")
+        return reply
+
+
+class _BareClient(MetaClient):
+    """The broken build: retries go out as the bare command, outside the
+    session table (what the mount did before sessions, minus its guesses)."""
+
+    async def submit(self, command):
+        return await self._propose(command)
+
+
+def client(pool, nodes, *, sessions: bool = True, deadline_s: float = 8.0) -> MetaClient:
+    cls = MetaClient if sessions else _BareClient
+    return cls(pool, nodes, deadline_s=deadline_s, attempt_timeout_s=2.0,
+               backoff_initial_s=0.05, backoff_max_s=0.5)
+
+
+@dataclasses.dataclass
+class Stats:
+    ops: int = 0
+    acknowledged: int = 0
+    unknown: int = 0
+    successes: list[float] = dataclasses.field(default_factory=list)  # completion times
+
+
+class Namespace:
+    """Clients on the names of one directory (module docstring)."""
+
+    def __init__(self, nodes, context, *, clients: int = 4, sessions: bool = True,
+                 lose_replies: float = 0.0, seed: int = 0):
+        self.nodes, self.context = nodes, context
+        self.clients, self.sessions = clients, sessions
+        self.lose_replies, self.rng = lose_replies, random.Random(seed)
+        self.history: list[Op] = []
+        self.stats = Stats()
+        self.dir_ino = 0
+        self.lost_replies = 0
+
+    async def prepare(self, nursery, name: str) -> None:
+        pool = Pool(nursery, connect_timeout_s=1.0, backoff_max_s=0.5, ssl_context=self.context)
+        meta = client(pool, self.nodes)
+        reply = await meta.submit(Mkdir(ROOT_INO, name.encode(), 0o755, 0, 0, time.time_ns()))
+        if reply.err:
+            raise RuntimeError(f"mkdir {name}: errno {reply.err}")
+        self.dir_ino = reply.attr.ino
+
+    async def run(self, until_s: float) -> None:
+        async with trio.open_nursery() as nursery:
+            for c in range(self.clients):
+                nursery.start_soon(self._client, nursery, c, until_s)
+
+    async def _client(self, nursery, c: int, until_s: float) -> None:
+        rng = random.Random(self.rng.random())
+        pool = Pool(nursery, connect_timeout_s=1.0, backoff_max_s=0.5, ssl_context=self.context)
+        lossy = _LossyPool(pool, self.lose_replies, rng) if self.lose_replies else pool
+        meta = client(lossy, self.nodes, sessions=self.sessions)
+        try:
+            while trio.current_time() < until_s:
+                await self._one(meta, c, rng)
+                await trio.sleep(rng.random() * 0.02)
+        finally:
+            if isinstance(lossy, _LossyPool):
+                self.lost_replies += lossy.lost
+            pool.close()
+
+    async def _one(self, meta: MetaClient, c: int, rng: random.Random) -> None:
+        kind = rng.choice(("create", "unlink", "rename", "lookup", "lookup"))
+        a, b = rng.choice(NAMES), rng.choice(NAMES)
+        args = (a, b) if kind == "rename" else (a,)
+        now = time.time_ns()
+        call_s = trio.current_time()
+        self.stats.ops += 1
+        try:
+            if kind == "create":
+                out = (await meta.submit(Create(self.dir_ino, a.encode(), 0o644, 0, 0, now))).err
+            elif kind == "unlink":
+                out = (await meta.submit(Unlink(self.dir_ino, a.encode(), now))).err
+            elif kind == "rename":
+                out = (await meta.submit(Rename(self.dir_ino, a.encode(), self.dir_ino,
+                                                b.encode(), 0, now))).err
+            else:
+                out = (await meta.lookup(self.dir_ino, a.encode())).err
+        except (Unavailable, BackendError):
+            self.stats.unknown += 1
+            self.history.append(Op(c, call_s, None, kind, args, None))
+            return
+        ret_s = trio.current_time()
+        if out not in (0, errno.EEXIST, errno.ENOENT):
+            # Any other answer is a state-machine error: unknown to the model.
+            self.stats.unknown += 1
+            self.history.append(Op(c, call_s, None, kind, args, None))
+            return
+        self.stats.acknowledged += 1
+        self.stats.successes.append(ret_s)
+        self.history.append(Op(c, call_s, ret_s, kind, args, out))
+
+
+class Unique:
+    """Directories of unique names, each renamed once (module docstring)."""
+
+    def __init__(self, nodes, context, *, clients: int = 2, sessions: bool = True,
+                 lose_replies: float = 0.0, seed: int = 0):
+        self.nodes, self.context, self.clients = nodes, context, clients
+        self.sessions, self.lose_replies = sessions, lose_replies
+        self.rng = random.Random(seed)
+        self.made: set[str] = set()        # mkdir acknowledged
+        self.renamed: set[str] = set()     # its rename acknowledged too
+        self.dir_ino = 0
+
+    async def prepare(self, nursery, name: str) -> None:
+        pool = Pool(nursery, connect_timeout_s=1.0, backoff_max_s=0.5, ssl_context=self.context)
+        reply = await client(pool, self.nodes).submit(
+            Mkdir(ROOT_INO, name.encode(), 0o755, 0, 0, time.time_ns()))
+        if reply.err:
+            raise RuntimeError(f"mkdir {name}: errno {reply.err}")
+        self.dir_ino = reply.attr.ino
+
+    async def run(self, until_s: float) -> None:
+        async with trio.open_nursery() as nursery:
+            for c in range(self.clients):
+                nursery.start_soon(self._client, nursery, c, until_s)
+
+    async def _client(self, nursery, c: int, until_s: float) -> None:
+        rng = random.Random(self.rng.random())
+        pool = Pool(nursery, connect_timeout_s=1.0, backoff_max_s=0.5, ssl_context=self.context)
+        lossy = _LossyPool(pool, self.lose_replies, rng) if self.lose_replies else pool
+        meta = client(lossy, self.nodes, sessions=self.sessions)
+        n = 0
+        try:
+            while trio.current_time() < until_s:
+                n += 1
+                name = f"u-{c}-{n}"
+                try:
+                    made = await meta.submit(Mkdir(self.dir_ino, name.encode(), 0o755, 0, 0,
+                                                   time.time_ns()))
+                    if made.err:
+                        continue
+                    self.made.add(name)
+                    moved = await meta.submit(Rename(self.dir_ino, name.encode(), self.dir_ino,
+                                                     f"v-{c}-{n}".encode(), 0, time.time_ns()))
+                    if moved.err == 0:
+                        self.renamed.add(name)
+                except (Unavailable, BackendError):
+                    pass
+        finally:
+            pool.close()
+
+    def check(self, listing: set[str]) -> tuple[int, int]:
+        """(lost, duplicated) against the directory's final listing."""
+        lost = dup = 0
+        for name in self.made:
+            new = "v" + name[1:]
+            if name in self.renamed:
+                lost += new not in listing
+                dup += name in listing  # back under the old name: applied twice
+            else:
+                lost += name not in listing and new not in listing
+                dup += name in listing and new in listing
+        return lost, dup
+
+
+class FileWriter:
+    """Files written and fsynced through a FUSE mount, in a thread (the
+    file calls block); ``acked`` holds (name, sha256) of each whose fsync
+    and close returned."""
+
+    def __init__(self, directory: str, seed: int = 0) -> None:
+        self.directory = directory
+        self.rng = random.Random(seed)
+        self.acked: dict[str, str] = {}
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            name = f"f{n}"
+            data = self.rng.randbytes(self.rng.randrange(1, 300_000))
+            try:
+                with open(os.path.join(self.directory, name), "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                self.acked[name] = hashlib.sha256(data).hexdigest()
+            except OSError:
+                self.failed += 1
+                time.sleep(0.2)
+
+    @staticmethod
+    def check(directory: str, acked: dict[str, str]) -> int:
+        """How many acknowledged files are missing or differ (lost)."""
+        lost = 0
+        for name, digest in acked.items():
+            try:
+                with open(os.path.join(directory, name), "rb") as f:
+                    lost += hashlib.sha256(f.read()).hexdigest() != digest
+            except OSError:
+                lost += 1
+        return lost
