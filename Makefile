@@ -7,10 +7,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := fuse3 libfuse3-dev pkg-config attr acl
-# Only `make test` needs these: the status page is checked in a real browser.
-APT_TEST_PKGS := chromium chromium-driver
+# Only `make test` needs these: the status page is checked in a real browser,
+# and the fault harness (tests/chaos) cuts links with nftables in namespaces.
+APT_TEST_PKGS := chromium chromium-driver nftables iproute2
 
-.PHONY: run test stop bench sysdeps testdeps venv clean install-mount-helper install uninstall
+.PHONY: run test chaos stop bench sysdeps testdeps venv clean install-mount-helper install uninstall
 
 # `make install`: chordfs in its own environment, its commands on PATH, the
 # units where systemd looks, mount.chordfs where mount(8) looks. Every
@@ -38,7 +39,8 @@ $(STAMP): pyproject.toml | sysdeps
 venv: sysdeps $(STAMP)
 
 testdeps:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+	     || ! command -v nft >/dev/null || ! command -v ip >/dev/null; then \
 	  echo "installing test packages: $(APT_TEST_PKGS)"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TEST_PKGS) >/dev/null; \
@@ -54,6 +56,13 @@ stop:
 # with timing budgets) share one worker so they never overlap each other.
 test: venv testdeps
 	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+# Seeded fault scenarios on real processes in network namespaces (root):
+# make chaos RUNS=50 SEED=3. A short version runs in make test.
+RUNS ?= 11
+SEED ?= 1
+chaos: venv testdeps
+	$(PY) -m tests.chaos --runs $(RUNS) --seed $(SEED)
 
 bench: venv
 	$(PY) benchmarks/rpc_bench.py

@@ -17,8 +17,7 @@ import pytest
 from tests.fuse.conftest import fuse_usable, in_mount_table
 from tests.netutil import _bindable, free_ports
 
-pytestmark = [pytest.mark.xdist_group("heavy"),
-              pytest.mark.skipif(not fuse_usable(), reason="needs /dev/fuse and root")]
+pytestmark = [pytest.mark.skipif(not fuse_usable(), reason="needs /dev/fuse and root")]
 
 
 def _three_ports() -> int:

@@ -33,8 +33,11 @@ from tests.netutil import free_ports
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 INSTALLED = "/usr/local/bin/chordfs"
 
-pytestmark = [pytest.mark.xdist_group("heavy"),
-              pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+# Not in the "heavy" group: nothing here has a timing budget, and its
+# addresses (fresh ports, a private mount namespace) are its own.
+# Not in the "heavy" group: nothing here has a timing budget, and its
+# addresses (fresh ports, a private mount namespace) are its own.
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                                  reason="needs root and unshare for a private mount namespace")]
 
 

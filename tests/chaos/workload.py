@@ -45,11 +45,14 @@ NAMES = ("a", "b", "c", "d")
 
 
 class _LossyPool:
-    """The pool, with the reply of a share of committed proposals lost."""
+    """The pool, with the reply of a share of committed proposals lost;
+    ``share`` 1.0 loses the first reply of every distinct proposal (each
+    is retried once, deterministically)."""
 
     def __init__(self, pool, share: float, rng: random.Random):
         self.pool, self.share, self.rng = pool, share, rng
         self.lost = 0
+        self.seen: set[int] = set()
 
     async def bootstrap(self, addr, iface, *, timeout_s=None):
         cap = await self.pool.bootstrap(addr, iface, timeout_s=timeout_s)
@@ -64,8 +67,17 @@ class _LossyCap:
 
     async def propose(self, **kw):
         reply = await self.cap.propose(**kw)
-        if not reply.notLeader and self.owner.rng.random() < self.owner.share:
-            self.owner.lost += 1
+        owner = self.owner
+        if reply.notLeader:
+            return reply
+        if owner.share >= 1.0:
+            key = hash(bytes(kw["command"]))
+            lose = key not in owner.seen
+            owner.seen.add(key)
+        else:
+            lose = owner.rng.random() < owner.share
+        if lose:
+            owner.lost += 1
             raise rpc.ConnectionLost("reply lost (chaos)")
         return reply
 

@@ -4,7 +4,7 @@ writing different ranges both keep theirs, and the space random overwrites
 take comes back (compaction, GC and the sweeper of uncommitted uploads),
 also when the writing mount is killed with SIGKILL mid-write.
 
-The space test runs a 32 MiB file and 8,000 overwrites in ``make test``; the
+The space test runs a 16 MiB file and 4,000 overwrites in ``make test``; the
 issue's size (64 MiB, 20,000 overwrites) is the same test with
 ``CHORDFS_SPACE_MIB=64 CHORDFS_SPACE_WRITES=20000``."""
 
@@ -26,8 +26,8 @@ from .test_real_cluster import two_mounts
 pytestmark = [pytest.mark.skipif(not fuse_usable(), reason="needs /dev/fuse and fusermount3")]
 
 MIB = 1 << 20
-SPACE_MIB = int(os.environ.get("CHORDFS_SPACE_MIB", "32"))
-SPACE_WRITES = int(os.environ.get("CHORDFS_SPACE_WRITES", "8000"))
+SPACE_MIB = int(os.environ.get("CHORDFS_SPACE_MIB", "16"))
+SPACE_WRITES = int(os.environ.get("CHORDFS_SPACE_WRITES", "4000"))
 
 
 def test_a_stale_writer_keeps_another_mounts_append(real_cluster, tmp_path):
