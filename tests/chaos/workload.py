@@ -104,23 +104,22 @@ class Stats:
     successes: list[float] = dataclasses.field(default_factory=list)  # completion times
 
 
-class Namespace:
-    """Clients on the names of one directory (module docstring)."""
+class _Clients:
+    """What both metadata workloads share: a directory of their own, and
+    ``clients`` concurrent clients, each with its own pool and session."""
 
-    def __init__(self, nodes, context, *, clients: int = 4, sessions: bool = True,
+    def __init__(self, nodes, context, *, clients: int, sessions: bool = True,
                  lose_replies: float = 0.0, seed: int = 0):
         self.nodes, self.context = nodes, context
         self.clients, self.sessions = clients, sessions
         self.lose_replies, self.rng = lose_replies, random.Random(seed)
-        self.history: list[Op] = []
-        self.stats = Stats()
         self.dir_ino = 0
         self.lost_replies = 0
 
     async def prepare(self, nursery, name: str) -> None:
         pool = Pool(nursery, connect_timeout_s=1.0, backoff_max_s=0.5, ssl_context=self.context)
-        meta = client(pool, self.nodes)
-        reply = await meta.submit(Mkdir(ROOT_INO, name.encode(), 0o755, 0, 0, time.time_ns()))
+        reply = await client(pool, self.nodes).submit(
+            Mkdir(ROOT_INO, name.encode(), 0o755, 0, 0, time.time_ns()))
         if reply.err:
             raise RuntimeError(f"mkdir {name}: errno {reply.err}")
         self.dir_ino = reply.attr.ino
@@ -128,21 +127,33 @@ class Namespace:
     async def run(self, until_s: float) -> None:
         async with trio.open_nursery() as nursery:
             for c in range(self.clients):
-                nursery.start_soon(self._client, nursery, c, until_s)
+                nursery.start_soon(self._client_task, nursery, c, until_s)
 
-    async def _client(self, nursery, c: int, until_s: float) -> None:
+    async def _client_task(self, nursery, c: int, until_s: float) -> None:
         rng = random.Random(self.rng.random())
         pool = Pool(nursery, connect_timeout_s=1.0, backoff_max_s=0.5, ssl_context=self.context)
         lossy = _LossyPool(pool, self.lose_replies, rng) if self.lose_replies else pool
-        meta = client(lossy, self.nodes, sessions=self.sessions)
         try:
-            while trio.current_time() < until_s:
-                await self._one(meta, c, rng)
-                await trio.sleep(rng.random() * 0.02)
+            await self._client(client(lossy, self.nodes, sessions=self.sessions), c, rng,
+                               until_s)
         finally:
             if isinstance(lossy, _LossyPool):
                 self.lost_replies += lossy.lost
             pool.close()
+
+
+class Namespace(_Clients):
+    """Clients on the names of one directory (module docstring)."""
+
+    def __init__(self, nodes, context, *, clients: int = 4, **kw):
+        super().__init__(nodes, context, clients=clients, **kw)
+        self.history: list[Op] = []
+        self.stats = Stats()
+
+    async def _client(self, meta: MetaClient, c: int, rng: random.Random, until_s: float):
+        while trio.current_time() < until_s:
+            await self._one(meta, c, rng)
+            await trio.sleep(rng.random() * 0.02)
 
     async def _one(self, meta: MetaClient, c: int, rng: random.Random) -> None:
         kind = rng.choice(("create", "unlink", "rename", "lookup", "lookup"))
@@ -176,55 +187,31 @@ class Namespace:
         self.history.append(Op(c, call_s, ret_s, kind, args, out))
 
 
-class Unique:
+class Unique(_Clients):
     """Directories of unique names, each renamed once (module docstring)."""
 
-    def __init__(self, nodes, context, *, clients: int = 2, sessions: bool = True,
-                 lose_replies: float = 0.0, seed: int = 0):
-        self.nodes, self.context, self.clients = nodes, context, clients
-        self.sessions, self.lose_replies = sessions, lose_replies
-        self.rng = random.Random(seed)
+    def __init__(self, nodes, context, *, clients: int = 2, **kw):
+        super().__init__(nodes, context, clients=clients, **kw)
         self.made: set[str] = set()        # mkdir acknowledged
         self.renamed: set[str] = set()     # its rename acknowledged too
-        self.dir_ino = 0
 
-    async def prepare(self, nursery, name: str) -> None:
-        pool = Pool(nursery, connect_timeout_s=1.0, backoff_max_s=0.5, ssl_context=self.context)
-        reply = await client(pool, self.nodes).submit(
-            Mkdir(ROOT_INO, name.encode(), 0o755, 0, 0, time.time_ns()))
-        if reply.err:
-            raise RuntimeError(f"mkdir {name}: errno {reply.err}")
-        self.dir_ino = reply.attr.ino
-
-    async def run(self, until_s: float) -> None:
-        async with trio.open_nursery() as nursery:
-            for c in range(self.clients):
-                nursery.start_soon(self._client, nursery, c, until_s)
-
-    async def _client(self, nursery, c: int, until_s: float) -> None:
-        rng = random.Random(self.rng.random())
-        pool = Pool(nursery, connect_timeout_s=1.0, backoff_max_s=0.5, ssl_context=self.context)
-        lossy = _LossyPool(pool, self.lose_replies, rng) if self.lose_replies else pool
-        meta = client(lossy, self.nodes, sessions=self.sessions)
+    async def _client(self, meta: MetaClient, c: int, rng: random.Random, until_s: float):
         n = 0
-        try:
-            while trio.current_time() < until_s:
-                n += 1
-                name = f"u-{c}-{n}"
-                try:
-                    made = await meta.submit(Mkdir(self.dir_ino, name.encode(), 0o755, 0, 0,
-                                                   time.time_ns()))
-                    if made.err:
-                        continue
-                    self.made.add(name)
-                    moved = await meta.submit(Rename(self.dir_ino, name.encode(), self.dir_ino,
-                                                     f"v-{c}-{n}".encode(), 0, time.time_ns()))
-                    if moved.err == 0:
-                        self.renamed.add(name)
-                except (Unavailable, BackendError):
-                    pass
-        finally:
-            pool.close()
+        while trio.current_time() < until_s:
+            n += 1
+            name = f"u-{c}-{n}"
+            try:
+                made = await meta.submit(Mkdir(self.dir_ino, name.encode(), 0o755, 0, 0,
+                                               time.time_ns()))
+                if made.err:
+                    continue
+                self.made.add(name)
+                moved = await meta.submit(Rename(self.dir_ino, name.encode(), self.dir_ino,
+                                                 f"v-{c}-{n}".encode(), 0, time.time_ns()))
+                if moved.err == 0:
+                    self.renamed.add(name)
+            except (Unavailable, BackendError):
+                pass
 
     def check(self, listing: set[str]) -> tuple[int, int]:
         """(lost, duplicated) against the directory's final listing."""
