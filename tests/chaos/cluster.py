@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,16 +28,19 @@ class NsCluster:
         self.addrs = [f"{net.ip(i)}:{PORT}" for i in range(net.n)]
         self.procs: list[subprocess.Popen | None] = [None] * net.n
         self.paused: set[int] = set()
+        self.wiped = False
 
     @property
     def spec(self) -> str:
         return ",".join(self.addrs)
 
-    def start(self, i: int) -> None:
+    def start(self, i: int, init: bool | None = None) -> None:
+        """Node i on its data directory; node 0 founds the cluster the first
+        time (``init``), a wiped node must not found another."""
         argv = [sys.executable, "-m", "server.cli", "node", "--listen-host", self.net.ip(i),
                 "--listen-port", str(PORT), "--data-dir", str(self.base / f"n{i}"),
                 "--seeds", self.spec, "--log-level", "info", *tls.node_flags(self.addrs[i])]
-        if i == 0:
+        if (i == 0 and not self.wiped) if init is None else init:
             argv.append("--init")
         with open(self.base / f"n{i}.log", "ab") as log:
             self.procs[i] = subprocess.Popen(self.net.exec_argv(i, argv), cwd=ROOT,
@@ -77,6 +81,20 @@ class NsCluster:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         self.paused.discard(i)
+
+    def wipe(self, i: int) -> None:
+        shutil.rmtree(self.base / f"n{i}", ignore_errors=True)
+        self.wiped = True
+
+    def remove_member(self, i: int) -> str:
+        """``chordfs members remove`` of node i's old id, through the others."""
+        others = ",".join(a for j, a in enumerate(self.addrs) if j != i)
+        out = subprocess.run([sys.executable, "-m", "server.cli", "members", others, "remove",
+                              self.addrs[i], *tls.cli_flags(node=True)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"members remove {self.addrs[i]}: {out.stderr.strip()}")
+        return out.stdout.strip()
 
     def pause(self, i: int) -> None:
         os.kill(self.procs[i].pid, signal.SIGSTOP)

@@ -91,6 +91,23 @@ def kill_random(rng, cluster, net) -> list[Step]:
             (1.0 + FAULT_S / 2, f"restart n{victim}", lambda: cluster.start(victim))]
 
 
+def wipe_and_replace(rng, cluster, net) -> list[Step]:
+    """A follower's disk is lost: kill -9 it and empty its data directory;
+    the operator removes its old id (``chordfs members remove``) and starts
+    it again empty, to join as a learner under a new id and be promoted."""
+    box = {}
+
+    def wipe():
+        leader = _leader(cluster)
+        box["n"] = next(i for i in range(net.n) if i != leader)
+        cluster.kill(box["n"])
+        cluster.wipe(box["n"])
+        return f"(n{box['n']})"
+    return [(1.0, "kill -9 a follower and wipe its disk", wipe),
+            (2.0, "members remove its old id", lambda: cluster.remove_member(box["n"])),
+            (3.0, "start it empty (a new member)", lambda: cluster.start(box["n"], init=False))]
+
+
 def lossy_leader(rng, cluster, net) -> list[Step]:
     box = {}
     return [(1.0, "80 ms delay and 20% loss at the leader",
@@ -124,6 +141,7 @@ SCENARIOS: dict[str, Callable] = {
     "kill-random": kill_random,
     "lossy-leader": lossy_leader,
     "kill-mount": kill_mount,
+    "wipe-and-replace": wipe_and_replace,
     "combined": combined,
 }
 
