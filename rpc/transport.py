@@ -3,6 +3,7 @@ memory streams for tests; plus serving and connecting helpers."""
 
 import contextlib
 import logging
+import socket
 import ssl
 
 import trio
@@ -42,6 +43,7 @@ async def serve_tcp(bootstrap_factory, port: int, *, host: str = "127.0.0.1",
     refused_logged: set[str] = set()
 
     async def handle(stream):
+        tune_socket(stream)
         peer = _peer_name(stream)
         host_ = peer.rpartition(":")[0]
         if per_address_max is not None and open_by_host.get(host_, 0) >= per_address_max:
@@ -90,6 +92,32 @@ async def serve_tcp(bootstrap_factory, port: int, *, host: str = "127.0.0.1",
     await trio.serve_tcp(handle, port, host=host, task_status=task_status)
 
 
+# A connection whose sent data has gone unacknowledged this long is dead:
+# the kernel aborts it, the Connection closes, the next call dials afresh.
+# Without it, a connection that lost packets during a partition keeps
+# backing off its retransmissions (RTO doubling) and stays silent for tens
+# of seconds after the network is back (found by tests/chaos). A live peer's
+# kernel acknowledges even when its process is stopped or its window is full.
+TCP_USER_TIMEOUT_MS = 3000
+# Idle connections to a peer that vanished are found by keepalive probes.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 3, 3
+
+
+def tune_socket(stream) -> None:
+    """Dead-peer detection on a TCP stream (the trio SocketStream under TLS)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+    except (OSError, AttributeError):  # not Linux, or not TCP: defaults stand
+        pass
+
+
 def _peer_name(stream) -> str:
     try:
         host, port = stream.socket.getpeername()[:2]
@@ -104,6 +132,7 @@ async def open_tcp_stream(addr: str, *, ssl_context: ssl.SSLContext | None = Non
     try:
         with trio.fail_after(connect_timeout_s):
             stream = await trio.open_tcp_stream(host, port)
+            tune_socket(stream)
             if ssl_context is not None:
                 stream = TlsStream(stream, ssl_context, server_side=False,
                                    server_hostname=server_hostname or host)

@@ -1,9 +1,10 @@
 """The short version of ``python -m tests.chaos`` that ``make test`` runs:
-two scenarios on a 3-node cluster in network namespaces (the leader cut
-off from everyone for 6 s, then the leader killed with SIGKILL and
-restarted), with the namespace clients, the unique-name clients and a FUSE
-writer going throughout: nothing acknowledged lost or duplicated, and the
-history linearizable."""
+one scenario on a 3-node cluster in network namespaces (the leader cut off
+from everyone, clients included, for 6 s), with the namespace clients, the
+unique-name clients and a FUSE writer going throughout: nothing
+acknowledged lost or duplicated, the history linearizable, and the clients
+served again within seconds of the heal. Every other kind runs in
+``make chaos``."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(available() is not None, reason=f"chaos harness: {available()}")]
 
 
-def test_isolated_and_killed_leaders_lose_nothing(tmp_path):
+def test_an_isolated_leader_loses_nothing(tmp_path):
     with Runner(tmp_path / "chaos", seed=7, clients=3) as runner:
-        results = [runner.run_one(0), runner.run_one(6)]  # isolate-leader, kill-leader
+        results = [runner.run_one(0)]
     print(format_table(results))
-    assert [r.scenario for r in results] == ["isolate-leader", "kill-leader"]
+    assert [r.scenario for r in results] == ["isolate-leader"]
     for r in results:
         assert r.lost == 0 and r.duplicated == 0, r
         assert r.linearizable is True, r

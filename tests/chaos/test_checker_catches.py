@@ -36,13 +36,13 @@ def test_sessions_pass_and_bare_retries_are_caught(tmp_path):
     cluster = start_cluster(tmp_path / "c")
     try:
         good = trio.run(lambda: _workload(cluster, "good", sessions=True, clients=3,
-                                             seconds=4.0, seed=11))
+                                             seconds=3.0, seed=11))
         assert good.lost_replies >= 5 and good.stats.acknowledged >= 10
         verdict = check(good.history)
         assert verdict.linearizable is True, verdict
         # One client: no other client's operation can explain its EEXIST.
         bad = trio.run(lambda: _workload(cluster, "bad", sessions=False, clients=1,
-                                            seconds=4.0, seed=11))
+                                            seconds=3.0, seed=11))
         assert bad.lost_replies >= 3
         verdict = check(bad.history)
         assert verdict.linearizable is False, (verdict, bad.history[:20])

@@ -229,7 +229,7 @@ async def test_own_changes_never_wait_for_the_own_read_lease(pair):
     assert (await a.getattr(inos[2])).attr.mode & 0o777 == 0o600
 
 
-SEEDS = int(os.environ.get("READ_LEASE_SEEDS", "3"))
+SEEDS = int(os.environ.get("READ_LEASE_SEEDS", "2"))
 
 
 @pytest.mark.parametrize("pair", [3], indirect=True)

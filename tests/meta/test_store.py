@@ -227,6 +227,8 @@ SAMPLES = [
     t.AcquireLease(9, 2, 3, 10**10, 64),
     t.ReleaseLease(9, 2, 3),
     t.LeaseBatch(9, 4, [b"op1", b"op2"], [0, 77], [2], [3], 16),
+    t.OpenSession(2**62),
+    t.Sessioned(5, 7, 3, [b"op"]),
 ]
 
 

@@ -92,3 +92,33 @@ def test_split_addr():
     for bad in ("nohost", "h:0", "h:99999", ":80", "h:x"):
         with pytest.raises(ValueError):
             rpc.split_addr(bad)
+
+
+async def test_dialed_and_accepted_sockets_detect_dead_peers():
+    """Both ends set TCP_USER_TIMEOUT and keepalive (rpc/transport.py): a
+    connection that lost packets in a partition is aborted in seconds
+    instead of waiting out doubling retransmission timers (tests/chaos)."""
+    import socket
+
+    from rpc.transport import TCP_USER_TIMEOUT_MS, open_tcp_stream, tune_socket
+
+    accepted = []
+
+    async def handler(stream):
+        tune_socket(stream)
+        accepted.append(stream)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, handler, 0)
+        port = listeners[0].socket.getsockname()[1]
+        dialed = await open_tcp_stream(f"127.0.0.1:{port}")
+        while not accepted:
+            await trio.sleep(0.01)
+        for stream in (dialed, accepted[0]):
+            sock = stream.socket
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == \
+                TCP_USER_TIMEOUT_MS
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        await dialed.aclose()
+        nursery.cancel_scope.cancel()
