@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration,
 
 
 def test_an_isolated_leader_loses_nothing(tmp_path):
-    with Runner(tmp_path / "chaos", seed=7, clients=3) as runner:
+    with Runner(tmp_path / "chaos", seed=7, clients=2) as runner:
         results = [runner.run_one(0)]
     print(format_table(results))
     assert [r.scenario for r in results] == ["isolate-leader"]

@@ -145,8 +145,10 @@ class _Clients:
 class Namespace(_Clients):
     """Clients on the names of one directory (module docstring)."""
 
-    def __init__(self, nodes, context, *, clients: int = 4, **kw):
+    def __init__(self, nodes, context, *, clients: int = 4, names=NAMES,
+                 kinds=("create", "unlink", "rename", "lookup", "lookup"), **kw):
         super().__init__(nodes, context, clients=clients, **kw)
+        self.names, self.kinds = tuple(names), tuple(kinds)
         self.history: list[Op] = []
         self.stats = Stats()
 
@@ -156,8 +158,8 @@ class Namespace(_Clients):
             await trio.sleep(rng.random() * 0.02)
 
     async def _one(self, meta: MetaClient, c: int, rng: random.Random) -> None:
-        kind = rng.choice(("create", "unlink", "rename", "lookup", "lookup"))
-        a, b = rng.choice(NAMES), rng.choice(NAMES)
+        kind = rng.choice(self.kinds)
+        a, b = rng.choice(self.names), rng.choice(self.names)
         args = (a, b) if kind == "rename" else (a,)
         now = time.time_ns()
         call_s = trio.current_time()
