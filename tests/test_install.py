@@ -6,7 +6,8 @@ emulated NOTIFY_SOCKET that must hear READY=1), mount with
 `mount -t chordfs` (mount(8) finding the installed mount.chordfs), copy
 files in, kill a node: `chordfs status --json` reports it dead and blocks
 under-replicated while reads go on; restart it and `chordfs heal`: no block
-under-replicated or missing.  `make uninstall` removes what was installed.
+under-replicated or missing; a copy corrupted on disk is found and restored
+by `chordfs scrub`.  `make uninstall` removes what was installed.
 
 mount(8) looks for helpers only in /sbin: the mount runs in a private
 mount namespace where /usr/sbin is an overlay with the temporary sbin on
@@ -178,6 +179,22 @@ def test_installed_cluster_mounts_loses_a_node_and_heals(tmp_path):
         assert st["blocks"]["under_replicated"] == 0 and not st["down"]
         text = _run(chordfs, "status", spec, *admin).stdout
         assert f"{blocks['checked']} referenced, 0 under-replicated, 0 missing" in text
+
+        # A copy rots on disk: chordfs scrub finds it and restores it.
+        held = sorted((tmp_path / "data1" / "chunks" / "chunks").glob("*/*/*"))
+        assert held
+        rotten = held[0]
+        data = bytearray(rotten.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        rotten.write_bytes(bytes(data))
+        scrubbed = _run(chordfs, "scrub", spec, "--json", "--rate", "1000000000", *admin,
+                        check=False, timeout=300)
+        assert scrubbed.returncode == 0, scrubbed.stdout + scrubbed.stderr
+        passes = json.loads(scrubbed.stdout)["scrub"]
+        assert sorted(passes) == sorted(names)
+        assert passes[names[1]]["corrupt_count"] == 1 and passes[names[1]]["restored_total"] >= 1
+        assert all(p["checked_count"] > 0 for p in passes.values())
+        assert rotten.read_bytes() != bytes(data)  # a good copy is back in its place
     finally:
         if shell is not None:
             subprocess.run(["nsenter", "-t", str(shell.pid), "-m", "fusermount3", "-u", "-z",
