@@ -414,7 +414,11 @@ class Connection:
         which = ret.which()
         result, error = None, None
         if which == "results":
-            if q.bootstrap:
+            if q.bootstrap and q.abandoned:
+                # Our Finish (releaseResultCaps) gives the capability back;
+                # importing or releasing it here would count it twice.
+                result = None
+            elif q.bootstrap:
                 result, error = self._import_bootstrap(ret.results)
             else:
                 result = ret.results.content.as_struct(q.result_type)
@@ -442,9 +446,7 @@ class Connection:
 
     def _complete(self, qid: int, q: _Question, result, error, no_finish_needed: bool) -> None:
         if q.abandoned:
-            self._free_qid(qid)  # our Finish was already queued
-            if q.bootstrap and isinstance(result, int):
-                self._send_soon(frames.release_frame(result, 1))
+            self._free_qid(qid)  # our Finish, releasing any capability, was already queued
             return
         q.result, q.error, q.returned = result, error, True
         if no_finish_needed:

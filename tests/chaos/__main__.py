@@ -32,6 +32,9 @@ def main() -> int:
     print(f"chaos: {args.runs} scenarios, seed {args.seed}, logs in {base}", flush=True)
     results = run(args.runs, args.seed, base, log=lambda s: print(s, flush=True))
     print(format_table(results))
+    for r in results:
+        if r.error:
+            print(f"scenario {r.index} ({r.scenario}): {r.error}")
     bad = [r for r in results if not r.ok()]
     unknown = sum(r.linearizable is None for r in results)
     print(f"{len(results)} scenarios: {len(bad)} failed, {unknown} without a verdict (time bound); "

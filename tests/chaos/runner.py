@@ -48,9 +48,11 @@ class Result:
     recovery_s: float | None
     files_acked: int
     steps: list[str]
+    error: str = ""  # the read-back through the reader mount failed
 
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicated == 0 and self.linearizable is not False
+        return (self.lost == 0 and self.duplicated == 0 and self.linearizable is not False
+                and not self.error)
 
 
 def _gaps(successes: list[float], start: float, end: float) -> float:
@@ -128,7 +130,16 @@ class Runner:
         trio.run(main)
         self._restore()
         verdict = check(ns.history, time_limit_s=60.0)
-        listing = set(os.listdir(os.path.join(self.reader_mount.path, f"s{index}-uq")))
+        error = ""
+        try:
+            listing = set(os.listdir(os.path.join(self.reader_mount.path, f"s{index}-uq")))
+        except OSError as e:
+            # Say so and go on with a fresh reader: one broken mount must not
+            # end the run (the remaining scenarios still count).
+            error = f"reader mount: {e}"
+            stop_mount(self.reader_mount)
+            self.reader_mount = self._mount("r")
+            listing = set(os.listdir(os.path.join(self.reader_mount.path, f"s{index}-uq")))
         lost_u, dup_u = uq.check(listing)
         lost_f = FileWriter.check(os.path.join(self.reader_mount.path, f"s{index}-files"),
                                   writer.acked)
@@ -138,7 +149,7 @@ class Runner:
                         ns.stats.unknown, lost_u + lost_f, dup_u, verdict.linearizable,
                         _gaps(ns.stats.successes, times.get("first_step", times["start"]),
                               times["end"]),
-                        recovery, len(writer.acked), done)
+                        recovery, len(writer.acked), done, error)
         if not result.ok():
             self.log(f"scenario {index} ({name}, seed {self.seed}) FAILED: {result}\n"
                      f"linearizability: {verdict}\n{self.cluster.logs()}")

@@ -287,3 +287,31 @@ async def test_one_object_serves_several_interfaces():
         store_cap = diag_cap.cast(store_capnp.ChunkStore)
         assert store_cap.interface.id != diag_cap.interface.id
         assert ("import", 0) == store_cap._target
+
+
+async def test_an_abandoned_bootstrap_is_released_once(autojump_clock):
+    """A bootstrap that timed out is released by its Finish alone: its late
+    Return must not send a Release too, which would drop the export of the
+    next bootstrap (found by tests/chaos: every call on a mount's cached
+    capability then failed "not a capability exported" until it was
+    remounted)."""
+    import trio.testing
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        a = rpc.Connection(left, peer="b")
+        await nursery.start(a.run)
+        with pytest.raises(rpc.CallTimeout):
+            await a.bootstrap(diag.Diag, timeout_s=0.05)
+        caps = []
+
+        async def second():
+            caps.append(await a.bootstrap(diag.Diag, timeout_s=5))
+        nursery.start_soon(second)
+        await trio.sleep(0.1)  # Bootstrap, Finish and Bootstrap wait in the stream
+        b = rpc.Connection(right, bootstrap=DiagServer("late"), peer="a")
+        await nursery.start(b.run)
+        await trio.sleep(0.5)
+        assert caps and not a.is_closed and not b.is_closed
+        assert (await caps[0].ping(timeout_s=5)).nodeName == "late"
+        assert len(b._exports) == 1 and a._imports == {caps[0]._target[1]: 1}
+        nursery.cancel_scope.cancel()
