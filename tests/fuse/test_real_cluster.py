@@ -181,7 +181,7 @@ def test_kill_9_leader_during_large_copy(tmp_path):
             (a.path / name).write_bytes(data)
         src = tmp_path / "src.bin"
         with open(src, "wb") as f:
-            for _ in range(160):
+            for _ in range(96):
                 f.write(os.urandom(1 << 20))
         reader = Reader(a.path, files)
         reader.start()

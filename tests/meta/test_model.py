@@ -391,7 +391,7 @@ class FsComparison(RuleBasedStateMachine):
 
 
 FsComparison.TestCase.settings = settings(
-    max_examples=110, stateful_step_count=40, derandomize=True, deadline=None,
+    max_examples=80, stateful_step_count=40, derandomize=True, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestFsComparison = FsComparison.TestCase
