@@ -74,8 +74,7 @@ def _start_node(base: pathlib.Path, tls: pathlib.Path, addrs: list[str], i: int)
 
 
 def _record(base: pathlib.Path, procs) -> None:
-    if _pidfile(base).exists() or all(p is not None for p in procs):
-        _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs if p is not None))
+    _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs if p is not None))
 
 
 def _run(base: pathlib.Path, base_port: int, restart: bool = True) -> int:
@@ -85,7 +84,7 @@ def _run(base: pathlib.Path, base_port: int, restart: bool = True) -> int:
     for i in range(NODES):
         procs[i] = _start_node(base, tls, addrs, i)
         # Recorded as each starts: an interrupt now still stops what began.
-        _pidfile(base).write_text("".join(f"{p.pid}\n" for p in procs if p is not None))
+        _record(base, procs)
     if not _wait_ready(addrs, procs, _flags(tls, "admin")):
         print(f"chordfs: the demo nodes did not start; see {base}/node*.log", file=sys.stderr)
         return 1
@@ -126,7 +125,8 @@ def _run(base: pathlib.Path, base_port: int, restart: bool = True) -> int:
                 del restart_at[i]
                 starts[i].append(now)
                 procs[i] = _start_node(base, tls, addrs, i)
-                _record(base, procs)
+                if _pidfile(base).exists():  # gone: `make stop` ran meanwhile
+                    _record(base, procs)
                 print(f"chordfs demo: node {i + 1} ({addrs[i]}) restarted, pid {procs[i].pid}",
                       file=sys.stderr, flush=True)
         if all(p is None for p in procs):

@@ -26,7 +26,7 @@ import trio
 import rpc
 
 from .diag import diag
-from .statuscli import _leader, _size, _table, gather, summary
+from .statuscli import _leader, _size, _table, gather, reports_of, summary
 
 POLL_S = 0.5
 EXIT_UNHEALTHY = 4
@@ -100,8 +100,7 @@ async def _follow(targets: dict[str, int], key: str, progress_of, bar: _Bar, tas
     target; returns the last reports."""
     reports: dict[str, dict] = {}
     while True:
-        fresh = await gather(sorted(targets), timeout_s, context, follow_members=False)
-        reports.update({n: r for n, r in fresh.items() if n in targets})
+        reports.update(await reports_of(sorted(targets), timeout_s, context))
         done = [n for n in targets if _counter(reports.get(n), key) >= targets[n]]
         completed, total, detail = progress_of(reports, targets, done)
         bar.update(task, completed, total, detail)

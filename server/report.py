@@ -17,6 +17,7 @@ import time
 
 import trio
 
+from .raft.messages import Role
 from .raft.server import member_rows
 
 REPORT_VERSION = 2
@@ -65,8 +66,8 @@ def isolated(node) -> bool:
 def _gc_backlog(node) -> int | None:
     """Dying blocks GC has yet to delete, on the metadata leader (the one
     that runs GC); None elsewhere."""
-    raft = node.metadata.group if node.metadata is not None else None
-    if raft is None or raft.service.core.status().role.name != "LEADER":
+    group = node.metadata.group if node.metadata is not None else None
+    if group is None or group.service.core.role != Role.LEADER:
         return None
     return node.metadata.reader.dying_count()
 

@@ -31,19 +31,20 @@ async def _report(addr: str, timeout_s: float, context) -> dict:
         return {"error": str(e) or type(e).__name__}
 
 
-async def gather(addrs: list[str], timeout_s: float, context, *,
-                 follow_members: bool = True) -> dict[str, dict]:
-    """Every member's report, keyed by node name (seed addresses first);
-    without ``follow_members``, the reports of exactly ``addrs``."""
-    if not follow_members:
-        reports: dict[str, dict] = {}
+async def reports_of(names, timeout_s: float, context) -> dict[str, dict]:
+    """The reports of exactly ``names``, asked all at once."""
+    reports: dict[str, dict] = {}
 
-        async def ask(addr):
-            reports[addr] = await _report(addr, timeout_s, context)
-        async with trio.open_nursery() as nursery:
-            for addr in addrs:
-                nursery.start_soon(ask, addr)
-        return reports
+    async def one(name):
+        reports[name] = await _report(name, timeout_s, context)
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(one, name)
+    return reports
+
+
+async def gather(addrs: list[str], timeout_s: float, context) -> dict[str, dict]:
+    """Every member's report, keyed by node name (seed addresses first)."""
     first = None
     for addr in addrs:
         first = await _report(addr, timeout_s, context)
@@ -55,13 +56,8 @@ async def gather(addrs: list[str], timeout_s: float, context, *,
     names = {m["name"] for m in (first.get("raft") or {}).get("members", []) if m["name"]}
     names |= {m["name"] for m in first.get("ring") or []}
     names.add(first["node"])
-    reports = {first["node"]: first}
-
-    async def one(name):
-        reports[name] = await _report(name, timeout_s, context)
-    async with trio.open_nursery() as nursery:
-        for name in sorted(names - {first["node"]}):
-            nursery.start_soon(one, name)
+    reports = await reports_of(sorted(names - {first["node"]}), timeout_s, context)
+    reports[first["node"]] = first
     return dict(sorted(reports.items()))
 
 

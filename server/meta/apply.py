@@ -70,7 +70,7 @@ def _batch(conn: sqlite3.Connection, index: int, cmd: LeaseBatch) -> Result:
 
 def _sessioned(conn: sqlite3.Connection, index: int, cmd: Sessioned) -> Result:
     assert _codec is not None, "apply.use_codec was never called"
-    return sessions.sessioned(conn, index, cmd, lambda c, i, op: _run(c, i, op),
+    return sessions.sessioned(conn, index, cmd, _run,
                               _codec.decode_command, _codec.encode_result,
                               _codec.decode_result, validate.error_result)
 

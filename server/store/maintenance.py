@@ -165,6 +165,7 @@ class Maintenance:
         self.census_running: CensusReport | None = None
         self.census_passes = 0
         self._census_wake = trio.Event()
+        self._urgent_census = False
         self.restored = self.restore_failed = 0
         self.gc_last: GcReport | None = None
         self.handed_off = 0
@@ -245,7 +246,7 @@ class Maintenance:
         ``repair_passes`` once a pass started after this call has ended."""
         self._urgent_repair = True
         self._wake.set()
-        return self.repair_passes + (2 if self.repair_running is not None else 1)
+        return _done_after(self.repair_passes, self.repair_running)
 
     async def _settle(self) -> None:
         """Wait until no view event came for debounce_s (at most settle_s_max)."""
@@ -374,7 +375,7 @@ class Maintenance:
         if bytes_per_s is not None:
             self._scrub_rate = bytes_per_s
         self._scrub_wake.set()
-        return self.scrub_passes + (2 if self.scrub_running is not None else 1)
+        return _done_after(self.scrub_passes, self.scrub_running)
 
     def _on_scrub_pass(self, report: ScrubReport) -> None:
         self.scrub_last = report
@@ -516,7 +517,9 @@ class Maintenance:
                 continue
             if not self._census_wake.is_set() and not self._census_due(last_end_s, last_took_s):
                 continue
-            await self._settle()
+            if not self._urgent_census:
+                await self._settle()
+            self._urgent_census = False
             self._census_wake = trio.Event()
             report = self.census_running = CensusReport()
             try:
@@ -554,9 +557,15 @@ class Maintenance:
         leader counts: elsewhere this raises LookupError."""
         if self.metadata is None or not self._leads():
             raise LookupError("this node does not lead the metadata group")
-        self._last_event_s = min(self._last_event_s, trio.current_time() - self.limits.debounce_s)
+        self._urgent_census = True
         self._census_wake.set()
-        return self.census_passes + (2 if self.census_running is not None else 1)
+        return _done_after(self.census_passes, self.census_running)
+
+
+def _done_after(passes: int, running) -> int:
+    """The pass count that marks done a pass requested now: the next one to
+    start, which is the one after the running pass if there is one."""
+    return passes + (2 if running is not None else 1)
 
 
 def _scrub_dict(report: ScrubReport | None, wall_s: float | None) -> dict | None:
