@@ -10,15 +10,22 @@ any subset of the unknown ones) respects real time (an operation that
 returned before another was invoked comes first) and, applied one after
 another to the model, gives every completed operation the answer it got.
 
-The model is one directory: names, each present or not, each with an
-optional ``user.k`` xattr value.  Operations:
+The model is one directory of names, each naming an inode, and the
+inodes, each with its permission bits and an optional ``user.k`` xattr.
+An inode is known by a tag its creator chose (the workload stores it as
+the inode's uid), so an operation on an inode has one meaning even when
+its create's outcome is unknown.  An inode no name refers to is gone.
+Operations:
 
-  create NAME          0 | EEXIST
+  create NAME TAG      0 | EEXIST          (a new inode, mode 0644)
   unlink NAME          0 | ENOENT
-  rename A B           0 | ENOENT          (B replaced; A == B a no-op)
-  setx NAME VALUE      0 | ENOENT
-  lookup NAME          present (0) | ENOENT
-  getx NAME            VALUE | ENOENT | ENODATA
+  rename A B           0 | ENOENT          (B replaced; A, B one inode: a no-op)
+  link TAG NAME        0 | ENOENT | EEXIST (ENOENT first: the inode is gone)
+  lookup NAME          TAG | ENOENT
+  chmod TAG MODE       0 | ENOENT
+  getattr TAG          (MODE, NLINK) | ENOENT
+  setx TAG VALUE       0 | ENOENT
+  getx TAG             VALUE | ENOENT | ENODATA
 
 Renames touch two names, so the history is not split by key: it is small
 (a few clients, a few hundred operations), and the memo of (operations
@@ -50,17 +57,31 @@ class Op:
         return INF if self.ret_s is None else self.ret_s
 
 
-State = frozenset  # of (name, xattr value or None)
+# (names: frozenset of (name, tag), inodes: frozenset of (tag, mode, xattr or None))
+State = tuple
+EMPTY: State = (frozenset(), frozenset())
+MODE = 0o644
 
 
 def step(state: State, op: Op) -> tuple[object, State]:
     """(what ``op`` answers from ``state``, the state after it)."""
-    names = dict(state)
+    names = dict(state[0])
+    inodes = {tag: (mode, x) for tag, mode, x in state[1]}
     kind, args = op.kind, op.args
+    if kind == "lookup":
+        return names.get(args[0], errno.ENOENT), state
+    if kind in ("getattr", "getx", "chmod", "setx") and args[0] not in inodes:
+        return errno.ENOENT, state
+    if kind == "getattr":
+        return (inodes[args[0]][0], sum(t == args[0] for t in names.values())), state
+    if kind == "getx":
+        value = inodes[args[0]][1]
+        return (errno.ENODATA if value is None else value), state
     if kind == "create":
         if args[0] in names:
             return errno.EEXIST, state
-        names[args[0]] = None
+        names[args[0]] = args[1]
+        inodes[args[1]] = (MODE, None)
     elif kind == "unlink":
         if args[0] not in names:
             return errno.ENOENT, state
@@ -69,22 +90,25 @@ def step(state: State, op: Op) -> tuple[object, State]:
         a, b = args
         if a not in names:
             return errno.ENOENT, state
-        if a != b:
-            names[b] = names.pop(a)
+        if names[a] == names.get(b):
+            return 0, state
+        names[b] = names.pop(a)
+    elif kind == "link":
+        tag, name = args
+        if tag not in inodes:
+            return errno.ENOENT, state
+        if name in names:
+            return errno.EEXIST, state
+        names[name] = tag
+    elif kind == "chmod":
+        inodes[args[0]] = (args[1], inodes[args[0]][1])
     elif kind == "setx":
-        if args[0] not in names:
-            return errno.ENOENT, state
-        names[args[0]] = args[1]
-    elif kind == "lookup":
-        return (0 if args[0] in names else errno.ENOENT), state
-    elif kind == "getx":
-        if args[0] not in names:
-            return errno.ENOENT, state
-        value = names[args[0]]
-        return (errno.ENODATA if value is None else value), state
+        inodes[args[0]] = (inodes[args[0]][0], args[1])
     else:
         raise ValueError(f"unknown operation {kind!r}")
-    return 0, frozenset(names.items())
+    named = set(names.values())
+    return 0, (frozenset(names.items()),
+               frozenset((t, m, x) for t, (m, x) in inodes.items() if t in named))
 
 
 @dataclasses.dataclass
@@ -95,7 +119,7 @@ class Verdict:
     longest_prefix: int         # operations in the deepest order found (where it breaks)
 
 
-def check(history: list[Op], initial: State = frozenset(), *,
+def check(history: list[Op], initial: State = EMPTY, *,
           time_limit_s: float = 30.0) -> Verdict:
     started = time.monotonic()
     ops = sorted(history, key=lambda o: (o.call_s, o.end))

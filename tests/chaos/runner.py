@@ -49,6 +49,8 @@ class Result:
     files_acked: int
     steps: list[str]
     error: str = ""  # the read-back through the reader mount failed
+    # Operations of each kind that took effect or found something (not an errno).
+    succeeded: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def ok(self) -> bool:
         return (self.lost == 0 and self.duplicated == 0 and self.linearizable is not False
@@ -120,10 +122,15 @@ class Runner:
                 nursery.start_soon(uq.run, until)
                 for at, what, fn in sorted(steps, key=lambda s: s[0]):
                     await trio.sleep_until(start + at)
-                    note = await trio.to_thread.run_sync(fn)
-                    done.append(f"{at:.0f}s {what}" + (f" {note}" if isinstance(note, str) else ""))
-                    times["last_step"] = trio.current_time()
+                    # Unavailability counts from when the first fault began
+                    # to land; recovery from when the last step finished.
                     times.setdefault("first_step", trio.current_time())
+                    began = trio.current_time()
+                    note = await trio.to_thread.run_sync(fn)
+                    took = trio.current_time() - began
+                    done.append(f"{at:.0f}s {what}" + (f" {note}" if isinstance(note, str) else "")
+                                + (f" (took {took:.1f}s)" if took >= 0.5 else ""))
+                    times["last_step"] = trio.current_time()
             times["end"] = trio.current_time()
             await trio.to_thread.run_sync(writer.stop)
 
@@ -149,7 +156,8 @@ class Runner:
                         ns.stats.unknown, lost_u + lost_f, dup_u, verdict.linearizable,
                         _gaps(ns.stats.successes, times.get("first_step", times["start"]),
                               times["end"]),
-                        recovery, len(writer.acked), done, error)
+                        recovery, len(writer.acked), done, error,
+                        dict(ns.stats.succeeded))
         if not result.ok():
             self.log(f"scenario {index} ({name}, seed {self.seed}) FAILED: {result}\n"
                      f"linearizability: {verdict}\n{self.cluster.logs()}")

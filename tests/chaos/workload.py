@@ -2,7 +2,11 @@
 
 * ``Namespace``: several clients, each its own MetaClient (the mount's code
   for proposals and linearizable queries, its own client session), doing
-  create, unlink, rename and lookup on a few names of one directory.
+  create, unlink, rename, link and lookup on a few names of one directory,
+  and chmod, getattr, setxattr and getxattr on the inodes behind them.  A
+  create stores a tag of the workload's choosing as the inode's uid, so a
+  lookup or getattr says which create made the inode it finds (the model's
+  identity for an inode); inode numbers are learnt from the answers.
   Every invocation and completion goes into the history the linearizability
   checker reads; a call that ends in Unavailable (EIO) has an unknown
   outcome.
@@ -22,6 +26,7 @@ retries the bare command, bypassing the session table."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import hashlib
@@ -36,12 +41,18 @@ import rpc
 from fusefs.backend import BackendError, Unavailable
 from fusefs.clustermeta import MetaClient
 from rpc.pool import Pool
-from server.meta.types import Create, Mkdir, Rename, Unlink
+from server.meta.types import (BytesReply, Create, EntryReply, Link, Mkdir, Rename, SetAttr,
+                               SetXattr, Unlink)
 
 from .linearizability import Op
 
 ROOT_INO = 1
 NAMES = ("a", "b", "c", "d")
+KINDS = ("create", "unlink", "rename", "link", "lookup", "lookup",
+         "chmod", "getattr", "setx", "getx")
+XATTR = b"user.k"
+MODES = (0o600, 0o640, 0o644, 0o755)
+ANSWERS = (0, errno.EEXIST, errno.ENOENT, errno.ENODATA)
 
 
 class _LossyPool:
@@ -102,6 +113,8 @@ class Stats:
     acknowledged: int = 0
     unknown: int = 0
     successes: list[float] = dataclasses.field(default_factory=list)  # completion times
+    # Per kind: answers that were not an errno (the operation took effect or found something).
+    succeeded: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
 class _Clients:
@@ -143,49 +156,105 @@ class _Clients:
 
 
 class Namespace(_Clients):
-    """Clients on the names of one directory (module docstring)."""
+    """Clients on the names of one directory and their inodes (module
+    docstring)."""
 
-    def __init__(self, nodes, context, *, clients: int = 4, names=NAMES,
-                 kinds=("create", "unlink", "rename", "lookup", "lookup"), **kw):
+    def __init__(self, nodes, context, *, clients: int = 4, names=NAMES, kinds=KINDS, **kw):
         super().__init__(nodes, context, clients=clients, **kw)
         self.names, self.kinds = tuple(names), tuple(kinds)
         self.history: list[Op] = []
         self.stats = Stats()
+        self.inos: dict[int, int] = {}   # tag -> inode number, as answers showed them
+        self._tags = iter(range(1000, 1 << 31))
 
     async def _client(self, meta: MetaClient, c: int, rng: random.Random, until_s: float):
         while trio.current_time() < until_s:
             await self._one(meta, c, rng)
             await trio.sleep(rng.random() * 0.02)
 
+    def _args(self, kind: str, rng: random.Random) -> tuple:
+        name = rng.choice(self.names)
+        tag = rng.choice(sorted(self.inos)) if self.inos else 0
+        if kind == "create":
+            return (name, next(self._tags))
+        if kind == "rename":
+            return (name, rng.choice(self.names))
+        if kind == "link":
+            return (tag, name)
+        if kind == "chmod":
+            return (tag, rng.choice(MODES))
+        if kind == "setx":
+            return (tag, rng.choice((b"x", b"y", b"z")))
+        if kind in ("getattr", "getx"):
+            return (tag,)
+        return (name,)
+
+    async def _call(self, meta: MetaClient, kind: str, args: tuple) -> object:
+        """The operation's answer in the model's terms."""
+        d, now = self.dir_ino, time.time_ns()
+        if kind == "create":
+            reply = await meta.submit(Create(d, args[0].encode(), 0o644, args[1], 0, now))
+            if reply.err:
+                return reply.err
+            return 0 if self._learn(reply) == args[1] else ("another inode", reply.attr.uid)
+        if kind == "unlink":
+            return (await meta.submit(Unlink(d, args[0].encode(), now))).err
+        if kind == "rename":
+            return (await meta.submit(Rename(d, args[0].encode(), d, args[1].encode(), 0,
+                                             now))).err
+        if kind == "lookup":
+            reply = await meta.lookup(d, args[0].encode())
+            return self._learn(reply) if reply.err == 0 else reply.err
+        ino = self.inos[args[0]]
+        if kind == "link":
+            return (await meta.submit(Link(ino, d, args[1].encode(), now))).err
+        if kind == "chmod":
+            return (await meta.submit(SetAttr(ino, now, mode=args[1]))).err
+        if kind == "setx":
+            return (await meta.submit(SetXattr(ino, XATTR, args[1], 0, now))).err
+        if kind == "getattr":
+            def fill(q):
+                q.init("getattr").ino = ino
+            reply = await meta.query("getattr", EntryReply, fill)
+            if reply.err:
+                return reply.err
+            if reply.attr.uid != args[0]:
+                return ("another inode", reply.attr.uid)  # matches no model answer
+            return (reply.attr.mode & 0o7777, reply.attr.nlink)
+
+        def fill(q):
+            g = q.init("getxattr")
+            g.xattrIno, g.xattrName = ino, XATTR
+        reply = await meta.query("getxattr", BytesReply, fill)
+        return reply.err or bytes(reply.value)
+
+    def _learn(self, reply) -> int:
+        """A create's or lookup's answer: the tag of the inode found (tags
+        start at 1000, above every errno)."""
+        self.inos.setdefault(reply.attr.uid, reply.attr.ino)
+        return reply.attr.uid
+
     async def _one(self, meta: MetaClient, c: int, rng: random.Random) -> None:
         kind = rng.choice(self.kinds)
-        a, b = rng.choice(self.names), rng.choice(self.names)
-        args = (a, b) if kind == "rename" else (a,)
-        now = time.time_ns()
+        if kind in ("link", "chmod", "setx", "getattr", "getx") and not self.inos:
+            kind = "lookup"
+        args = self._args(kind, rng)
         call_s = trio.current_time()
         self.stats.ops += 1
         try:
-            if kind == "create":
-                out = (await meta.submit(Create(self.dir_ino, a.encode(), 0o644, 0, 0, now))).err
-            elif kind == "unlink":
-                out = (await meta.submit(Unlink(self.dir_ino, a.encode(), now))).err
-            elif kind == "rename":
-                out = (await meta.submit(Rename(self.dir_ino, a.encode(), self.dir_ino,
-                                                b.encode(), 0, now))).err
-            else:
-                out = (await meta.lookup(self.dir_ino, a.encode())).err
+            out = await self._call(meta, kind, args)
         except (Unavailable, BackendError):
-            self.stats.unknown += 1
-            self.history.append(Op(c, call_s, None, kind, args, None))
-            return
+            out = None
         ret_s = trio.current_time()
-        if out not in (0, errno.EEXIST, errno.ENOENT):
-            # Any other answer is a state-machine error: unknown to the model.
+        if out is None or (isinstance(out, int) and out not in ANSWERS and out < 1000):
+            # No answer, or a state-machine error the model does not know:
+            # the outcome is unknown.
             self.stats.unknown += 1
             self.history.append(Op(c, call_s, None, kind, args, None))
             return
         self.stats.acknowledged += 1
         self.stats.successes.append(ret_s)
+        self.stats.succeeded[kind] += out == 0 or not isinstance(out, int) or out >= 1000
         self.history.append(Op(c, call_s, ret_s, kind, args, out))
 
 
