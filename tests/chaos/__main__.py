@@ -7,17 +7,20 @@ linearizable."""
 from __future__ import annotations
 
 import argparse
+import collections
 import pathlib
 import sys
 import tempfile
 
 from .netns import available
 from .runner import format_table, run
+from .scenarios import SCENARIOS
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos")
-    parser.add_argument("--runs", type=int, default=11, help="scenarios (default: each kind once)")
+    parser.add_argument("--runs", type=int, default=len(SCENARIOS),
+                        help="scenarios (default: each kind once)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", help="where logs and data go (default: a new temp directory)")
     args = parser.parse_args()
@@ -40,6 +43,11 @@ def main() -> int:
     print(f"{len(results)} scenarios: {len(bad)} failed, {unknown} without a verdict (time bound); "
           f"lost {sum(r.lost for r in results)}, duplicated {sum(r.duplicated for r in results)}, "
           f"longest unavailability {max(r.longest_unavailable_s for r in results):.2f} s")
+    took = collections.Counter()
+    for r in results:
+        took.update(r.succeeded)
+    print("operations that took effect or found something, by kind: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(took.items())))
     return 1 if bad else 0
 
 

@@ -43,7 +43,7 @@ def test_defaults_and_toml_values(tmp_path):
     assert cfg.scrub_interval_s == 600.0 and isinstance(cfg.scrub_interval_s, float)
     assert cfg.node_name == "127.0.0.1:7071"
     assert cfg.replication_factor == 3 and cfg.chunk_bytes_max == 4 << 20
-    assert (cfg.heartbeat_ticks, cfg.election_timeout_ticks) == (10, 100)
+    assert (cfg.heartbeat_ticks, cfg.election_timeout_ticks) == (2, 20)
 
 
 def test_config_is_frozen_and_hashable(tmp_path):
@@ -72,7 +72,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     ('log_level = "loud"', "config key 'log_level' in node.toml must be one of debug, info, warning, error, got 'loud'"),
     ("write_quorum_min = 5",
      "config key 'write_quorum_min' in node.toml must be at most replication_factor (3, from the defaults), got 5"),
-    ("heartbeat_ms = 105", "config key 'heartbeat_ms' in node.toml must be a multiple of tick_ms (10, from the defaults), got 105"),
+    ("heartbeat_ms = 105", "config key 'heartbeat_ms' in node.toml must be a multiple of tick_ms (50, from the defaults), got 105"),
     ("election_timeout_ms = 150",
      "config key 'election_timeout_ms' in node.toml must be at least twice heartbeat_ms (100, from the defaults), got 150"),
     ("frame_bytes_max = 4194304",
