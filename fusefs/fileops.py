@@ -47,12 +47,23 @@ class FileOpsMixin:
         # ino -> (mtime_ns, size) when this mount last knew its page cache
         # matched the backend; bounded, so an old entry only costs a re-read.
         self.stamps: collections.OrderedDict[int, tuple[int, int]] = collections.OrderedDict()
+        # ino -> (ctime_ns, mtime_ns, size) of the attributes last handed to
+        # the kernel: an open that finds the same needs no attribute drop
+        # (which costs the reader a getattr request); ctime moves with every
+        # change and cannot be set. Bounded like the stamps: a forgotten
+        # entry only costs that drop.
+        self.told: collections.OrderedDict[int, tuple[int, int, int]] = collections.OrderedDict()
 
     def _stamp(self, attr: Attr) -> None:
         self.stamps[attr.ino] = (attr.mtime_ns, attr.size)
         self.stamps.move_to_end(attr.ino)
         while len(self.stamps) > STAMPS_MAX:
             self.stamps.popitem(last=False)
+
+    def _tell(self, attr: Attr) -> None:
+        self.told[attr.ino] = (attr.ctime_ns, attr.mtime_ns, attr.size)
+        if len(self.told) > STAMPS_MAX:
+            self.told.popitem(last=False)
 
     def _new_fh(self, ino: int) -> int:
         fh = self._next_fh
@@ -125,10 +136,11 @@ class FileOpsMixin:
     @fuse_op
     async def open(self, inode, flags, ctx):
         fh, attr, keep = await self._open_handle(inode, flags)
-        if not keep:
+        if not keep and self.told.get(inode) != (attr.ctime_ns, attr.mtime_ns, attr.size):
             # The kernel may hold this file's old size from a lookup or
             # readdirplus of up to attr_timeout ago and would cut reads at
-            # it: close-to-open needs the size the file has now.
+            # it: close-to-open needs the size the file has now. (What we
+            # last told it may be that already.)
             self.invalidator.attr_now(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 

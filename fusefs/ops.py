@@ -140,8 +140,10 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         data = self.files.get(attr.ino)
         if data is not None and data.changed:
+            self.told.pop(attr.ino, None)  # not what the backend holds
             return entry_attributes(attr, self.timeouts, size=data.size,
                                     mtime_ns=data.mtime_ns)
+        self._tell(attr)
         return entry_attributes(attr, self.timeouts)
 
     async def _submit_new(self, command) -> Attr:
@@ -469,6 +471,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         self.xattrs.epoch = epoch + 1
         # Reopening an unchanged file must not keep the kernel's pages either.
         self.stamps.clear()
+        self.told.clear()
         self.dir_attrs.drop()
         inodes = [pyfuse3.ROOT_INODE, *self.inodes.lookups]
         await self.invalidator.drop_all(inodes)

@@ -57,6 +57,12 @@ class Result:
                 and not self.error)
 
 
+def _timed(fn):
+    began = time.monotonic()
+    out = fn()
+    return out, time.monotonic() - began
+
+
 def _gaps(successes: list[float], start: float, end: float) -> float:
     points = sorted([start] + [t for t in successes if start <= t <= end] + [end])
     return max((b - a for a, b in zip(points, points[1:])), default=0.0)
@@ -126,11 +132,15 @@ class Runner:
                     # to land; recovery from when the last step finished.
                     times.setdefault("first_step", trio.current_time())
                     began = trio.current_time()
-                    note = await trio.to_thread.run_sync(fn)
+                    note, ran = await trio.to_thread.run_sync(_timed, fn)
                     took = trio.current_time() - began
                     done.append(f"{at:.0f}s {what}" + (f" {note}" if isinstance(note, str) else "")
-                                + (f" (took {took:.1f}s)" if took >= 0.5 else ""))
+                                + (f" (took {took:.1f}s, ran {ran:.1f}s)" if took >= 0.5 else ""))
                     times["last_step"] = trio.current_time()
+                    # A step that took long (a loaded machine) still gets
+                    # the whole tail of workload after it.
+                    for w in (ns, uq):
+                        w.until = max(w.until, times["last_step"] + TAIL_S)
             times["end"] = trio.current_time()
             await trio.to_thread.run_sync(writer.stop)
 

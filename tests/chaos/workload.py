@@ -128,6 +128,7 @@ class _Clients:
         self.lose_replies, self.rng = lose_replies, random.Random(seed)
         self.dir_ino = 0
         self.lost_replies = 0
+        self.until = 0.0
 
     async def prepare(self, nursery, name: str) -> None:
         pool = Pool(nursery, connect_timeout_s=1.0, backoff_max_s=0.5, ssl_context=self.context)
@@ -138,17 +139,18 @@ class _Clients:
         self.dir_ino = reply.attr.ino
 
     async def run(self, until_s: float) -> None:
+        """Until ``self.until`` (which the caller may move later meanwhile)."""
+        self.until = until_s
         async with trio.open_nursery() as nursery:
             for c in range(self.clients):
-                nursery.start_soon(self._client_task, nursery, c, until_s)
+                nursery.start_soon(self._client_task, nursery, c)
 
-    async def _client_task(self, nursery, c: int, until_s: float) -> None:
+    async def _client_task(self, nursery, c: int) -> None:
         rng = random.Random(self.rng.random())
         pool = Pool(nursery, connect_timeout_s=1.0, backoff_max_s=0.5, ssl_context=self.context)
         lossy = _LossyPool(pool, self.lose_replies, rng) if self.lose_replies else pool
         try:
-            await self._client(client(lossy, self.nodes, sessions=self.sessions), c, rng,
-                               until_s)
+            await self._client(client(lossy, self.nodes, sessions=self.sessions), c, rng)
         finally:
             if isinstance(lossy, _LossyPool):
                 self.lost_replies += lossy.lost
@@ -167,8 +169,8 @@ class Namespace(_Clients):
         self.inos: dict[int, int] = {}   # tag -> inode number, as answers showed them
         self._tags = iter(range(1000, 1 << 31))
 
-    async def _client(self, meta: MetaClient, c: int, rng: random.Random, until_s: float):
-        while trio.current_time() < until_s:
+    async def _client(self, meta: MetaClient, c: int, rng: random.Random):
+        while trio.current_time() < self.until:
             await self._one(meta, c, rng)
             await trio.sleep(rng.random() * 0.02)
 
@@ -266,9 +268,9 @@ class Unique(_Clients):
         self.made: set[str] = set()        # mkdir acknowledged
         self.renamed: set[str] = set()     # its rename acknowledged too
 
-    async def _client(self, meta: MetaClient, c: int, rng: random.Random, until_s: float):
+    async def _client(self, meta: MetaClient, c: int, rng: random.Random):
         n = 0
-        while trio.current_time() < until_s:
+        while trio.current_time() < self.until:
             n += 1
             name = f"u-{c}-{n}"
             try:

@@ -2,8 +2,9 @@
 one in-process state machine, with a stand-in for the leader's gate that
 recalls leases the way server/meta/recall.py does (real clock, short pauses):
 
-- a mount reading a directory gets a read lease and then answers lookups,
-  getattrs and open-time manifests there with no query;
+- a mount reading a directory gets a read lease, lists the directory once
+  (read-ahead), and then answers lookups (absent names too), getattrs and
+  open-time manifests there with no query;
 - a change by the other mount recalls it first, so the reader's next answer
   is the new one (close-to-open); its own changes never wait on itself;
 - seeded random interleavings of both mounts: every answer the reader gives
@@ -63,7 +64,7 @@ class Gated:
 
     def __init__(self, inner: LocalBackend, desk: Desk) -> None:
         self.inner, self.desk = inner, desk
-        self.queries = 0
+        self.queries = self.listings = 0
         self.holder = 0  # the mount's, once it has one
 
     async def _clear_writer(self, dir_ino: int) -> None:
@@ -108,6 +109,7 @@ class Gated:
         return await self.inner.getattr(ino)
 
     async def readdir(self, ino, cursor=b"", limit=1024, plus=False):
+        self.listings += 1
         await self._clear_writer(ino)
         return await self.inner.readdir(ino, cursor, limit, plus)
 
@@ -173,17 +175,22 @@ async def test_a_reader_answers_from_its_cache_and_sees_every_change_closed_befo
             assert await read_file(a, f) == b"v0-%d" % i
     await trio.sleep(0.1)
     assert a.reads.stats["grants"] == 1
-    for i, f in enumerate(inos):  # the first answers under the lease fill the cache
-        await a.lookup(d, b"f%d" % i)
-        await read_file(a, f)
+    # The grant brought a read-ahead: the whole directory listed with
+    # attributes, in one page.
+    assert gated.listings == 1 and a.reads.stats["prefetched"] == len(inos)
+    assert d in a.reads.complete
     before = gated.queries
     for i, f in enumerate(inos):
         assert (await a.lookup(d, b"f%d" % i)).attr.ino == f
         assert (await a.getattr(f)).attr.size == 4
+    assert (await a.lookup(d, b"nothing")).err == errno.ENOENT  # not in the whole listing
+    assert gated.queries == before
+    for f in inos:  # each file's layout is asked once under the lease, then cached
+        await read_file(a, f)
+    assert gated.queries - before == len(inos)
+    for i, f in enumerate(inos):
         assert await read_file(a, f) == b"v0-%d" % i
-    assert (await a.lookup(d, b"nothing")).err == errno.ENOENT
-    assert (await a.lookup(d, b"nothing")).err == errno.ENOENT
-    assert gated.queries - before == 1  # only the first absence was asked
+    assert gated.queries - before == len(inos)
     # B changes a file there and closes: recalled first, A reads the new bytes.
     assert (await b.submit(inline(inos[0], b"version-1"))).err == 0
     assert a.reads.stats["recalled"] == 1
@@ -196,6 +203,47 @@ async def test_a_reader_answers_from_its_cache_and_sees_every_change_closed_befo
     assert d in a.reads.leases
     assert (await b.submit(Create(d, b"nothing", 0o644, 0, 0, now(), 0o022))).err == 0
     assert (await a.lookup(d, b"nothing")).err == 0
+
+
+async def test_read_ahead_stops_at_its_bound_and_then_asks_for_absent_names(pair, monkeypatch):
+    a, b, gated, _ = pair
+    monkeypatch.setattr(readleases, "READDIR_PAGE_MAX", 2)
+    monkeypatch.setattr(readleases, "PREFETCH_ENTRIES_MAX", 2)
+    d, inos = await _setup_dir(b)
+    for _ in range(4):
+        for i in range(len(inos)):
+            await a.lookup(d, b"f%d" % i)
+    await trio.sleep(0.1)
+    assert d in a.reads.leases and gated.listings == 1
+    assert a.reads.stats["prefetched"] == 2 and d not in a.reads.complete
+    before = gated.queries
+    assert (await a.lookup(d, b"f0")).attr.ino == inos[0]   # read ahead
+    assert gated.queries == before
+    assert (await a.lookup(d, b"nothing")).err == errno.ENOENT  # not known absent: asked
+    assert gated.queries == before + 1
+
+
+async def test_layouts_of_small_files_are_read_ahead_once_files_are_opened(pair):
+    a, b, gated, _ = pair
+    d, inos = await _setup_dir(b, files=readleases.LAYOUTS_AHEAD_AFTER + 4)
+    for _ in range(2):
+        for i in range(len(inos)):
+            await a.lookup(d, b"f%d" % i)
+    await trio.sleep(0.1)
+    assert d in a.reads.leases and d in a.reads.complete
+    before = gated.queries
+    opened = inos[:readleases.LAYOUTS_AHEAD_AFTER]
+    for f in opened:  # asked one by one...
+        await read_file(a, f)
+    assert gated.queries - before == len(opened)
+    await trio.sleep(0.1)  # ...then the rest come ahead of the reader
+    assert a.reads.stats["layouts_ahead"] == len(inos) - len(opened)
+    for i, f in enumerate(inos):
+        assert await read_file(a, f) == b"v0-%d" % i
+    assert gated.queries - before == len(inos)
+    # A change recalls the lease; nothing read ahead is answered after it.
+    assert (await b.submit(inline(inos[-1], b"changed"))).err == 0
+    assert await read_file(a, inos[-1]) == b"changed"
 
 
 async def test_own_changes_never_wait_for_the_own_read_lease(pair):
