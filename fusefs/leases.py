@@ -31,6 +31,16 @@ node exists when the command applies. A directory with more entries than
 LEASE_LISTING_MAX is leased without its listing: names are learned as the
 kernel asks for them (absence included: nobody else adds names while we
 hold the lease), and its readdir goes to the leader after a flush.
+A name listed at the grant but not made here has no attributes in the
+overlay; its lookup (the kernel asks before every unlink and rename of a
+name it has not looked up within entry_timeout) would cost a round trip.
+Instead one readdirplus page from that name on is read (``AHEAD_PAGE``)
+and its attributes answer lookups for ``AHEAD_S``: the same staleness an
+attribute the kernel caches has, and the kernel is told to keep such an
+answer only for what is left of attr_timeout, so a change through another
+mount still shows within attr_timeout. Nodes this mount changed are never
+answered from it (their attributes are the overlay's, or the leader's after
+a flush), and every change this mount sends drops what it names.
 ``-o sync_meta`` turns all of this off: one commit per change, as before.
 """
 
@@ -72,6 +82,12 @@ COOLDOWN_S = 5.0          # after a recall or a refusal, before asking again
 INO_RANGE = 1024
 POLL_S = 20.0
 UNMOUNT_FLUSH_S = 10.0
+# Attributes of names listed at grant but not made here, read ahead a page
+# at a time (`rm -r`, `mv` of many files): kept this briefly, and handed to
+# the kernel with that much less attr_timeout (module docstring).
+AHEAD_PAGE = 256
+AHEAD_S = 0.25
+AHEAD_MAX = 65536
 
 
 class LeaseLost(BackendError):
@@ -122,8 +138,9 @@ class LeasedBackend(Overlay, Backend):
         self._queued = trio.Event()
         self._have_leases = trio.Event()
         self.stats = {"local": 0, "batches": 0, "batched_ops": 0, "sync_ops": 0,
-                      "grants": 0, "recalls": 0, "lost": 0}
+                      "grants": 0, "recalls": 0, "lost": 0, "ahead_pages": 0, "ahead_hits": 0}
         self.reads = ReadLeases(self, nursery)
+        self.ahead: dict[int, tuple[float, EntryReply]] = {}  # ino -> (asked at, reply)
         nursery.start_soon(self._flusher)
         nursery.start_soon(self._recalls)
 
@@ -224,6 +241,7 @@ class LeasedBackend(Overlay, Backend):
     def _forget(self, dirs) -> None:
         """Drop our view of these leases and of the nodes owned in them."""
         dirs = set(dirs)
+        self.ahead.clear()
         for d in dirs:
             self.leases.pop(d, None)
             self.owned.pop(d, None)  # its attributes follow its entries: ours no longer
@@ -400,6 +418,8 @@ class LeasedBackend(Overlay, Backend):
 
     async def submit(self, command: Command) -> Result:
         await self.reads.before_change(command)
+        if self.ahead:
+            self._unahead(command)
         kind = type(command)
         if kind in (Create, Mkdir, Symlink):
             lease = await self._lease_for(command.parent)
@@ -515,6 +535,9 @@ class LeasedBackend(Overlay, Backend):
             attr = self._attr_of(entry[0])
             if attr is not None:
                 return EntryReply(0, attr)
+            ahead = await self._ahead(parent, name, entry[0])
+            if ahead is not None:
+                return ahead
             await self._flush_if_named(entry[0])
             return await self.inner.lookup(parent, name)
         return await self.reads.lookup(parent, name, self.inner.lookup)
@@ -525,6 +548,63 @@ class LeasedBackend(Overlay, Backend):
             return EntryReply(0, attr)
         await self._flush_if_named(ino)
         return await self.reads.getattr(ino, self.inner.getattr)
+
+    def _unahead(self, command: Command) -> None:
+        """Before our ``command`` goes anywhere: the nodes it changes are
+        not answered from the read-ahead any more (a node the overlay
+        changes is dirty as well, which ``_ahead`` checks)."""
+        named = [getattr(command, "ino", 0), getattr(command, "src", 0)]
+        pairs = []
+        if isinstance(command, (Unlink, Rmdir, Rename)):
+            pairs.append((command.parent, command.name))
+        if isinstance(command, Rename):
+            pairs.append((command.new_parent, command.new_name))
+        for parent, name in pairs:
+            lease = self.leases.get(parent)
+            entry = lease.entries.get(name) if lease is not None else None
+            if entry:
+                named.append(entry[0])
+        for ino in named:
+            self.ahead.pop(ino, None)
+
+    def _changed_here(self, ino: int) -> bool:
+        return ino in self.owned or ino in self.dirty or ino in self.dirty_sent
+
+    async def _ahead(self, parent: int, name: bytes, ino: int) -> EntryReply | None:
+        """The attributes of listed node ``ino`` (named ``name`` in our
+        leased ``parent``) from the read-ahead (module docstring), or None:
+        ask the usual way."""
+        if self._changed_here(ino):
+            return None
+        held = self.ahead.get(ino)
+        if held is None or trio.current_time() - held[0] > AHEAD_S:
+            asked = trio.current_time()
+            # Every name > name[:-1]: ``name`` and what follows it.
+            page = await self.inner.readdir(parent, name[:-1], AHEAD_PAGE, True)
+            if page.err:
+                return None
+            if len(self.ahead) > AHEAD_MAX:
+                self.ahead.clear()
+            for e in page.entries:
+                if e.attr is not None:
+                    self.ahead[e.attr.ino] = (asked, EntryReply(0, e.attr,
+                                                                xattrs=2 if e.xattrs else 1))
+            self.stats["ahead_pages"] += 1
+            held = self.ahead.get(ino)
+            lease = self._live(parent)
+            # Changed meanwhile (by us, or the lease went): ask the usual way.
+            if (held is None or held[0] != asked or self._changed_here(ino) or lease is None
+                    or (lease.entries.get(name) or (0,))[0] != ino):
+                return None
+        self.stats["ahead_hits"] += 1
+        return held[1]
+
+    def ahead_age(self, ino: int) -> float:
+        """How old the attributes of ``ino`` the last lookup answered from
+        the read-ahead are (0 when it did not): the FUSE layer shortens the
+        kernel's attr_timeout by it."""
+        held = self.ahead.get(ino)
+        return trio.current_time() - held[0] if held is not None else 0.0
 
     async def _flush_if_named(self, ino: int) -> None:
         """A node we made or changed must be in the log before the leader
@@ -575,6 +655,7 @@ class LeasedBackend(Overlay, Backend):
         """``chordfs drop-cache``: nothing is answered from what this mount
         made any more; every lease goes back (the next change asks again)."""
         self._give_back(list(self.leases), recalled=False)
+        self.ahead.clear()
         await self.flush()
         await self.reads.drop_all()
 

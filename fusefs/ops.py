@@ -111,6 +111,8 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         # Besides root, the one user who may drop this mount's caches.
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid
         self.backend = backend
+        # How old a lookup answer the backend read ahead is (fusefs/leases.py).
+        self._ahead_age = getattr(backend, "ahead_age", None)
         self.timeouts = timeouts
         self.inodes = InodeTable()
         self.cache = ChunkCache(cache_bytes)
@@ -198,6 +200,13 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
                 return self._negative_entry()
             attr = check(reply).attr
             self._learn_xattrs(reply, epoch)
+            age = self._ahead_age(attr.ino) if self._ahead_age else 0.0
+            if age:
+                # Read ahead (fusefs/leases.py): the kernel keeps it only for
+                # what is left of attr_timeout.
+                entry = self._new_entry(attr)
+                entry.attr_timeout = max(0.0, entry.attr_timeout - age)
+                return entry
         return self._new_entry(attr)
 
     def _learn_xattrs(self, reply, epoch: int) -> None:

@@ -206,3 +206,35 @@ async def test_a_change_after_a_recall_waits_for_the_batch_that_made_its_node(se
     reply = await b.submit(SetAttr(f, now(), size=3))
     assert reply.err == 0 and reply.attr.size == 3
     assert (await b.getattr(f)).attr.size == 3
+
+
+async def test_older_names_are_answered_from_a_page_read_ahead(setup):
+    """`rm -r` and `mv` of older files: the kernel looks each name up first;
+    one readdirplus page answers many, never for a node this mount changed,
+    and never older than AHEAD_S."""
+    b, inner, clock = setup
+    d = (await inner.submit(Mkdir(ROOT_INO, b"ahead", 0o755, 0, 0, now()))).attr.ino
+    olds = [(await inner.submit(Create(d, b"o%02d" % i, 0o644, 0, 0, now()))).attr
+            for i in range(20)]
+    assert (await make(b, Create, d, b"new")).err == 0  # the lease, with the listing
+    assert b.leases[d].complete
+    for i, attr in enumerate(olds):
+        got = await b.lookup(d, b"o%02d" % i)
+        assert got.err == 0 and got.attr == attr
+    assert (b.stats["ahead_pages"], b.stats["ahead_hits"]) == (1, 20)
+    # Our own changes are not answered from it.
+    assert (await b.submit(SetAttr(olds[3].ino, now(), mode=0o600))).err == 0
+    assert (await b.lookup(d, b"o03")).attr.mode & 0o777 == 0o600
+    assert (await b.submit(Rename(d, b"o04", d, b"moved", 0, now()))).err == 0
+    moved = await b.lookup(d, b"moved")
+    assert (await inner.lookup(d, b"moved")).attr == moved.attr
+    pages = b.stats["ahead_pages"]
+    # Another mount's chmod (a node's attributes are not the directory's:
+    # the lease does not keep it out) shows once AHEAD_S has passed, as
+    # one cached by the kernel would after attr_timeout.
+    assert (await inner.submit(SetAttr(olds[5].ino, now(), mode=0o640))).err == 0
+    assert (await b.lookup(d, b"o05")).attr.mode & 0o777 == 0o644
+    assert 0 <= b.ahead_age(olds[5].ino) <= leases_mod.AHEAD_S
+    await trio.sleep(leases_mod.AHEAD_S + 0.01)
+    assert (await b.lookup(d, b"o05")).attr.mode & 0o777 == 0o640
+    assert b.stats["ahead_pages"] == pages + 1
