@@ -55,15 +55,10 @@ class FileOpsMixin:
         self.told: collections.OrderedDict[int, tuple[int, int, int]] = collections.OrderedDict()
 
     def _stamp(self, attr: Attr) -> None:
-        self.stamps[attr.ino] = (attr.mtime_ns, attr.size)
-        self.stamps.move_to_end(attr.ino)
-        while len(self.stamps) > STAMPS_MAX:
-            self.stamps.popitem(last=False)
+        _put_bounded(self.stamps, attr.ino, (attr.mtime_ns, attr.size))
 
     def _tell(self, attr: Attr) -> None:
-        self.told[attr.ino] = (attr.ctime_ns, attr.mtime_ns, attr.size)
-        if len(self.told) > STAMPS_MAX:
-            self.told.popitem(last=False)
+        _put_bounded(self.told, attr.ino, (attr.ctime_ns, attr.mtime_ns, attr.size))
 
     def _new_fh(self, ino: int) -> int:
         fh = self._next_fh
@@ -219,3 +214,11 @@ class FileOpsMixin:
         if ino in self.inodes.orphaned:
             self.inodes.orphaned.discard(ino)
             check(await self.backend.submit(ReleaseOrphan(ino, time.time_ns())))
+
+
+def _put_bounded(table: collections.OrderedDict, ino: int, value) -> None:
+    """Newest last; the oldest go past STAMPS_MAX entries."""
+    table[ino] = value
+    table.move_to_end(ino)
+    while len(table) > STAMPS_MAX:
+        table.popitem(last=False)

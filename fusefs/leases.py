@@ -66,7 +66,7 @@ from server.meta.types import (LEASE_LISTING_MAX, AcquireLease, BatchReply, Byte
 
 from .backend import Backend, BackendError, FsStat
 from .overlay import DirLease, Overlay, Owned
-from .readleases import ReadLeases
+from .readleases import ReadLeases, entry_reply
 
 log = logging.getLogger("chordfs.fuse.lease")
 
@@ -575,6 +575,7 @@ class LeasedBackend(Overlay, Backend):
         leased ``parent``) from the read-ahead (module docstring), or None:
         ask the usual way."""
         if self._changed_here(ino):
+            self.ahead.pop(ino, None)
             return None
         held = self.ahead.get(ino)
         if held is None or trio.current_time() - held[0] > AHEAD_S:
@@ -587,22 +588,22 @@ class LeasedBackend(Overlay, Backend):
                 self.ahead.clear()
             for e in page.entries:
                 if e.attr is not None:
-                    self.ahead[e.attr.ino] = (asked, EntryReply(0, e.attr,
-                                                                xattrs=2 if e.xattrs else 1))
+                    self.ahead[e.attr.ino] = (asked, entry_reply(e))
             self.stats["ahead_pages"] += 1
             held = self.ahead.get(ino)
             lease = self._live(parent)
             # Changed meanwhile (by us, or the lease went): ask the usual way.
             if (held is None or held[0] != asked or self._changed_here(ino) or lease is None
                     or (lease.entries.get(name) or (0,))[0] != ino):
+                self.ahead.pop(ino, None)  # ahead_age must not shorten the usual answer
                 return None
         self.stats["ahead_hits"] += 1
         return held[1]
 
     def ahead_age(self, ino: int) -> float:
-        """How old the attributes of ``ino`` the last lookup answered from
-        the read-ahead are (0 when it did not): the FUSE layer shortens the
-        kernel's attr_timeout by it."""
+        """How old the read-ahead attributes held for ``ino`` are (0 when
+        none are: a lookup that could not use them drops them): the FUSE
+        layer shortens the kernel's attr_timeout by it."""
         held = self.ahead.get(ino)
         return trio.current_time() - held[0] if held is not None else 0.0
 

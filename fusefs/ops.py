@@ -200,13 +200,12 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
                 return self._negative_entry()
             attr = check(reply).attr
             self._learn_xattrs(reply, epoch)
-            age = self._ahead_age(attr.ino) if self._ahead_age else 0.0
-            if age:
+            entry = self._new_entry(attr)
+            if self._ahead_age is not None:
                 # Read ahead (fusefs/leases.py): the kernel keeps it only for
                 # what is left of attr_timeout.
-                entry = self._new_entry(attr)
-                entry.attr_timeout = max(0.0, entry.attr_timeout - age)
-                return entry
+                entry.attr_timeout = max(0.0, entry.attr_timeout - self._ahead_age(attr.ino))
+            return entry
         return self._new_entry(attr)
 
     def _learn_xattrs(self, reply, epoch: int) -> None:

@@ -54,8 +54,8 @@ import trio
 
 from rpc.logfmt import kv
 from server.meta.leases import named_dirs
-from server.meta.types import (READDIR_PAGE_MAX, AcquireLease, Command, EntryReply, LeaseReply,
-                               ManifestPage, ReleaseLease, Rename, Rmdir, Unlink)
+from server.meta.types import (READDIR_PAGE_MAX, AcquireLease, Command, DirEntry, EntryReply,
+                               LeaseReply, ManifestPage, ReleaseLease, Rename, Rmdir, Unlink)
 
 from .backend import BackendError
 
@@ -70,6 +70,12 @@ CACHED_ENTRIES_MAX = 256 * 1024                # no read-ahead past this many na
 LAYOUTS_AHEAD_AFTER = 8
 LAYOUT_AHEAD_BYTES = 64 * 1024
 LAYOUTS_IN_FLIGHT = 16
+
+
+def entry_reply(e: DirEntry) -> EntryReply:
+    """A readdirplus entry as the lookup answer it stands for (its xattr
+    flag included: `ls -l` then asks no ACL of a node that has none)."""
+    return EntryReply(0, e.attr, xattrs=2 if e.xattrs else 1)
 
 
 @dataclasses.dataclass
@@ -173,7 +179,7 @@ class ReadLeases:
                 for e in page.entries:
                     if e.attr is None or (dir_ino, e.name) in self.entries:
                         continue  # a lookup answered meanwhile: as fresh
-                    reply = EntryReply(0, e.attr, xattrs=2 if e.xattrs else 1)
+                    reply = entry_reply(e)
                     if not self._keep(dir_ino, gen, e.name):
                         return
                     self.entries[(dir_ino, e.name)] = reply

@@ -53,6 +53,7 @@ KINDS = ("create", "unlink", "rename", "link", "lookup", "lookup",
 XATTR = b"user.k"
 MODES = (0o600, 0o640, 0o644, 0o755)
 ANSWERS = (0, errno.EEXIST, errno.ENOENT, errno.ENODATA)
+TAG_MIN = 1000  # inode tags start above every errno, so an answer is one or the other
 
 
 class _LossyPool:
@@ -167,7 +168,7 @@ class Namespace(_Clients):
         self.history: list[Op] = []
         self.stats = Stats()
         self.inos: dict[int, int] = {}   # tag -> inode number, as answers showed them
-        self._tags = iter(range(1000, 1 << 31))
+        self._tags = iter(range(TAG_MIN, 1 << 31))
 
     async def _client(self, meta: MetaClient, c: int, rng: random.Random):
         while trio.current_time() < self.until:
@@ -232,7 +233,7 @@ class Namespace(_Clients):
 
     def _learn(self, reply) -> int:
         """A create's or lookup's answer: the tag of the inode found (tags
-        start at 1000, above every errno)."""
+        start at TAG_MIN, above every errno)."""
         self.inos.setdefault(reply.attr.uid, reply.attr.ino)
         return reply.attr.uid
 
@@ -248,7 +249,7 @@ class Namespace(_Clients):
         except (Unavailable, BackendError):
             out = None
         ret_s = trio.current_time()
-        if out is None or (isinstance(out, int) and out not in ANSWERS and out < 1000):
+        if out is None or (isinstance(out, int) and out not in ANSWERS and out < TAG_MIN):
             # No answer, or a state-machine error the model does not know:
             # the outcome is unknown.
             self.stats.unknown += 1
@@ -256,7 +257,7 @@ class Namespace(_Clients):
             return
         self.stats.acknowledged += 1
         self.stats.successes.append(ret_s)
-        self.stats.succeeded[kind] += out == 0 or not isinstance(out, int) or out >= 1000
+        self.stats.succeeded[kind] += out == 0 or not isinstance(out, int) or out >= TAG_MIN
         self.history.append(Op(c, call_s, ret_s, kind, args, out))
 
 
