@@ -437,6 +437,11 @@ class FileData:
     async def flush(self) -> Attr | None:
         """Make every write so far durable and committed; returns the new
         attributes if anything was committed."""
+        if not self.lock.locked() and not self.changed:
+            # Every close of a file only read (and every release) ends here:
+            # no lock round, which yields to the scheduler.
+            self._raise_error()
+            return None
         async with self.lock:
             return await self._flush_locked()
 

@@ -71,10 +71,14 @@ class FileOpsMixin:
         return self.files[self.handles[fh]]
 
     def _committed(self, attr: Attr | None) -> None:
-        """After our own commit: our page cache holds what we wrote."""
+        """After our own commit: our page cache holds what we wrote; the
+        attributes the kernel holds lack the commit's ctime and mtime. Dropped
+        here, not through the invalidator's thread: an attribute-only drop
+        takes no lock, and the hand-off to the thread cost every small file's
+        close more than the drop itself."""
         if attr is not None:
             self._stamp(attr)
-            self.invalidator.inode(attr.ino)
+            self.invalidator.attr_now(attr.ino)
 
     @fuse_op
     async def create(self, parent_inode, name, mode, flags, ctx):

@@ -283,6 +283,23 @@ class Invalidator:
     def entry(self, parent: int, name: bytes) -> None:
         self._put(("entry", parent, name))
 
+    def entries(self, pairs: list[tuple[int, bytes]], done=None) -> None:
+        """Queue the drop of these dentries, in one item; ``done()`` runs in
+        the thread once the kernel has dropped them (and when this cannot be
+        queued: no thread, or the queue is full, which is logged)."""
+        if self._thread is None:
+            if done is not None:
+                done()
+            return
+        try:
+            self._queue.put_nowait(("entries", pairs, done))
+        except queue.Full:
+            self.dropped += 1
+            log.warning(kv("invalidation_dropped", kind="entries", count=len(pairs),
+                           total=self.dropped))
+            if done is not None:
+                done()
+
     def attr_now(self, ino: int) -> None:
         """Drops the kernel's cached attributes of ``ino`` before returning.
         Safe on the request path, unlike the queued kinds: with no page range
@@ -333,6 +350,14 @@ class Invalidator:
                 self._drop_all(a)
                 b()
                 continue
+            if kind == "entries":
+                self._drop_entries(a)
+                if b is not None:
+                    try:
+                        b()
+                    except Exception:  # noqa: BLE001 - the trio run may be over
+                        log.debug(kv("invalidation_done_unheard"))
+                continue
             try:
                 if kind == "inode":
                     pyfuse3.invalidate_inode(a, attr_only=b)
@@ -344,6 +369,18 @@ class Invalidator:
                     log.warning(kv("invalidation_failed", kind=kind, ino=a, err=exc.errno))
             except Exception:  # noqa: BLE001 - this thread must not die
                 log.exception(kv("invalidation_bug", kind=kind, ino=a))
+
+    @staticmethod
+    def _drop_entries(pairs: list[tuple[int, bytes]]) -> None:
+        for parent, name in pairs:
+            try:
+                pyfuse3.invalidate_entry(parent, name)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.warning(kv("invalidation_failed", kind="entry", ino=parent,
+                                   err=exc.errno))
+            except Exception:  # noqa: BLE001 - this thread must not die
+                log.exception(kv("invalidation_bug", kind="entry", ino=parent))
 
     @staticmethod
     def _drop_all(inodes: list[int]) -> None:

@@ -600,6 +600,13 @@ class LeasedBackend(Overlay, Backend):
         self.stats["ahead_hits"] += 1
         return held[1]
 
+    def hold_entry(self, parent: int, name: bytes, attr) -> float:
+        """How long the kernel may keep this lookup answer (readleases.py)."""
+        return self.reads.hold_entry(parent, name, attr)
+
+    def hold_attr(self, attr) -> float:
+        return self.reads.hold_attr(attr)
+
     def ahead_age(self, ino: int) -> float:
         """How old the read-ahead attributes held for ``ino`` are (0 when
         none are: a lookup that could not use them drops them): the FUSE
@@ -633,10 +640,14 @@ class LeasedBackend(Overlay, Backend):
     async def getxattr(self, ino: int, name: bytes) -> BytesReply:
         if ino in self.owned and self._live(self.owned[ino].dir) is not None:
             return BytesReply(errno.ENODATA)  # no default ACL where we lease, no setxattr yet
+        if self.reads.has_no_xattrs(ino):
+            return BytesReply(errno.ENODATA)
         return await self.inner.getxattr(ino, name)
 
     async def listxattr(self, ino: int) -> NamesReply:
         if ino in self.owned and self._live(self.owned[ino].dir) is not None:
+            return NamesReply(0, [])
+        if self.reads.has_no_xattrs(ino):
             return NamesReply(0, [])
         return await self.inner.listxattr(ino)
 

@@ -113,6 +113,9 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
         self.backend = backend
         # How old a lookup answer the backend read ahead is (fusefs/leases.py).
         self._ahead_age = getattr(backend, "ahead_age", None)
+        # How long the kernel may keep an answer given under a read lease.
+        self._hold_entry = getattr(backend, "hold_entry", None)
+        self._hold_attr = getattr(backend, "hold_attr", None)
         self.timeouts = timeouts
         self.inodes = InodeTable()
         self.cache = ChunkCache(cache_bytes)
@@ -134,6 +137,11 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
     def bind(self, nursery: trio.Nursery) -> None:
         """Background uploads run in ``nursery`` (the mount's supervisor)."""
         self.nursery = nursery
+        reads = getattr(self.backend, "reads", None)
+        if reads is not None:
+            # What the kernel keeps from a read lease goes before the lease
+            # does (fusefs/readleases.py).
+            reads.kernel = self.invalidator
         if hasattr(self.backend, "on_lost"):
             # Changes answered under a directory lease never made it: what
             # the kernel was told about them must go (fusefs/leases.py).
@@ -201,6 +209,11 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
             attr = check(reply).attr
             self._learn_xattrs(reply, epoch)
             entry = self._new_entry(attr)
+            if self._hold_entry is not None and attr.ino not in self.files:
+                hold = self._hold_entry(parent_inode, name, attr)
+                if hold > entry.entry_timeout:
+                    entry.entry_timeout = entry.attr_timeout = hold
+                    return entry
             if self._ahead_age is not None:
                 # Read ahead (fusefs/leases.py): the kernel keeps it only for
                 # what is left of attr_timeout.
@@ -237,6 +250,10 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
             reply = check(await self.backend.getattr(inode))
             attr = reply.attr
             self._learn_xattrs(reply, epoch)
+            if self._hold_attr is not None and inode not in self.files:
+                entry = self._entry(attr)
+                entry.attr_timeout = max(entry.attr_timeout, self._hold_attr(attr))
+                return entry
         return self._entry(attr)
 
     @fuse_op
@@ -366,7 +383,12 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
             if item is None:
                 return
             off, entry = item
-            if not pyfuse3.readdir_reply(token, entry.name, self._entry(entry.attr), off):
+            reply = self._entry(entry.attr)
+            if self._hold_entry is not None and entry.ino not in self.files:
+                hold = self._hold_entry(handle.ino, entry.name, entry.attr)
+                if hold > reply.entry_timeout:
+                    reply.entry_timeout = reply.attr_timeout = hold
+            if not pyfuse3.readdir_reply(token, entry.name, reply, off):
                 return
             handle.accept()
             self.inodes.remember(entry.ino)

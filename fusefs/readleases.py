@@ -41,6 +41,22 @@ regular files of that listing (``LAYOUT_AHEAD_BYTES`` at most; their data
 is usually inline) are fetched ahead too, ``LAYOUTS_IN_FLIGHT`` at a time,
 in name order, so an open finds its layout cached.  Both run under the
 lease and are guarded like any other answer (the generation check).
+
+The kernel's own caches: an answer given from the lease may be kept by the
+kernel (dentry and attributes) for as long as the lease is left, not only
+the default entry/attr timeout (``hold_entry``, ``hold_attr``; an answer
+equal to what the lease holds, at least ``KERNEL_HOLD_MIN_S`` left), so a
+second pass over the directory (warm reads, `ls -l` again, `make` re-reading
+its sources) asks nothing at all.  What the kernel keeps that way is dropped
+before the lease is given back: attributes at once (that takes no lock),
+dentries through the invalidator thread, which a recall and an idle release
+wait for (``KERNEL_FORGET_WAIT_S`` at most).  A release for our own change
+cannot wait: the kernel holds the directory locked for that request, and the
+thread needs the lock to drop a dentry there; those dentries go once the
+request is answered, and until then another mount may change the directory
+(milliseconds; without a lease the kernel keeps a dentry for the whole entry
+timeout anyway). The time left is counted like every answer's, so a lease
+that runs out unreachable takes the kernel's copies with it.
 """
 
 from __future__ import annotations
@@ -70,6 +86,8 @@ CACHED_ENTRIES_MAX = 256 * 1024                # no read-ahead past this many na
 LAYOUTS_AHEAD_AFTER = 8
 LAYOUT_AHEAD_BYTES = 64 * 1024
 LAYOUTS_IN_FLIGHT = 16
+KERNEL_HOLD_MIN_S = 1.0        # the default timeouts do as well below this
+KERNEL_FORGET_WAIT_S = 1.0
 
 
 def entry_reply(e: DirEntry) -> EntryReply:
@@ -107,8 +125,14 @@ class ReadLeases:
         self.complete: set[int] = set()   # dirs whose whole listing is cached
         self.listing: dict[int, list[int]] = {}   # dir -> inos read ahead, in name order
         self.opens: dict[int, int] = {}   # dir -> layouts asked under its lease
+        # What the kernel may keep past its default timeouts, per leased dir:
+        # ("e", name) for a dentry, ("a", ino) for attributes -> until when.
+        self.kernel = None   # the mount's fusefs.kernel.Invalidator (None: no kernel)
+        self.held: dict[int, dict[tuple, float]] = {}
+        self.held_count = 0
+        self.unheld: dict[int, trio.Event] = {}   # dir -> its dentries are gone
         self.stats = {"hits": 0, "grants": 0, "recalled": 0, "released": 0, "prefetched": 0,
-                      "layouts_ahead": 0}
+                      "layouts_ahead": 0, "kernel_held": 0, "kernel_dropped": 0}
         nursery.start_soon(self._upkeep)
 
     # ------------------------------------------------------------ state
@@ -246,6 +270,9 @@ class ReadLeases:
         """Forget everything cached under ``dir_ino`` and stop answering
         there; returns the lease, which the caller gives back."""
         self.gen[dir_ino] = self.gen.get(dir_ino, 0) + 1
+        held = self.held.pop(dir_ino, None)
+        if held:
+            self._unhold(dir_ino, held)
         self.complete.discard(dir_ino)
         self.listing.pop(dir_ino, None)
         self.opens.pop(dir_ino, None)
@@ -259,16 +286,85 @@ class ReadLeases:
                     del self.pages[key]
         return self.leases.pop(dir_ino, None)
 
+    # ------------------------------------------------------------ the kernel's copies
+
+    def hold_entry(self, parent: int, name: bytes, attr) -> float:
+        """How long the kernel may keep the dentry ``parent``/``name`` and
+        the attributes ``attr`` it is about to be given (module docstring);
+        0: its default timeouts."""
+        cached = self.entries.get((parent, name))
+        if cached is None or cached.err or cached.attr != attr:
+            return 0.0
+        return self._hold(parent, (("e", name), ("a", attr.ino)))
+
+    def hold_attr(self, attr) -> float:
+        """The same for attributes alone (a getattr)."""
+        held = self.attrs.get(attr.ino)
+        if held is None or held[1].attr != attr:
+            return 0.0
+        return self._hold(held[0], (("a", attr.ino),))
+
+    def _hold(self, dir_ino: int, keys) -> float:
+        lease = self.leases.get(dir_ino)
+        if lease is None or self.kernel is None or self.held_count >= CACHED_ENTRIES_MAX:
+            return 0.0
+        now = trio.current_time()
+        left = lease.valid_until - now
+        if left < KERNEL_HOLD_MIN_S:
+            return 0.0
+        held = self.held.setdefault(dir_ino, {})
+        for key in keys:
+            if key not in held:
+                self.held_count += 1
+            held[key] = now + left
+        self.stats["kernel_held"] += 1
+        return left
+
+    def _unhold(self, dir_ino: int, held: dict) -> None:
+        """``dir_ino`` is being dropped: what the kernel keeps from its
+        lease goes (attributes now, dentries queued; ``unheld`` is set once
+        the kernel dropped those)."""
+        self.held_count -= len(held)
+        now = trio.current_time()
+        names = []
+        for (kind, key), until in held.items():
+            if until <= now:
+                continue
+            if kind == "a":
+                self.kernel.attr_now(key)
+            else:
+                names.append((dir_ino, key))
+        self.stats["kernel_dropped"] += len(held)
+        if not names:
+            return
+        done = self.unheld[dir_ino] = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        self.kernel.entries(names, lambda: token.run_sync_soon(done.set))
+
+    async def _kernel_forgot(self, dir_ino: int, wait: bool) -> None:
+        """Before a release: wait (bounded) until the kernel dropped the
+        dentries it kept from this lease."""
+        done = self.unheld.pop(dir_ino, None)
+        if done is not None and wait:
+            with trio.move_on_after(KERNEL_FORGET_WAIT_S):
+                await done.wait()
+            if not done.is_set():
+                log.warning(kv("readlease.kernel_slow", dir=dir_ino,
+                               waited_s=KERNEL_FORGET_WAIT_S))
+
     def _forget_node(self, ino: int) -> None:
         self.attrs.pop(ino, None)
         self.pages.pop(ino, None)
 
-    async def give_back(self, dirs, *, cooldown: bool) -> None:
+    async def give_back(self, dirs, *, cooldown: bool, wait: bool = False) -> None:
+        """``wait``: for the kernel to drop what it kept from these leases
+        (never on the path of a request there: module docstring)."""
         now = trio.current_time()
         for d in dirs:
             lease = self.drop(d)
             if cooldown:
                 self.cooldown[d] = now + COOLDOWN_S
+            await self._kernel_forgot(d, wait)
             if lease is not None:
                 await self._release(d, lease.epoch)
 
@@ -281,6 +377,7 @@ class ReadLeases:
         for d in mine:
             lease = self.drop(d)
             self.cooldown[d] = now + COOLDOWN_S
+            await self._kernel_forgot(d, wait=True)
             # Released even when we let it go already: idempotent, and a
             # renewal that landed after our release revived the row.
             await self._release(d, lease.epoch if lease is not None else self.epochs[d])
@@ -349,6 +446,17 @@ class ReadLeases:
             self.attrs[ino] = (held[0], reply)
         return reply
 
+    def has_no_xattrs(self, ino: int) -> bool:
+        """Whether a live read lease holds ``ino``'s attributes from an
+        answer that said it has no extended attributes (an xattr change
+        there would have recalled it): `ls -l` asks every file for its ACL
+        again once the kernel's own cache of that answer is gone."""
+        held = self.attrs.get(ino)
+        if held is None or held[1].xattrs != 1 or not self.live(held[0]):
+            return False
+        self.stats["hits"] += 1
+        return True
+
     async def manifest(self, ino: int, start: int, limit, ask) -> ManifestPage:
         held = self.attrs.get(ino)
         if start == 0 and limit is None and held is not None:
@@ -378,7 +486,7 @@ class ReadLeases:
             now = trio.current_time()
             for d, lease in list(self.leases.items()):
                 if now - lease.last_used > IDLE_S:
-                    await self.give_back([d], cooldown=False)
+                    await self.give_back([d], cooldown=False, wait=True)
                 elif lease.valid_until - now < self.owner.lease_s / 2 and d not in self.asking:
                     self.asking.add(d)
                     self.nursery.start_soon(self._renew, d, lease)

@@ -226,3 +226,49 @@ def test_a_reader_answering_from_its_read_lease_sees_what_another_mount_closed(r
     assert stats["read_recalled"] >= 1, stats
     check_log(a)
     check_log(b)
+
+
+def test_what_a_kernel_keeps_from_a_read_lease_goes_before_another_mounts_change(
+        real_cluster, tmp_path):
+    """Under a read lease A's kernel keeps dentries and attributes for as
+    long as the lease lives, past the 1 s default timeouts (so a second pass
+    asks the mount nothing); B's first change there recalls the lease and A's
+    kernel drops all of them before it goes, so A sees every change B makes
+    at once: a chmod, an unlink, a rename, a name replaced by another file,
+    an append."""
+    a, b = mounts(real_cluster, tmp_path)
+    try:
+        db = b.path / tmp_path.name
+        db.mkdir()
+        for i in range(40):
+            (db / f"f{i:02d}").write_bytes(b"v0 %d\n" % i)
+        fsync_dir(db)
+        da = a.path / tmp_path.name
+        for _ in range(3):  # often enough to read-lease the directory
+            for i in range(40):
+                assert (da / f"f{i:02d}").read_bytes() == b"v0 %d\n" % i
+        time.sleep(1.2)  # past the default timeouts: only the lease keeps them
+        before = {f"f{i:02d}": os.stat(da / f"f{i:02d}") for i in range(40)}
+        os.chmod(db / "f00", 0o600)
+        os.unlink(db / "f01")
+        os.rename(db / "f02", db / "g02")
+        (db / "new03").write_bytes(b"replaced\n")
+        os.rename(db / "new03", db / "f03")
+        with open(db / "f04", "ab") as f:
+            f.write(b"more\n")
+        assert os.stat(da / "f00").st_mode & 0o777 == 0o600
+        assert not (da / "f01").exists()
+        assert not (da / "f02").exists() and (da / "g02").read_bytes() == b"v0 2\n"
+        assert os.stat(da / "f03").st_ino != before["f03"].st_ino
+        assert (da / "f03").read_bytes() == b"replaced\n"
+        assert os.stat(da / "f04").st_size == before["f04"].st_size + 5
+        assert sorted(os.listdir(da)) == sorted(
+            ["f00", "g02", "f03", "f04"] + [f"f{i:02d}" for i in range(5, 40)])
+    finally:
+        stop_mount(a)
+        stop_mount(b)
+    stats = lease_stats(a.log)
+    assert stats["read_kernel_held"] >= 40 and stats["read_kernel_dropped"] >= 40, stats
+    assert stats["read_recalled"] >= 1, stats
+    check_log(a)
+    check_log(b)

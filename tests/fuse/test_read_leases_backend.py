@@ -7,11 +7,14 @@ recalls leases the way server/meta/recall.py does (real clock, short pauses):
   open-time manifests there with no query;
 - a change by the other mount recalls it first, so the reader's next answer
   is the new one (close-to-open); its own changes never wait on itself;
+- the kernel may keep an answer given under the lease for as long as the
+  lease lives, and drops it before the lease goes back;
 - seeded random interleavings of both mounts: every answer the reader gives
   equals the state machine's at that moment."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import random
@@ -275,6 +278,89 @@ async def test_own_changes_never_wait_for_the_own_read_lease(pair):
     assert (await a.submit(SetAttr(inos[2], now(), mode=0o600))).err == 0
     assert a.reads.stats["recalled"] == 1 and d not in a.reads.leases
     assert (await a.getattr(inos[2])).attr.mode & 0o777 == 0o600
+
+
+class Kernel:
+    """Stands in for the mount's Invalidator: records what it is told to
+    drop, and whether the lease was still in the log when it was."""
+
+    def __init__(self, conn, holder: int) -> None:
+        self.conn, self.holder = conn, holder
+        self.attrs: list[tuple[int, bool]] = []
+        self.entries_seen: list[tuple[int, bytes, bool]] = []
+
+    def _leased(self, d: int) -> bool:
+        return self.holder in sm_leases.readers(self.conn, d)
+
+    def attr_now(self, ino: int) -> None:
+        d = sm_leases.parents_of(self.conn, ino)
+        self.attrs.append((ino, any(self._leased(x) for x in d)))
+
+    def entries(self, pairs, done=None) -> None:
+        for parent, name in pairs:
+            self.entries_seen.append((parent, name, self._leased(parent)))
+        if done is not None:
+            done()
+
+
+async def test_the_kernel_keeps_answers_for_the_lease_and_drops_them_before_it_goes(pair):
+    a, b, gated, local = pair
+    kernel = Kernel(local.meta.conn, a.holder)
+    a.reads.kernel = kernel
+    d, inos = await _setup_dir(b)
+    for _ in range(4):
+        for i, f in enumerate(inos):
+            await a.lookup(d, b"f%d" % i)
+    await trio.sleep(0.1)
+    assert d in a.reads.leases
+    left = a.reads.leases[d].valid_until - trio.current_time()
+    for i, f in enumerate(inos):
+        reply = await a.lookup(d, b"f%d" % i)
+        hold = a.hold_entry(d, b"f%d" % i, reply.attr)
+        assert readleases.KERNEL_HOLD_MIN_S <= hold <= left  # never past the lease
+        assert a.hold_attr((await a.getattr(f)).attr) > 0
+    # An answer that is not what the lease holds is kept for the default time.
+    stale = dataclasses.replace(reply.attr, size=reply.attr.size + 1)
+    assert a.hold_entry(d, b"f0", stale) == 0 and a.hold_attr(stale) == 0
+    assert a.hold_entry(d, b"nothing", reply.attr) == 0
+    # B's change recalls the lease: the kernel drops every dentry and
+    # attribute it kept, while A's lease is still in the log.
+    assert (await b.submit(SetAttr(inos[0], now(), mode=0o600))).err == 0
+    assert sorted(name for _, name, _ in kernel.entries_seen) == sorted(
+        b"f%d" % i for i in range(len(inos)))
+    assert {ino for ino, _ in kernel.attrs} == set(inos)
+    assert all(leased for *_, leased in kernel.entries_seen)
+    assert all(leased for _, leased in kernel.attrs)
+    assert a.hold_entry(d, b"f1", (await a.lookup(d, b"f1")).attr) == 0  # no lease now
+
+
+async def test_a_kernel_hold_is_dropped_when_the_lease_goes_idle_or_for_own_changes(pair,
+                                                                                   monkeypatch):
+    a, b, gated, local = pair
+    kernel = Kernel(local.meta.conn, a.holder)
+    a.reads.kernel = kernel
+    d, inos = await _setup_dir(b)
+
+    async def lease_and_hold():
+        for _ in range(4):
+            for i in range(len(inos)):
+                await a.lookup(d, b"f%d" % i)
+        await trio.sleep(0.1)
+        assert d in a.reads.leases
+        reply = await a.lookup(d, b"f1")
+        assert a.hold_entry(d, b"f1", reply.attr) > 0
+        kernel.entries_seen, kernel.attrs = [], []
+
+    await lease_and_hold()
+    await trio.sleep(readleases.IDLE_S + 1.0)  # unused: given back by upkeep
+    assert d not in a.reads.leases
+    assert [(p, n) for p, n, _ in kernel.entries_seen] == [(d, b"f1")]
+    assert all(leased for *_, leased in kernel.entries_seen)
+    await trio.sleep(0.4)  # past the cooldown
+    await lease_and_hold()
+    assert (await a.submit(SetAttr(inos[1], now(), mode=0o600))).err == 0
+    assert [(p, n) for p, n, _ in kernel.entries_seen] == [(d, b"f1")]
+    assert inos[1] in {ino for ino, _ in kernel.attrs}
 
 
 SEEDS = int(os.environ.get("READ_LEASE_SEEDS", "2"))
