@@ -232,6 +232,9 @@ class LocalBackend(Backend):
                       free_bytes=vfs.f_bavail * vfs.f_frsize,
                       name_bytes_max=meta.name_bytes_max)
 
+    async def manifests(self, inos: Sequence[int]) -> list[ManifestPage]:
+        return self.meta.manifests(inos).pages
+
     async def manifest(self, ino: int, start: int = 0,
                        limit: int | None = None) -> ManifestPage:
         if limit is None:

@@ -50,8 +50,9 @@ import trio
 import rpc
 from rpc.logfmt import kv
 from rpc.pool import Pool
-from server.meta.types import (READDIR_PAGE_MAX, BytesReply, Command, DirPage,
-                               EntryReply, ManifestPage, NamesReply, Result, StatFs)
+from server.meta.types import (MANIFESTS_MAX, READDIR_PAGE_MAX, BytesReply, Command, DirPage,
+                               EntryReply, ManifestPage, ManifestPages, NamesReply, Result,
+                               StatFs)
 from rpc.schema import load as load_schema
 from server.raft.wire import raft_capnp
 from server.ring.ringmath import VIRTUAL_IDS_DEFAULT, Ring
@@ -202,6 +203,18 @@ class ClusterBackend(Backend):
             g = q.init("manifest")
             g.fileIno, g.startOff, g.pageLimit = ino, start, limit or 0
         return await self.meta.query("manifest", ManifestPage, fill)
+
+    async def manifests(self, inos: Sequence[int]) -> list[ManifestPage]:
+        """The first layout page of each of a prefix of ``inos`` (at least
+        one; server/meta/types.ManifestPages): one query for many files."""
+        inos = list(inos)[:MANIFESTS_MAX]
+
+        def fill(q):
+            g = q.init("manifests").init("manifestInos", len(inos))
+            for i, ino in enumerate(inos):
+                g[i] = ino
+        reply = await self.meta.query("manifests", ManifestPages, fill)
+        return reply.pages[:len(inos)]
 
     async def statfs(self) -> FsStat:
         """Space as a user sees it: every byte is stored R times on R

@@ -38,8 +38,9 @@ listing that reached the end makes the directory complete, and a name not
 in it is answered ENOENT with no round trip.  Once ``LAYOUTS_AHEAD_AFTER``
 files there have been opened under the lease, the layouts of the small
 regular files of that listing (``LAYOUT_AHEAD_BYTES`` at most; their data
-is usually inline) are fetched ahead too, ``LAYOUTS_IN_FLIGHT`` at a time,
-in name order, so an open finds its layout cached.  Both run under the
+is usually inline) are fetched ahead too, ``LAYOUTS_BATCH`` files per
+query (``Backend.manifests``), ``LAYOUT_BATCHES_IN_FLIGHT`` queries at a
+time, in name order, so an open finds its layout cached.  Both run under the
 lease and are guarded like any other answer (the generation check).
 
 The kernel's own caches: an answer given from the lease may be kept by the
@@ -85,7 +86,9 @@ PREFETCH_ENTRIES_MAX = 16 * READDIR_PAGE_MAX   # per directory
 CACHED_ENTRIES_MAX = 256 * 1024                # no read-ahead past this many names cached
 LAYOUTS_AHEAD_AFTER = 8
 LAYOUT_AHEAD_BYTES = 64 * 1024
-LAYOUTS_IN_FLIGHT = 16
+LAYOUTS_IN_FLIGHT = 16          # one file per query (a backend with no batch query)
+LAYOUTS_BATCH = 32              # files per query (Backend.manifests)
+LAYOUT_BATCHES_IN_FLIGHT = 2
 KERNEL_HOLD_MIN_S = 1.0        # the default timeouts do as well below this
 KERNEL_FORGET_WAIT_S = 1.0
 
@@ -232,22 +235,34 @@ class ReadLeases:
                 todo.append(ino)
         todo.reverse()
 
+        many = getattr(self.owner.inner, "manifests", None)
+        batch_max = LAYOUTS_BATCH if many is not None else 1
+
         async def worker():
             while todo and self.gen.get(dir_ino, 0) == gen and self.live(dir_ino):
-                ino = todo.pop()
-                if ino in self.pages:
+                batch = []
+                while todo and len(batch) < batch_max:
+                    ino = todo.pop()
+                    if ino not in self.pages:
+                        batch.append(ino)
+                if not batch:
                     continue
                 try:
-                    page = await ask(ino, 0, None)
+                    pages = (await many(batch) if many is not None
+                             else [await ask(batch[0], 0, None)])
                 except BackendError as exc:
                     log.info(kv("readlease.layout_ahead_failed", dir=dir_ino, error=str(exc)))
                     return
-                if (not page.err and page.done and ino not in self.pages
-                        and self._keep(dir_ino, gen, ino)):
-                    self.pages[ino] = (dir_ino, page)
-                    self.stats["layouts_ahead"] += 1
+                if not pages:
+                    return
+                todo.extend(reversed(batch[len(pages):]))  # not answered: next round
+                for ino, page in zip(batch, pages):
+                    if (not page.err and page.done and ino not in self.pages
+                            and self._keep(dir_ino, gen, ino)):
+                        self.pages[ino] = (dir_ino, page)
+                        self.stats["layouts_ahead"] += 1
         async with trio.open_nursery() as nursery:
-            for _ in range(LAYOUTS_IN_FLIGHT):
+            for _ in range(LAYOUTS_IN_FLIGHT if many is None else LAYOUT_BATCHES_IN_FLIGHT):
                 nursery.start_soon(worker)
 
     async def _grant(self, dir_ino: int, epoch: int):

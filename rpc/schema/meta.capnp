@@ -219,6 +219,10 @@ struct ManifestPage {
   attr @6 :Attr;  # absent on error
 }
 
+struct ManifestPages {
+  pages @0 :List(ManifestPage);   # the first page of each of a prefix of the files asked
+}
+
 struct StatFs {
   inodes @0 :UInt64;
   bytes @1 :UInt64;
@@ -244,6 +248,7 @@ struct Query {
     listxattr :group { listIno @11 :UInt64; }
     statfs @12 :Void;
     manifest :group { fileIno @13 :UInt64; startOff @14 :UInt64; pageLimit @15 :UInt32; }
+    manifests :group { manifestInos @17 :List(UInt64); }   # -> ManifestPages
   }
   holder @16 :UInt64;  # the asking mount's lease session (0: none): its own leases are not recalled
 }
@@ -252,7 +257,7 @@ interface Metadata {
   query @0 (query :Query, forwarded :Bool) -> (reply :Data, notLeader :Bool, leaderHint :UInt64,
                                                leaderAddr :Text);
   # reply is the codec encoding of the query's reply type (EntryReply,
-  # DirPage, BytesReply, NamesReply, StatFs, ManifestPage).  A follower
+  # DirPage, BytesReply, NamesReply, StatFs, ManifestPage, ManifestPages).  A follower
   # forwards a linearizable query once to the leader it knows; notLeader
   # when none is known (or the forward failed).
 

@@ -15,8 +15,8 @@ import sqlite3
 from .namespace import check_name
 from .schema import (INODE_COLUMNS, Inode, chunk_bytes, file_errno, load, read_state,
                      xattr_value)
-from .types import (MANIFEST_PAGE_MAX, READDIR_PAGE_MAX, BytesReply, Slice,
-                    DirEntry, DirPage, EntryReply, ManifestPage, NamesReply,
+from .types import (MANIFEST_PAGE_MAX, MANIFESTS_MAX, READDIR_PAGE_MAX, BytesReply, Slice,
+                    DirEntry, DirPage, EntryReply, ManifestPage, ManifestPages, NamesReply,
                     StatFs)
 
 PURE_CORE = True
@@ -156,6 +156,19 @@ def manifest(conn: sqlite3.Connection, ino: int, start: int = 0,
             inline += length
     next_off = slices[-1].off + slices[-1].length if slices else start
     return ManifestPage(0, node.size, chunk_bytes(conn), slices, next_off, done, node.attr())
+
+
+def manifests(conn: sqlite3.Connection, inos) -> ManifestPages:
+    """The first page of each of a prefix of ``inos`` (types.ManifestPages)."""
+    pages: list[ManifestPage] = []
+    inline = 0
+    for ino in list(inos)[:MANIFESTS_MAX]:
+        page = manifest(conn, ino)
+        pages.append(page)
+        inline += sum(len(s.data) for s in page.slices)
+        if inline > MANIFEST_INLINE_BYTES_MAX:
+            break
+    return ManifestPages(pages)
 
 
 def orphans(conn: sqlite3.Connection, after_ino: int = 0, limit: int = 1000) -> list[int]:

@@ -29,7 +29,7 @@ from . import codec
 from .raftsm import MetaStateMachine
 from .recall import LeaseDesk
 from .store import InitParams, MetaStore
-from .types import Tick
+from .types import MANIFESTS_MAX, Tick
 
 log = logging.getLogger("chordfs.meta")
 meta_capnp = schema.load("meta")
@@ -152,6 +152,8 @@ def _run(reader: MetaStore, q):
     if which == "manifest":
         g = q.manifest
         return reader.manifest(g.fileIno, g.startOff, g.pageLimit or 1024)
+    if which == "manifests":
+        return reader.manifests(list(q.manifests.manifestInos)[:MANIFESTS_MAX])
     raise rpc.Unimplemented(f"query {which} is not known here")
 
 

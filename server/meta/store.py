@@ -165,6 +165,9 @@ class MetaStore:
     def manifest(self, ino: int, start: int = 0, limit: int = MANIFEST_PAGE_MAX):
         return queries.manifest(self._conn, ino, start, limit)
 
+    def manifests(self, inos):
+        return queries.manifests(self._conn, inos)
+
     def orphans(self, after_ino: int = 0, limit: int = 1000) -> list[int]:
         return queries.orphans(self._conn, after_ino, limit)
 

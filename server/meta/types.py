@@ -32,6 +32,7 @@ XATTR_VALUE_BYTES_MAX = 65536
 INLINE_BYTES_MAX = 65536
 READDIR_PAGE_MAX = 1024
 MANIFEST_PAGE_MAX = 4096
+MANIFESTS_MAX = 64   # files per ``manifests`` query
 CHUNK_BYTES_DEFAULT = 4 << 20
 # One CommitWrite carries at most this many slices and inline bytes, so a
 # Raft entry stays well under a step batch.
@@ -495,6 +496,16 @@ class ManifestPage:
     # The file's attributes, on every page: an open needs them and the
     # layout, and gets both in one round trip.
     attr: Attr | None = None
+
+
+@dataclass(frozen=True)
+class ManifestPages:
+    """The first manifest page of each file of a prefix of those asked
+    (at most MANIFESTS_MAX, and only as many as fit about a megabyte of
+    inline data, at least one), in the order asked: a mount reading a
+    directory of small files fetches their layouts ahead this way."""
+
+    pages: list[ManifestPage] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

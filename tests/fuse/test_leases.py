@@ -224,6 +224,7 @@ def test_a_reader_answering_from_its_read_lease_sees_what_another_mount_closed(r
     stats = lease_stats(a.log)
     assert stats["read_grants"] >= 1 and stats["read_hits"] > 0, stats
     assert stats["read_recalled"] >= 1, stats
+    assert stats["read_layouts_ahead"] >= 1, stats  # Backend.manifests over RPC
     check_log(a)
     check_log(b)
 

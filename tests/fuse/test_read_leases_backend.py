@@ -67,7 +67,7 @@ class Gated:
 
     def __init__(self, inner: LocalBackend, desk: Desk) -> None:
         self.inner, self.desk = inner, desk
-        self.queries = self.listings = 0
+        self.queries = self.listings = self.batches = 0
         self.holder = 0  # the mount's, once it has one
 
     async def _clear_writer(self, dir_ino: int) -> None:
@@ -119,6 +119,11 @@ class Gated:
     async def manifest(self, ino, start=0, limit=None):
         self.queries += 1
         return await self.inner.manifest(ino, start, limit)
+
+    async def manifests(self, inos):
+        self.queries += 1
+        self.batches += 1
+        return await self.inner.manifests(inos)
 
 
 @pytest.fixture(params=[readleases.WANT_QUERIES])
@@ -226,9 +231,10 @@ async def test_read_ahead_stops_at_its_bound_and_then_asks_for_absent_names(pair
     assert gated.queries == before + 1
 
 
-async def test_layouts_of_small_files_are_read_ahead_once_files_are_opened(pair):
+async def test_layouts_of_small_files_are_read_ahead_once_files_are_opened(pair, monkeypatch):
     a, b, gated, _ = pair
-    d, inos = await _setup_dir(b, files=readleases.LAYOUTS_AHEAD_AFTER + 4)
+    monkeypatch.setattr(readleases, "LAYOUTS_BATCH", 3)  # several batches, the last one short
+    d, inos = await _setup_dir(b, files=readleases.LAYOUTS_AHEAD_AFTER + 7)
     for _ in range(2):
         for i in range(len(inos)):
             await a.lookup(d, b"f%d" % i)
@@ -239,11 +245,12 @@ async def test_layouts_of_small_files_are_read_ahead_once_files_are_opened(pair)
     for f in opened:  # asked one by one...
         await read_file(a, f)
     assert gated.queries - before == len(opened)
-    await trio.sleep(0.1)  # ...then the rest come ahead of the reader
+    await trio.sleep(0.1)  # ...then the rest come ahead of the reader, 3 per query
     assert a.reads.stats["layouts_ahead"] == len(inos) - len(opened)
+    assert gated.batches == 3
     for i, f in enumerate(inos):
         assert await read_file(a, f) == b"v0-%d" % i
-    assert gated.queries - before == len(inos)
+    assert gated.queries - before == len(opened) + gated.batches
     # A change recalls the lease; nothing read ahead is answered after it.
     assert (await b.submit(inline(inos[-1], b"changed"))).err == 0
     assert await read_file(a, inos[-1]) == b"changed"

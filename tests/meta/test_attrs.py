@@ -179,6 +179,28 @@ def test_manifest_pages_by_offset(d):
     assert d.store.manifest(999).err == errno.ENOENT
 
 
+def test_manifests_answer_the_first_page_of_a_prefix_of_the_files_asked(d, monkeypatch):
+    from server.meta import queries
+    files = [d.create(ROOT, b"f%d" % i) for i in range(5)]
+    for i, f in enumerate(files):
+        write(d, f, inl(0, b"%d" % i * 100))
+    pages = d.store.manifests([files[2], 999, ROOT, files[0]]).pages
+    assert pages[0] == d.store.manifest(files[2]) and pages[3] == d.store.manifest(files[0])
+    assert [p.err for p in pages] == [0, errno.ENOENT, errno.EISDIR, 0]  # in the order asked
+    # Inline bytes past the bound end the prefix (at least one page comes).
+    monkeypatch.setattr(queries, "MANIFEST_INLINE_BYTES_MAX", 250)
+    assert len(d.store.manifests(files).pages) == 3
+    monkeypatch.setattr(queries, "MANIFEST_INLINE_BYTES_MAX", 10)
+    assert len(d.store.manifests(files).pages) == 1
+    monkeypatch.setattr(queries, "MANIFESTS_MAX", 2)
+    monkeypatch.setattr(queries, "MANIFEST_INLINE_BYTES_MAX", 1 << 20)
+    assert len(d.store.manifests(files).pages) == 2
+    # The wire form round-trips.
+    from server.meta import codec
+    reply = d.store.manifests(files[:2])
+    assert codec.decode(t.ManifestPages, codec.encode(reply)) == reply
+
+
 def test_death_marks_revival_and_forget(d):
     f = d.create(ROOT, b"f")
     write(d, f, blk(0, 1, 1, size=1))
