@@ -179,16 +179,19 @@ def reader_dirs(conn: sqlite3.Connection, cmd: object) -> list[int]:
     return list(dict.fromkeys(dirs))
 
 
-def blocked(conn: sqlite3.Connection, cmd: object, holder: int = 0) -> int:
+def blocked(conn: sqlite3.Connection, cmd: object, holder: int = 0, *,
+            mine: frozenset = frozenset(), readers_exist: bool | None = None) -> int:
     """The first directory ``cmd`` would change that a live lease of another
     holder covers (a write lease, or a read lease a reader could answer
-    stale from), or 0."""
+    stale from), or 0. A batch passes what it checked once for all its
+    operations: ``mine``, directories whose live write lease is
+    ``holder``'s, and ``readers_exist`` (``any_reader``)."""
     for ino in touched(conn, cmd):
-        if ino:
+        if ino and ino not in mine:
             lease = owner(conn, ino)
             if lease is not None and lease[0] != holder:
                 return ino
-    if any_reader(conn):
+    if any_reader(conn) if readers_exist is None else readers_exist:
         for ino in reader_dirs(conn, cmd):
             if any(h != holder for h in readers(conn, ino)):
                 return ino
@@ -324,11 +327,15 @@ def batch(conn: sqlite3.Connection, index: int, cmd: LeaseBatch, run_op: RunOp,
         return BatchReply(errno.EINVAL)
     if any(isinstance(op, (LeaseBatch, OpenSession, Sessioned)) for op in ops):
         return BatchReply(errno.EINVAL)
+    # Nothing changes while the operations are checked: the leases found
+    # ours above and whether any read lease exists hold for all of them.
+    mine = frozenset(d for d, _ in zip(cmd.leases, cmd.epochs))
+    readers_exist = any_reader(conn)
     for op in ops:
         if isinstance(op, (AcquireLease, ReleaseLease)):
             if op.holder != cmd.holder:
                 return BatchReply(errno.EINVAL)
-        elif blocked(conn, op, cmd.holder):
+        elif blocked(conn, op, cmd.holder, mine=mine, readers_exist=readers_exist):
             return BatchReply(LEASED)
     results = []
     last = len(ops) - 1
