@@ -200,10 +200,20 @@ struct DirEntry { name @0 :Data; ino @1 :UInt64; kind @2 :UInt32; attr @3 :Attr;
 
 struct DirPage {
   err @0 :UInt32;
-  entries @1 :List(DirEntry);
+  entries @1 :List(DirEntry);   # not sent: the columns below carry the entries
   cursor @2 :Data;
   done @3 :Bool;
   parent @4 :UInt64;
+  # The entries column by column (server/meta/codec.py): pycapnp reads a
+  # list of structs field by field, 34 us an entry with its Attr; a list of
+  # numbers comes out whole.
+  names @5 :List(Data);
+  inos @6 :List(UInt64);
+  kinds @7 :List(UInt32);
+  hasXattrs @8 :List(Bool);     # readdirplus only
+  attrs @9 :List(UInt64);       # readdirplus only: each entry's Attr ino..rdev, in order
+  times @10 :List(Int64);       # readdirplus only: each entry's atimeNs, mtimeNs, ctimeNs
+  hasAttr @11 :List(Bool);      # readdirplus only: false where the entry has none (zeros above)
 }
 
 struct BytesReply { err @0 :UInt32; value @1 :Data; }

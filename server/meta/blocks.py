@@ -175,7 +175,19 @@ def truncate(conn: sqlite3.Connection, ino: int, size: int, index: int) -> None:
 
 
 def drop_all(conn: sqlite3.Connection, ino: int, index: int) -> None:
-    truncate(conn, ino, 0, index)
+    """Every extent of ``ino``, whose row is about to go: one read and one
+    delete (not a statement per extent), and only the blocks' references
+    settled. An unlink of a small file spent a third of its apply in the
+    general ``truncate``."""
+    rows = conn.execute("SELECT length, block_id FROM extent WHERE ino = ?", (ino,)).fetchall()
+    if not rows:
+        return
+    conn.execute("DELETE FROM extent WHERE ino = ?", (ino,))
+    deltas = Deltas()
+    for length, block_id in rows:
+        if block_id:
+            deltas.block(block_id, -1, -length)
+    settle(conn, deltas, index)
 
 
 def settle(conn: sqlite3.Connection, deltas: Deltas, index: int) -> None:

@@ -149,14 +149,64 @@ def _read(reader, cls: type):
 def encode(obj) -> bytes:
     """Any types.py dataclass as a packed message of the same-named struct."""
     message = getattr(schema, type(obj).__name__).new_message()
-    _fill(message, obj)
+    if type(obj) is t.DirPage:
+        _fill_page(message, obj)
+    else:
+        _fill(message, obj)
     return message.to_bytes_packed()
 
 
 def decode(cls: type, data: bytes):
     struct = getattr(schema, cls.__name__)
     reader = struct.from_bytes_packed(data, traversal_limit_in_words=MESSAGE_WORDS_MAX)
+    if cls is t.DirPage:
+        return _read_page(reader)
     return _read(reader, cls)
+
+
+# A directory page goes column by column (rpc/schema/meta.capnp DirPage):
+# readdirplus pages of 1,024 entries took 35 ms to decode as structs and
+# 13 ms to encode; as lists of numbers about 2 ms each way.
+_ATTR_NAMES = tuple(f.name for f in dataclasses.fields(t.Attr))
+assert _ATTR_NAMES[7:] == ("atime_ns", "mtime_ns", "ctime_ns"), "DirPage.times: the signed ones"
+_ATTR_UNSIGNED = operator.attrgetter(*_ATTR_NAMES[:7])
+_ATTR_TIMES = operator.attrgetter(*_ATTR_NAMES[7:])
+_NO_ATTR = t.Attr(*[0] * len(_ATTR_NAMES))
+
+
+def _fill_page(message, page: t.DirPage) -> None:
+    message.err, message.cursor, message.done, message.parent = (
+        page.err, page.cursor, page.done, page.parent)
+    entries = page.entries
+    message.names = [e.name for e in entries]
+    message.inos = [e.ino for e in entries]
+    message.kinds = [e.kind for e in entries]
+    if any(e.attr is not None for e in entries):
+        attrs = [e.attr or _NO_ATTR for e in entries]
+        message.hasAttr = [e.attr is not None for e in entries]
+        message.hasXattrs = [bool(e.xattrs) for e in entries]
+        message.attrs = [v for a in attrs for v in _ATTR_UNSIGNED(a)]
+        message.times = [v for a in attrs for v in _ATTR_TIMES(a)]
+
+
+def _read_page(reader) -> t.DirPage:
+    names, inos, kinds = list(reader.names), list(reader.inos), list(reader.kinds)
+    if not len(names) == len(inos) == len(kinds):
+        raise ValueError("a directory page whose columns differ in length")
+    attrs, times, xattrs = list(reader.attrs), list(reader.times), list(reader.hasXattrs)
+    present = list(reader.hasAttr)
+    if attrs or times or xattrs or present:
+        if (len(attrs) != 7 * len(names) or len(times) != 3 * len(names)
+                or len(xattrs) != len(names) or len(present) != len(names)):
+            raise ValueError("a readdirplus page whose attributes do not match its names")
+        entries = [t.DirEntry(name, ino, kind,
+                              t.Attr(*attrs[7 * i:7 * i + 7], *times[3 * i:3 * i + 3])
+                              if has else None, x)
+                   for i, (name, ino, kind, x, has)
+                   in enumerate(zip(names, inos, kinds, xattrs, present))]
+    else:
+        entries = [t.DirEntry(name, ino, kind) for name, ino, kind in zip(names, inos, kinds)]
+    return t.DirPage(reader.err, entries, reader.cursor, reader.done, reader.parent)
 
 
 def _encode_union(root, obj) -> bytes:

@@ -237,6 +237,23 @@ def test_codec_round_trip_commands(cmd):
     assert codec.decode_command(codec.encode_command(cmd)) == cmd
 
 
+def test_a_directory_page_goes_column_by_column_and_refuses_uneven_columns():
+    attr = t.Attr(1, 2, 3, 4, 5, 6, 7, -8, 9, 10)
+    plus = t.DirPage(0, [t.DirEntry(b"a%d" % i, i + 2, stat.S_IFREG, attr, i % 2 == 0)
+                         for i in range(300)], b"a299", False, 1)
+    assert codec.decode(t.DirPage, codec.encode(plus)) == plus
+    message = codec.schema.DirPage.new_message()
+    message.names, message.inos, message.kinds = [b"a", b"b"], [2], [stat.S_IFREG] * 2
+    with pytest.raises(ValueError):
+        codec.decode(t.DirPage, message.to_bytes_packed())
+    message = codec.schema.DirPage.new_message()
+    message.names, message.inos, message.kinds = [b"a", b"b"], [2, 3], [stat.S_IFREG] * 2
+    message.attrs, message.times = [1] * 14, [0] * 5  # one time short
+    message.hasXattrs, message.hasAttr = [False, False], [True, True]
+    with pytest.raises(ValueError):
+        codec.decode(t.DirPage, message.to_bytes_packed())
+
+
 def test_codec_covers_every_command_and_query_type():
     assert {type(c) for c in SAMPLES} == set(t.COMMANDS)
     attr = t.Attr(1, 2, 3, 4, 5, 6, 7, -8, 9, 10)
