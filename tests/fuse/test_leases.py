@@ -193,6 +193,21 @@ def test_holder_cut_off_past_its_lease_loses_its_batch_with_eio(real_cluster, tm
     assert lease_stats(a.log)["lost"] >= 1
 
 
+def _read_leased_dir(a, b, name: str):
+    """B writes 40 files in a new directory; A reads them all three times,
+    often enough to read-lease it. Returns (A's path, B's path) of it."""
+    db = b.path / name
+    db.mkdir()
+    for i in range(40):
+        (db / f"f{i:02d}").write_bytes(b"v0 %d\n" % i)
+    fsync_dir(db)
+    da = a.path / name
+    for _ in range(3):
+        for i in range(40):
+            assert (da / f"f{i:02d}").read_bytes() == b"v0 %d\n" % i
+    return da, db
+
+
 def test_a_reader_answering_from_its_read_lease_sees_what_another_mount_closed(real_cluster,
                                                                                 tmp_path):
     """A reads a directory often enough to read-lease it, and answers
@@ -200,15 +215,7 @@ def test_a_reader_answering_from_its_read_lease_sees_what_another_mount_closed(r
     recalled first, so A's next open reads it (close-to-open)."""
     a, b = mounts(real_cluster, tmp_path)
     try:
-        db = b.path / tmp_path.name
-        db.mkdir()
-        for i in range(40):
-            (db / f"f{i:02d}").write_bytes(b"v0 %d\n" % i)
-        fsync_dir(db)
-        da = a.path / tmp_path.name
-        for _ in range(3):
-            for i in range(40):
-                assert (da / f"f{i:02d}").read_bytes() == b"v0 %d\n" % i
+        da, db = _read_leased_dir(a, b, tmp_path.name)
         for r in range(15):
             k = (r * 7) % 40
             (db / f"f{k:02d}").write_bytes(b"round %d\n" % r)  # closed here
@@ -239,15 +246,7 @@ def test_what_a_kernel_keeps_from_a_read_lease_goes_before_another_mounts_change
     an append."""
     a, b = mounts(real_cluster, tmp_path)
     try:
-        db = b.path / tmp_path.name
-        db.mkdir()
-        for i in range(40):
-            (db / f"f{i:02d}").write_bytes(b"v0 %d\n" % i)
-        fsync_dir(db)
-        da = a.path / tmp_path.name
-        for _ in range(3):  # often enough to read-lease the directory
-            for i in range(40):
-                assert (da / f"f{i:02d}").read_bytes() == b"v0 %d\n" % i
+        da, db = _read_leased_dir(a, b, tmp_path.name)
         time.sleep(1.2)  # past the default timeouts: only the lease keeps them
         before = {f"f{i:02d}": os.stat(da / f"f{i:02d}") for i in range(40)}
         os.chmod(db / "f00", 0o600)
