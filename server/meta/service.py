@@ -153,7 +153,8 @@ def _run(reader: MetaStore, q):
         g = q.manifest
         return reader.manifest(g.fileIno, g.startOff, g.pageLimit or 1024)
     if which == "manifests":
-        return reader.manifests(list(q.manifests.manifestInos)[:MANIFESTS_MAX])
+        inos = q.manifests.manifestInos  # read no more of a long list than is answered
+        return reader.manifests([inos[i] for i in range(min(len(inos), MANIFESTS_MAX))])
     raise rpc.Unimplemented(f"query {which} is not known here")
 
 
