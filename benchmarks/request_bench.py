@@ -9,8 +9,8 @@ rename, ``rm -r``; then ``mkdir -p`` of a 500-directory tree and its
 for chordfs:
 
 - the FUSE requests the kernel sent per operation (per listing for
-  ``ls -l``), by kind, with the mean
-  time the mount took to answer each kind (the mount's own metrics);
+  ``ls -l``), by kind, with the mean time the mount took to answer each
+  kind (the mount's own metrics);
 - the CPU the mount and the three nodes used, in cores, and the CPU the
   hypervisor took from this machine meanwhile (``steal``): on a shared VM a
   phase with steal is slower for reasons outside chordfs.
