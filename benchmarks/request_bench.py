@@ -153,19 +153,6 @@ def phases(d: pathlib.Path, files: int, drop, probe: Probe | None):
         yield name, rate, report
 
 
-def mount_pid(mnt: pathlib.Path) -> int | None:
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"fusefs.mount" in argv and str(mnt).encode() in argv:
-            return int(entry.name)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", default=None, help="base directory (default: a temp dir)")
@@ -181,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             port = free_port()
             mnt = base / "mnt"
-            with Mounted(cluster.spec, mnt, f"{tls.mount_options()},metrics_port={port}"):
-                probe = Probe(port, mount_pid(mnt), [p.pid for p in cluster.procs])
+            mounted = Mounted(cluster.spec, mnt, f"{tls.mount_options()},metrics_port={port}")
+            with mounted:  # --foreground: its process is the mount's
+                probe = Probe(port, mounted.proc.pid, [p.pid for p in cluster.procs])
                 work = pathlib.Path(tempfile.mkdtemp(prefix="run-", dir=mnt))
                 drop = lambda: subprocess.run(  # noqa: E731
                     [sys.executable, "-m", "server.cli", "drop-cache", str(mnt)], cwd=ROOT,
