@@ -358,37 +358,29 @@ class Invalidator:
                     except Exception:  # noqa: BLE001 - the trio run may be over
                         log.debug(kv("invalidation_done_unheard"))
                 continue
-            try:
-                if kind == "inode":
-                    pyfuse3.invalidate_inode(a, attr_only=b)
-                else:
-                    pyfuse3.invalidate_entry(a, b)
-            except OSError as exc:
-                # ENOENT: the kernel no longer caches it, nothing to do.
-                if exc.errno != errno.ENOENT:
-                    log.warning(kv("invalidation_failed", kind=kind, ino=a, err=exc.errno))
-            except Exception:  # noqa: BLE001 - this thread must not die
-                log.exception(kv("invalidation_bug", kind=kind, ino=a))
+            if kind == "inode":
+                _attempt(kind, a, pyfuse3.invalidate_inode, a, attr_only=b)
+            else:
+                _attempt(kind, a, pyfuse3.invalidate_entry, a, b)
 
     @staticmethod
     def _drop_entries(pairs: list[tuple[int, bytes]]) -> None:
         for parent, name in pairs:
-            try:
-                pyfuse3.invalidate_entry(parent, name)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    log.warning(kv("invalidation_failed", kind="entry", ino=parent,
-                                   err=exc.errno))
-            except Exception:  # noqa: BLE001 - this thread must not die
-                log.exception(kv("invalidation_bug", kind="entry", ino=parent))
+            _attempt("entry", parent, pyfuse3.invalidate_entry, parent, name)
 
     @staticmethod
     def _drop_all(inodes: list[int]) -> None:
         for ino in inodes:
-            try:
-                pyfuse3.invalidate_inode(ino, attr_only=False)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    log.warning(kv("invalidation_failed", kind="all", ino=ino, err=exc.errno))
-            except Exception:  # noqa: BLE001 - this thread must not die
-                log.exception(kv("invalidation_bug", kind="all", ino=ino))
+            _attempt("all", ino, pyfuse3.invalidate_inode, ino, attr_only=False)
+
+
+def _attempt(kind: str, ino: int, invalidate, *args, **kwargs) -> None:
+    """One invalidation on the thread, which must not die of it. ENOENT:
+    the kernel no longer caches it, nothing to do."""
+    try:
+        invalidate(*args, **kwargs)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning(kv("invalidation_failed", kind=kind, ino=ino, err=exc.errno))
+    except Exception:  # noqa: BLE001 - this thread must not die
+        log.exception(kv("invalidation_bug", kind=kind, ino=ino))

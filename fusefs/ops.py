@@ -209,17 +209,28 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
             attr = check(reply).attr
             self._learn_xattrs(reply, epoch)
             entry = self._new_entry(attr)
-            if self._hold_entry is not None and attr.ino not in self.files:
-                hold = self._hold_entry(parent_inode, name, attr)
-                if hold > entry.entry_timeout:
-                    entry.entry_timeout = entry.attr_timeout = hold
-                    return entry
+            if self._held_long(entry, parent_inode, name, attr):
+                return entry
             if self._ahead_age is not None:
                 # Read ahead (fusefs/leases.py): the kernel keeps it only for
                 # what is left of attr_timeout.
                 entry.attr_timeout = max(0.0, entry.attr_timeout - self._ahead_age(attr.ino))
             return entry
         return self._new_entry(attr)
+
+    def _held_long(self, entry: pyfuse3.EntryAttributes, parent: int, name: bytes,
+                   attr: Attr) -> bool:
+        """Whether the kernel may keep this answer (dentry and attributes)
+        past its default timeouts: it came from a read lease, whose time
+        left ``entry`` now carries (fusefs/readleases.py). Not for a file
+        open here, whose attributes may be ours rather than the lease's."""
+        if self._hold_entry is None or attr.ino in self.files:
+            return False
+        hold = self._hold_entry(parent, name, attr)
+        if hold <= entry.entry_timeout:
+            return False
+        entry.entry_timeout = entry.attr_timeout = hold
+        return True
 
     def _learn_xattrs(self, reply, epoch: int) -> None:
         """A lookup or getattr that said the node has no xattrs: its ACL
@@ -384,10 +395,7 @@ class ChordOps(FileOpsMixin, pyfuse3.Operations):
                 return
             off, entry = item
             reply = self._entry(entry.attr)
-            if self._hold_entry is not None and entry.ino not in self.files:
-                hold = self._hold_entry(handle.ino, entry.name, entry.attr)
-                if hold > reply.entry_timeout:
-                    reply.entry_timeout = reply.attr_timeout = hold
+            self._held_long(reply, handle.ino, entry.name, entry.attr)
             if not pyfuse3.readdir_reply(token, entry.name, reply, off):
                 return
             handle.accept()

@@ -39,7 +39,8 @@ in it is answered ENOENT with no round trip.  Once ``LAYOUTS_AHEAD_AFTER``
 files there have been opened under the lease, the layouts of the small
 regular files of that listing (``LAYOUT_AHEAD_BYTES`` at most; their data
 is usually inline) are fetched ahead too, ``LAYOUTS_BATCH`` files per
-query (``Backend.manifests``), ``LAYOUT_BATCHES_IN_FLIGHT`` queries at a
+query (the ``manifests`` of the backend underneath: LocalBackend's or
+ClusterBackend's), ``LAYOUT_BATCHES_IN_FLIGHT`` queries at a
 time, in name order, so an open finds its layout cached.  Both run under the
 lease and are guarded like any other answer (the generation check).
 
@@ -86,8 +87,7 @@ PREFETCH_ENTRIES_MAX = 16 * READDIR_PAGE_MAX   # per directory
 CACHED_ENTRIES_MAX = 256 * 1024                # no read-ahead past this many names cached
 LAYOUTS_AHEAD_AFTER = 8
 LAYOUT_AHEAD_BYTES = 64 * 1024
-LAYOUTS_IN_FLIGHT = 16          # one file per query (a backend with no batch query)
-LAYOUTS_BATCH = 32              # files per query (Backend.manifests)
+LAYOUTS_BATCH = 32              # files per query (``manifests``)
 LAYOUT_BATCHES_IN_FLIGHT = 2
 KERNEL_HOLD_MIN_S = 1.0        # the default timeouts do as well below this
 KERNEL_FORGET_WAIT_S = 1.0
@@ -222,7 +222,7 @@ class ReadLeases:
         except BackendError as exc:
             log.info(kv("readlease.prefetch_failed", dir=dir_ino, error=str(exc)))
 
-    async def _layouts_ahead(self, dir_ino: int, ask) -> None:
+    async def _layouts_ahead(self, dir_ino: int) -> None:
         """The layouts of the small files read ahead in ``dir_ino`` (module
         docstring)."""
         gen = self.gen.get(dir_ino, 0)
@@ -235,21 +235,17 @@ class ReadLeases:
                 todo.append(ino)
         todo.reverse()
 
-        many = getattr(self.owner.inner, "manifests", None)
-        batch_max = LAYOUTS_BATCH if many is not None else 1
-
         async def worker():
             while todo and self.gen.get(dir_ino, 0) == gen and self.live(dir_ino):
                 batch = []
-                while todo and len(batch) < batch_max:
+                while todo and len(batch) < LAYOUTS_BATCH:
                     ino = todo.pop()
                     if ino not in self.pages:
                         batch.append(ino)
                 if not batch:
                     continue
                 try:
-                    pages = (await many(batch) if many is not None
-                             else [await ask(batch[0], 0, None)])
+                    pages = await self.owner.inner.manifests(batch)
                 except BackendError as exc:
                     log.info(kv("readlease.layout_ahead_failed", dir=dir_ino, error=str(exc)))
                     return
@@ -262,7 +258,7 @@ class ReadLeases:
                         self.pages[ino] = (dir_ino, page)
                         self.stats["layouts_ahead"] += 1
         async with trio.open_nursery() as nursery:
-            for _ in range(LAYOUTS_IN_FLIGHT if many is None else LAYOUT_BATCHES_IN_FLIGHT):
+            for _ in range(LAYOUT_BATCHES_IN_FLIGHT):
                 nursery.start_soon(worker)
 
     async def _grant(self, dir_ino: int, epoch: int):
@@ -483,7 +479,7 @@ class ReadLeases:
             if self.live(held[0]):
                 opened = self.opens[held[0]] = self.opens.get(held[0], 0) + 1
                 if opened == LAYOUTS_AHEAD_AFTER and held[0] in self.listing:
-                    self.nursery.start_soon(self._layouts_ahead, held[0], ask)
+                    self.nursery.start_soon(self._layouts_ahead, held[0])
             gen = self.gen.get(held[0], 0)
             reply = await ask(ino, start, limit)
             if not reply.err and reply.done and self._keep(held[0], gen, ino):
