@@ -59,6 +59,12 @@ def _connect(path: str) -> sqlite3.Connection:
         assert mode == "wal", mode
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    # Debian's SQLite zeroes every deleted row and freed page by default.
+    # An unlink of a small file frees its inline data's overflow page, so
+    # that cost a third of a replica's apply of an unlink; a filesystem
+    # does not scrub freed space either, and a snapshot (VACUUM INTO)
+    # copies live rows only.
+    conn.execute("PRAGMA secure_delete=OFF")
     return conn
 
 
