@@ -172,6 +172,26 @@ def test_batch_touching_another_holders_directory_applies_nothing():
     assert d.store.lookup(da, b"x").err == errno.ENOENT
 
 
+def test_batch_moving_another_holders_directory_is_refused_until_that_lease_ends():
+    """A rename in our own leased directory that moves a subdirectory
+    another holder leases: refused while that lease lives (the batch's
+    check of what a rename touches), applied once it expired."""
+    d = fresh()
+    da = d.mkdir(1, b"a")
+    sub = d.mkdir(da, b"sub")
+    acquire(d, A, da, 1)
+    acquire(d, B, sub, 2)
+    move = t.Rename(parent=da, name=b"sub", new_parent=da, new_name=b"moved", flags=0,
+                    now_ns=d.tick())
+    assert batch(d, A, 1, [move], leases=[(da, 1)]).err == t.LEASED
+    assert d.store.lookup(da, b"sub").attr.ino == sub
+    advance(d, DURATION // 2)
+    assert batch(d, A, 2, [], leases=[(da, 1)]).err == 0  # A renews; B does not
+    advance(d, DURATION // 2 + 1)
+    assert batch(d, A, 3, [move], leases=[(da, 1)]).err == 0
+    assert d.store.lookup(da, b"moved").attr.ino == sub
+
+
 def test_no_lease_before_log_time_exists():
     d = Driver()
     assert acquire(d, A, 1, 1).err == errno.EAGAIN
