@@ -171,7 +171,7 @@ def commit_write(conn: sqlite3.Connection, index: int, cmd: CommitWrite) -> Entr
         return EntryReply(err)
     if blocks.check_blocks(conn, cmd.slices, cmd.observed):
         return EntryReply(errno.ESTALE)
-    blocks.write_slices(conn, node.ino, cmd.slices, index)
+    blocks.write_slices(conn, node.ino, cmd.slices, index, empty=node.size == 0)
     add_counters(conn, bytes_=size - node.size)
     node.size = size
     node.mtime = node.ctime = cmd.now_ns

@@ -127,7 +127,6 @@ def cut(conn: sqlite3.Connection, ino: int, start: int, end: int | None,
 def check_blocks(conn: sqlite3.Connection, slices: list[Slice], observed: int) -> list[bytes]:
     """Blocks this commit may not reference (see the module docstring)."""
     refused = []
-    now = log_time_ns(conn)
     window_ok = None
     fresh_of: dict[bytes, bool] = {}
     for s in slices:
@@ -139,6 +138,7 @@ def check_blocks(conn: sqlite3.Connection, slices: list[Slice], observed: int) -
         if row is not None and row[0] > 0:
             continue
         if window_ok is None:
+            now = log_time_ns(conn)
             then = log_time_at(conn, observed)
             window_ok = then is not None and now - then <= UPLOAD_WINDOW_NS
         if not fresh or not window_ok or (row is not None and observed < row[1]):
@@ -146,10 +146,19 @@ def check_blocks(conn: sqlite3.Connection, slices: list[Slice], observed: int) -
     return refused
 
 
-def write_slices(conn: sqlite3.Connection, ino: int, slices: list[Slice], index: int) -> None:
+def write_slices(conn: sqlite3.Connection, ino: int, slices: list[Slice], index: int,
+                 empty: bool = False) -> None:
+    """``empty``: the file has no extents yet (its size is 0, and no
+    extent lies past the size), so a slice overlapping none written before
+    it here has nothing to cut: the usual first write of a new small file
+    skips a query."""
     deltas = Deltas()
+    written: list[tuple[int, int]] = []
     for s in slices:
-        cut(conn, ino, s.off, s.off + s.length, deltas)
+        stop = s.off + s.length
+        if not empty or any(off < stop and s.off < end for off, end in written):
+            cut(conn, ino, s.off, stop, deltas)
+        written.append((s.off, stop))
         if s.block_id:
             _insert(conn, ino, s.off, s.length, s.block_id, s.block_off, None,
                     deltas, s.block_size)
