@@ -149,16 +149,16 @@ def check_blocks(conn: sqlite3.Connection, slices: list[Slice], observed: int) -
 def write_slices(conn: sqlite3.Connection, ino: int, slices: list[Slice], index: int,
                  empty: bool = False) -> None:
     """``empty``: the file has no extents yet (its size is 0, and no
-    extent lies past the size), so a slice overlapping none written before
-    it here has nothing to cut: the usual first write of a new small file
-    skips a query."""
+    extent lies past the size), so slices that overlap none of each other
+    have nothing to cut: the usual first write of a new small file skips a
+    query. (Checked once, sorted: a commit may carry thousands of slices.)"""
     deltas = Deltas()
-    written: list[tuple[int, int]] = []
+    if empty:
+        ordered = sorted(slices, key=lambda s: s.off)
+        empty = all(a.off + a.length <= b.off for a, b in zip(ordered, ordered[1:]))
     for s in slices:
-        stop = s.off + s.length
-        if not empty or any(off < stop and s.off < end for off, end in written):
-            cut(conn, ino, s.off, stop, deltas)
-        written.append((s.off, stop))
+        if not empty:
+            cut(conn, ino, s.off, s.off + s.length, deltas)
         if s.block_id:
             _insert(conn, ino, s.off, s.length, s.block_id, s.block_off, None,
                     deltas, s.block_size)
