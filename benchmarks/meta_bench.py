@@ -2,7 +2,11 @@
 
 Prints applies/s for create, rename, setattr, commit_write and tick (one SQLite transaction per
 Raft entry, and batches of entries per transaction as the Raft service can
-apply a committed run at once), lookup/getattr/s, readdir of a large
+apply a committed run at once); the microseconds per operation of a
+mount's lease batches (``LEASE_BATCH`` operations per Raft entry, as a
+mount writing in a directory it leases sends them: a small file's create
+with its inline 4 KiB, a rename, an unlink), which every replica spends on
+every operation; lookup/getattr/s, readdir of a large
 directory (first page and total), and database size, measured at
 ``--dir-entries`` inodes and extrapolated linearly to a million.
 
@@ -31,6 +35,8 @@ from server.meta.store import InitParams, MetaStore  # noqa: E402
 ROOT = t.ROOT_INO
 T0_NS = 1_700_000_000_000_000_000
 BATCH = 100
+LEASE_BATCH = 128
+HOLDER = 0x5EED
 
 
 class Bench:
@@ -84,6 +90,55 @@ def bench_applies(b: Bench, ops: int) -> dict[str, tuple[float, float]]:
         )
         for name, make in kinds:
             out.setdefault(name, [0.0, 0.0])[batch != 1] = b.run(b.encode(make()), batch)
+    return out
+
+
+def bench_lease_batches(b: Bench, ops: int) -> dict[str, float]:
+    """Microseconds per operation applied inside lease batches (min of 3
+    passes over fresh names: this machine's timings move between runs)."""
+    b.store.apply(*b.encode([t.Tick(T0_NS)])[0])  # leases count in log time
+    out: dict[str, float] = {}
+    for attempt in range(3):
+        mk = b.encode([t.Mkdir(ROOT, b"leased-%d" % attempt, 0o755, 0, 0, T0_NS)])
+        d = b.store.apply(*mk[0]).attr.ino
+        grant = b.store.apply(*b.encode([t.AcquireLease(
+            HOLDER, d, attempt + 1, t.LEASE_DURATION_MAX_NS, ops + 1)])[0])
+        assert grant.err == 0, grant
+        first, data, seq = grant.ino_next, os.urandom(4096), attempt * 10_000
+
+        def batches(make):
+            nonlocal seq
+            out = []
+            for k in range(0, ops, LEASE_BATCH):
+                cmds, inos = make(range(k, min(ops, k + LEASE_BATCH)))
+                seq += 1
+                out += b.encode([t.LeaseBatch(HOLDER, seq, [codec.encode_command(c) for c in cmds],
+                                              inos, [d], [attempt + 1])])
+            return out
+
+        def creates(rng):
+            cmds, inos = [], []
+            for i in rng:
+                cmds += [t.Create(d, b"f%07d" % i, 0o644, 0, 0, T0_NS + i),
+                         t.CommitWrite(first + i, 4096, T0_NS + i, [t.Slice(0, 4096, data=data)])]
+                inos += [first + i, 0]
+            return cmds, inos
+
+        kinds = (
+            ("create + 4 KiB", creates),
+            ("rename", lambda rng: ([t.Rename(d, b"f%07d" % i, d, b"r%07d" % i, 0, T0_NS + i)
+                                     for i in rng], [0] * len(rng))),
+            ("unlink", lambda rng: ([t.Unlink(d, b"r%07d" % i, T0_NS + i) for i in rng],
+                                    [0] * len(rng))),
+        )
+        for name, make in kinds:
+            entries = batches(make)
+            start = time.perf_counter()
+            for index, data_ in entries:
+                reply = b.store.apply(index, data_)
+                assert reply.err == 0 and not any(reply.results[:-1]), (name, reply)
+            us = (time.perf_counter() - start) / ops * 1e6
+            out[name] = min(out.get(name, us), us)
     return out
 
 
@@ -151,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"applies/s ({args.ops} each; 1 entry per transaction | {BATCH} per transaction):")
         for name, (single, batched) in applies.items():
             print(f"  {name:19s} {single:10,.0f} | {batched:10,.0f}")
+        leased = bench_lease_batches(b, min(args.ops, 4096))
+        print(f"  in lease batches of {LEASE_BATCH} operations (us per operation, min of 3): "
+              + ", ".join(f"{name} {us:.0f}" for name, us in leased.items()))
         writes, ticks, extents = bench_writes(b, args.ops)
         print(f"  {'commit':19s} {'':10s} | {writes:10,.0f}  (4 KiB block slices at random offsets, "
               f"{extents:,} extents after)")
