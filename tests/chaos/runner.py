@@ -31,6 +31,7 @@ from .scenarios import SCENARIOS, pick
 from .workload import FileWriter, Namespace, Unique
 
 TAIL_S = 4.0  # workload after the last step: recovery is measured there
+KINDS_WAIT_S = 10.0  # more, at most, until every kind of operation took effect once
 
 
 @dataclasses.dataclass
@@ -141,6 +142,15 @@ class Runner:
                     # the whole tail of workload after it.
                     for w in (ns, uq):
                         w.until = max(w.until, times["last_step"] + TAIL_S)
+                # A loaded machine runs fewer operations, and a rare kind (a
+                # link needs a free name and a live inode) may not have taken
+                # effect yet: the namespace clients go on, at most KINDS_WAIT_S
+                # past the tail, until every kind did once.
+                await trio.sleep_until(ns.until - 0.5)
+                give_up = times.get("last_step", start) + TAIL_S + KINDS_WAIT_S
+                while not ns.every_kind_took_effect() and trio.current_time() < give_up:
+                    ns.until = max(ns.until, trio.current_time() + 0.5)
+                    await trio.sleep(0.25)
             times["end"] = trio.current_time()
             await trio.to_thread.run_sync(writer.stop)
 

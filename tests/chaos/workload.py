@@ -170,6 +170,9 @@ class Namespace(_Clients):
         self.inos: dict[int, int] = {}   # tag -> inode number, as answers showed them
         self._tags = iter(range(TAG_MIN, 1 << 31))
 
+    def every_kind_took_effect(self) -> bool:
+        return all(self.stats.succeeded.get(kind) for kind in self.kinds)
+
     async def _client(self, meta: MetaClient, c: int, rng: random.Random):
         while trio.current_time() < self.until:
             await self._one(meta, c, rng)
