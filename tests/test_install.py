@@ -80,11 +80,22 @@ def _status(chordfs, spec, tls_args) -> dict:
     return json.loads(out.stdout)
 
 
-def _wait_status(chordfs, spec, tls_args, predicate, what: str, timeout_s: float = 90) -> dict:
+def _rings_complete(st: dict) -> bool:
+    """Every node answered and its ring lists every node alive. The summary
+    counts a node no ring lists yet as alive, and a node killed before it
+    joined any ring is never declared dead by the others."""
+    names = set(st["nodes"])
+    return all("error" not in r and {m["name"] for m in r.get("ring") or []
+                                     if m["state"] == "alive"} >= names
+               for r in st["nodes"].values())
+
+
+def _wait_status(chordfs, spec, tls_args, predicate, what: str, timeout_s: float = 90,
+                 rings: bool = False) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
         st = _status(chordfs, spec, tls_args)
-        if predicate(st["summary"]):
+        if predicate(st["summary"]) and (not rings or _rings_complete(st)):
             return st
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not seen in {timeout_s} s: {st['summary']}")
@@ -136,7 +147,7 @@ def test_installed_cluster_mounts_loses_a_node_and_heals(tmp_path):
             node.start()
         _wait_status(chordfs, spec, admin, lambda s: s["leader"] and not s["down"]
                      and all(st == "alive" for st in s["members"].values())
-                     and len(s["members"]) == 3, "three live members")
+                     and len(s["members"]) == 3, "three live members", rings=True)
 
         # mount -t chordfs in a namespace where mount(8) finds the helper.
         script = (f"mount -t overlay overlay -o lowerdir={dirs['SBINDIR']}:/usr/sbin /usr/sbin"
