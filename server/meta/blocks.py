@@ -153,11 +153,12 @@ def write_slices(conn: sqlite3.Connection, ino: int, slices: list[Slice], index:
     have nothing to cut: the usual first write of a new small file skips a
     query. (Checked once, sorted: a commit may carry thousands of slices.)"""
     deltas = Deltas()
+    nothing_to_cut = False
     if empty:
         ordered = sorted(slices, key=lambda s: s.off)
-        empty = all(a.off + a.length <= b.off for a, b in zip(ordered, ordered[1:]))
+        nothing_to_cut = all(a.off + a.length <= b.off for a, b in zip(ordered, ordered[1:]))
     for s in slices:
-        if not empty:
+        if not nothing_to_cut:
             cut(conn, ino, s.off, s.off + s.length, deltas)
         if s.block_id:
             _insert(conn, ino, s.off, s.length, s.block_id, s.block_off, None,

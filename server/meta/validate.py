@@ -67,7 +67,7 @@ def _is_int(value: object) -> bool:
 
 
 def _in(value: object, low: int, high: int) -> bool:
-    return type(value) is int and low <= value <= high
+    return _is_int(value) and low <= value <= high
 
 
 def check_name(name: object) -> int:
@@ -83,7 +83,7 @@ def check_name(name: object) -> int:
 
 def _ranges(*pairs: tuple[object, int, int]) -> int:
     for value, low, high in pairs:
-        if type(value) is not int or not low <= value <= high:
+        if not _in(value, low, high):
             return errno.EINVAL
     return 0
 
