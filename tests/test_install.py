@@ -98,7 +98,8 @@ def _wait_status(chordfs, spec, tls_args, predicate, what: str, timeout_s: float
         if predicate(st["summary"]) and (not rings or _rings_complete(st)):
             return st
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not seen in {timeout_s} s: {st['summary']}")
+            rings_seen = ({n: r.get("ring") for n, r in st["nodes"].items()} if rings else "")
+            raise AssertionError(f"{what} not seen in {timeout_s} s: {st['summary']} {rings_seen}")
         time.sleep(1)
 
 
